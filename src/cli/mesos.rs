@@ -1,0 +1,237 @@
+//! The command line of the drop-in `mesos-io-switchboard` (PROTOCOL.md §1.3): Mesos's
+//! flags with Mesos's help texts, parsed with the stout grammar, and the checks and
+//! messages of `switchboard_main.cpp`.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::stout::{self, Kind, Spec};
+
+/// The program name Mesos prints in its usage, whatever `argv[0]` is.
+pub const NAME: &str = "mesos-io-switchboard";
+
+const USAGE_MESSAGE: &str = "Usage: mesos-io-switchboard [options]\n\
+The io switchboard server is designed to feed stdin to a container\n\
+from an external source, as well as redirect the stdin/stdout of a\n\
+container to multiple targets.\n\
+\n\
+It runs an HTTP server over a unix domain socket in order to process\n\
+incoming `ATTACH_CONTAINER_INPUT` and `ATTACH_CONTAINER_OUTPUT`\n\
+calls and redirect a containers `stdin/stdout/stderr` through them.\n\
+\n\
+The primary motivation of this component is to enable support in\n\
+mesos similar to `docker attach` and `docker exec` whereby an\n\
+external client can attach to the stdin/stdout/stderr of a running\n\
+container as well as launch arbitrary subcommands inside a container\n\
+and attach to its stdin/stdout/stderr.\n";
+
+/// Mesos's flags, with Mesos's help texts.
+pub const SPECS: &[Spec] = &[
+    Spec {
+        name: "help",
+        kind: Kind::Bool { default: false },
+        help: "Prints this help message",
+    },
+    Spec {
+        name: "tty",
+        kind: Kind::Bool { default: false },
+        help: "If a pseudo terminal has been allocated for the container.",
+    },
+    Spec {
+        name: "stdin_to_fd",
+        kind: Kind::Int,
+        help: "The file descriptor where incoming stdin data should be written.",
+    },
+    Spec {
+        name: "stdout_from_fd",
+        kind: Kind::Int,
+        help: "The file descriptor that should be read to consume stdout data.",
+    },
+    Spec {
+        name: "stdout_to_fd",
+        kind: Kind::Int,
+        help: "A file descriptor where data read from\n'stdout_from_fd' should be redirected to.",
+    },
+    Spec {
+        name: "stderr_from_fd",
+        kind: Kind::Int,
+        help: "The file descriptor that should be read to consume stderr data.",
+    },
+    Spec {
+        name: "stderr_to_fd",
+        kind: Kind::Int,
+        help: "A file descriptor where data read from\n'stderr_from_fd' should be redirected to.",
+    },
+    Spec {
+        name: "wait_for_connection",
+        kind: Kind::Bool { default: false },
+        help: "A boolean indicating whether the server should wait for the\n\
+               first connection before reading any data from the '*_from_fd's.",
+    },
+    Spec {
+        name: "socket_address",
+        kind: Kind::String,
+        help: "The path of the unix domain socket this\nio switchboard should attach itself to.",
+    },
+    Spec {
+        name: "heartbeat_interval",
+        kind: Kind::Duration,
+        help: "A heartbeat interval (e.g. '5secs', '10mins') for messages to\n\
+               be sent to any open 'ATTACH_CONTAINER_OUTPUT' connections.",
+    },
+];
+
+/// The validated flags of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flags {
+    pub tty: bool,
+    pub stdin_to_fd: RawFd,
+    pub stdout_from_fd: RawFd,
+    pub stdout_to_fd: RawFd,
+    pub stderr_from_fd: RawFd,
+    pub stderr_to_fd: RawFd,
+    pub wait_for_connection: bool,
+    pub socket_address: PathBuf,
+    pub heartbeat_interval: Option<Duration>,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Print this to stdout and exit 0.
+    Help(String),
+    /// Print this to stderr and exit 1.
+    Usage(String),
+    Run(Flags),
+}
+
+/// The full usage text, optionally preceded by a message.
+pub fn usage(message: Option<&str>) -> String {
+    stout::usage(SPECS, USAGE_MESSAGE, message)
+}
+
+/// Parses the arguments after `argv[0]` as `switchboard_main.cpp` does: `--help` (if it
+/// was loaded before any error) prints usage; a load error prints itself and usage; then
+/// the required flags are checked in Mesos's order, with Mesos's messages (the socket
+/// flag's message says `--socket_path`, as Mesos's does).
+pub fn parse(args: &[String]) -> Parsed {
+    let outcome = stout::load(SPECS, args);
+    let f = &outcome.loaded;
+    if f.bool("help") {
+        return Parsed::Help(usage(None) + "\n");
+    }
+    if let Some(e) = &outcome.error {
+        return Parsed::Usage(usage(Some(e)) + "\n");
+    }
+    let required = |name: &str, shown: &str| {
+        f.int(name).ok_or_else(|| {
+            Parsed::Usage(format!(
+                "EXIT with status 1: {}",
+                usage(Some(&format!("'--{shown}' is missing")))
+            ))
+        })
+    };
+    let flags = (|| {
+        let stdin_to_fd = required("stdin_to_fd", "stdin_to_fd")?;
+        let stdout_from_fd = required("stdout_from_fd", "stdout_from_fd")?;
+        let stdout_to_fd = required("stdout_to_fd", "stdout_to_fd")?;
+        let stderr_from_fd = required("stderr_from_fd", "stderr_from_fd")?;
+        let stderr_to_fd = required("stderr_to_fd", "stderr_to_fd")?;
+        let socket_address = f.string("socket_address").ok_or_else(|| {
+            Parsed::Usage(format!(
+                "EXIT with status 1: {}",
+                usage(Some("'--socket_path' is missing"))
+            ))
+        })?;
+        Ok(Flags {
+            tty: f.bool("tty"),
+            stdin_to_fd,
+            stdout_from_fd,
+            stdout_to_fd,
+            stderr_from_fd,
+            stderr_to_fd,
+            wait_for_connection: f.bool("wait_for_connection"),
+            socket_address: PathBuf::from(socket_address),
+            heartbeat_interval: f.duration("heartbeat_interval"),
+        })
+    })();
+    match flags {
+        Ok(flags) => Parsed::Run(flags),
+        Err(usage) => usage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn the_agents_argv_parses() {
+        let argv = args(
+            "--heartbeat_interval=30secs --help=false \
+             --socket_address=/tmp/mesos-io-switchboard-1b4e28ba-2fa1-11d2-883f-0016d3cca427 \
+             --stderr_from_fd=31 --stderr_to_fd=2 --stdin_to_fd=27 --stdout_from_fd=29 \
+             --stdout_to_fd=1 --tty=false --wait_for_connection=false",
+        );
+        assert_eq!(
+            parse(&argv),
+            Parsed::Run(Flags {
+                tty: false,
+                stdin_to_fd: 27,
+                stdout_from_fd: 29,
+                stdout_to_fd: 1,
+                stderr_from_fd: 31,
+                stderr_to_fd: 2,
+                wait_for_connection: false,
+                socket_address: "/tmp/mesos-io-switchboard-1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+                heartbeat_interval: Some(Duration::from_secs(30)),
+            })
+        );
+        let tty = args(
+            "--help=false --socket_address=/s --stderr_from_fd=27 --stderr_to_fd=2 --stdin_to_fd=27 --stdout_from_fd=27 --stdout_to_fd=1 --tty=true --wait_for_connection=true",
+        );
+        let Parsed::Run(f) = parse(&tty) else { panic!() };
+        assert!(f.tty && f.wait_for_connection && f.heartbeat_interval.is_none());
+    }
+
+    #[test]
+    fn help_is_byte_for_byte_mesos() {
+        let Parsed::Help(text) = parse(&args("--help")) else {
+            panic!()
+        };
+        assert_eq!(text.len(), 2021);
+        assert!(text.starts_with("Usage: mesos-io-switchboard [options]\nThe io switchboard server"));
+        assert!(text.contains(
+            "\n\n\n  --heartbeat_interval=VALUE     A heartbeat interval (e.g. '5secs', '10mins') for messages to\n                                 be sent to"
+        ));
+        assert!(text.ends_with("  --[no-]wait_for_connection     A boolean indicating whether the server should wait for the\n                                 first connection before reading any data from the '*_from_fd's. (default: false)\n\n"));
+        let Parsed::Usage(e) = parse(&args("--foo")) else {
+            panic!()
+        };
+        assert_eq!(e.len(), 2056);
+        assert!(e.starts_with("Failed to load unknown flag 'foo'\n\nUsage: mesos-io-switchboard [options]\n"));
+    }
+
+    #[test]
+    fn missing_flags_in_mesos_order() {
+        let missing = |a: &str| match parse(&args(a)) {
+            Parsed::Usage(u) => u.lines().next().unwrap().to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(missing(""), "EXIT with status 1: '--stdin_to_fd' is missing");
+        assert_eq!(
+            missing("--stdin_to_fd=0 --stdout_from_fd=3 --stdout_to_fd=1 --stderr_from_fd=4"),
+            "EXIT with status 1: '--stderr_to_fd' is missing"
+        );
+        assert_eq!(
+            missing("--stdin_to_fd=0 --stdout_from_fd=3 --stdout_to_fd=1 --stderr_from_fd=4 --stderr_to_fd=2"),
+            "EXIT with status 1: '--socket_path' is missing"
+        );
+        assert_eq!(missing("--socket_path=/x"), "Failed to load unknown flag 'socket_path'");
+    }
+}

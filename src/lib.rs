@@ -1,0 +1,15 @@
+//! switchboard: an io_uring I/O switchboard for containers.
+//!
+//! A per-container server owns the container's stdio (pipes, or a PTY master), copies
+//! every output byte to the container's logger, fans the same bytes out to any number of
+//! attached clients, and feeds one client's input to the container. It speaks the HTTP +
+//! RecordIO + protobuf/JSON protocol of Apache Mesos's `mesos-io-switchboard` on a unix
+//! socket, and is a drop-in replacement for it.
+//!
+//! Rooms (see `../shared/DESIGN.md`): [`wire`] holds the sans-IO codecs of everything that
+//! crosses the socket; [`cli`] the command lines.
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod wire;

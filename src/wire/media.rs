@@ -1,0 +1,288 @@
+//! Request routing and media-type negotiation (PROTOCOL.md §2.2, §2.3, §2.7).
+//!
+//! `Accept` and `Message-Accept` follow libprocess's `acceptsMediaType` exactly; the
+//! server's preference order is fixed (JSON, then protobuf, then RecordIO). Where Mesos
+//! aborts the server on a bad request we answer with the status §2.7 recommends;
+//! `Content-Type` and `Message-Content-Type` are compared leniently (case and parameters
+//! ignored), as its Rust note advises.
+
+use super::http::{HttpError, RequestHead};
+use super::message::Format;
+
+pub const APPLICATION_JSON: &str = "application/json";
+pub const APPLICATION_PROTOBUF: &str = "application/x-protobuf";
+pub const APPLICATION_RECORDIO: &str = "application/recordio";
+
+/// The path of the acknowledgement endpoint; every other path is a Call.
+pub const ACKNOWLEDGE_PATH: &str = "/acknowledge_container_input_response";
+
+/// Whether an `Accept`-style header value allows `media` (libprocess
+/// `Request::acceptsMediaType`). A missing header allows everything.
+pub fn accepts(header: Option<&str>, media: &str) -> bool {
+    let Some(header) = header else { return true };
+    let cleaned: String = header.chars().filter(|c| !matches!(c, ' ' | '\t' | '\n')).collect();
+    let elements: Vec<Vec<&str>> = cleaned
+        .split(',')
+        .map(|e| e.split(';').filter(|t| !t.is_empty()).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let (kind, _) = media.split_once('/').unwrap_or((media, ""));
+    let candidates = [media.to_string(), format!("{kind}/*"), "*/*".to_string()];
+    for candidate in &candidates {
+        for tokens in &elements {
+            if !tokens[0].eq_ignore_ascii_case(candidate) {
+                continue;
+            }
+            let params = &tokens[1..];
+            if params.len() == 1
+                && let Some(q) = params[0].strip_prefix("q=")
+            {
+                return q.parse::<f64>().is_ok_and(|q| q > 0.0);
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// How the records of an output response are framed and labelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFormat {
+    /// `Accept` chose JSON or protobuf: `Content-Type` says so, and the body is still
+    /// RecordIO of records in that format (PROTOCOL.md §0.4).
+    Plain(Format),
+    /// `Accept` chose RecordIO: `Message-Content-Type` names the record format.
+    Streaming(Format),
+}
+
+impl ResponseFormat {
+    /// The format of each record.
+    pub fn record_format(self) -> Format {
+        match self {
+            ResponseFormat::Plain(f) | ResponseFormat::Streaming(f) => f,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ResponseFormat::Plain(f) => f.media_type(),
+            ResponseFormat::Streaming(_) => APPLICATION_RECORDIO,
+        }
+    }
+
+    pub fn message_content_type(self) -> Option<&'static str> {
+        match self {
+            ResponseFormat::Plain(_) => None,
+            ResponseFormat::Streaming(f) => Some(f.media_type()),
+        }
+    }
+}
+
+/// How a Call's request body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One message (`Content-Type: application/json` or `application/x-protobuf`).
+    Single(Format),
+    /// A RecordIO stream of messages (`Content-Type: application/recordio`).
+    Streaming(Format),
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /acknowledge_container_input_response`: no header checks, body ignored.
+    Acknowledge,
+    /// A Call on any other path.
+    Call { body: BodyFormat, response: ResponseFormat },
+}
+
+/// A media type with its parameters and case ignored.
+fn essence(value: &str) -> String {
+    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn record_format(media: &str) -> Option<Format> {
+    match media {
+        APPLICATION_JSON => Some(Format::Json),
+        APPLICATION_PROTOBUF => Some(Format::Protobuf),
+        _ => None,
+    }
+}
+
+/// Classifies a request in the order of PROTOCOL.md §2.2.
+pub fn route(head: &RequestHead) -> Result<Route, HttpError> {
+    if head.method != "POST" {
+        return Err(HttpError::new(
+            405,
+            format!("Expecting 'POST', received '{}'", head.method),
+        ));
+    }
+    if head.path == ACKNOWLEDGE_PATH {
+        return Ok(Route::Acknowledge);
+    }
+    let content_type = head
+        .header("content-type")
+        .ok_or_else(|| HttpError::new(400, "Expecting 'Content-Type' to be present"))?;
+    let body = match essence(content_type).as_str() {
+        APPLICATION_RECORDIO => {
+            let mct = head.header("message-content-type").ok_or_else(|| {
+                HttpError::new(400, "Expecting 'Message-Content-Type' to be set for streaming requests")
+            })?;
+            let format = record_format(&essence(mct)).ok_or_else(|| {
+                HttpError::new(
+                    415,
+                    "Expecting 'Message-Content-Type' of application/json or application/x-protobuf",
+                )
+            })?;
+            BodyFormat::Streaming(format)
+        }
+        other => BodyFormat::Single(record_format(other).ok_or_else(|| {
+            HttpError::new(
+                415,
+                "Expecting 'Content-Type' of application/json or application/x-protobuf or application/recordio",
+            )
+        })?),
+    };
+    let accept = head.header("accept");
+    let response = if accepts(accept, APPLICATION_JSON) {
+        ResponseFormat::Plain(Format::Json)
+    } else if accepts(accept, APPLICATION_PROTOBUF) {
+        ResponseFormat::Plain(Format::Protobuf)
+    } else if accepts(accept, APPLICATION_RECORDIO) {
+        let message_accept = head.header("message-accept");
+        if accepts(message_accept, APPLICATION_JSON) {
+            ResponseFormat::Streaming(Format::Json)
+        } else if accepts(message_accept, APPLICATION_PROTOBUF) {
+            ResponseFormat::Streaming(Format::Protobuf)
+        } else {
+            return Err(HttpError::new(
+                406,
+                "Expecting 'Message-Accept' to allow 'application/json' or 'application/x-protobuf'",
+            ));
+        }
+    } else {
+        return Err(HttpError::new(
+            406,
+            "Expecting 'Accept' to allow 'application/json' or 'application/x-protobuf' or 'application/recordio'",
+        ));
+    };
+    Ok(Route::Call { body, response })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::http::{Limits, parse_head};
+
+    fn negotiate(accept: Option<&str>) -> Option<&'static str> {
+        [APPLICATION_JSON, APPLICATION_PROTOBUF, APPLICATION_RECORDIO]
+            .into_iter()
+            .find(|m| accepts(accept, m))
+    }
+
+    #[test]
+    fn the_table_of_section_2_3() {
+        assert_eq!(negotiate(None), Some(APPLICATION_JSON));
+        assert_eq!(negotiate(Some("*/*")), Some(APPLICATION_JSON));
+        assert_eq!(negotiate(Some("application/*")), Some(APPLICATION_JSON));
+        assert_eq!(
+            negotiate(Some("application/recordio, application/json")),
+            Some(APPLICATION_JSON)
+        );
+        assert_eq!(
+            negotiate(Some("application/json;q=0, application/recordio")),
+            Some(APPLICATION_RECORDIO)
+        );
+        assert_eq!(negotiate(Some("application/x-protobuf")), Some(APPLICATION_PROTOBUF));
+        assert_eq!(negotiate(Some("text/html")), None);
+    }
+
+    #[test]
+    fn q_values_and_wildcards() {
+        assert!(accepts(Some("APPLICATION/JSON"), APPLICATION_JSON));
+        assert!(accepts(Some("application/json; q=0.5"), APPLICATION_JSON));
+        assert!(!accepts(Some("application/json;q=abc"), APPLICATION_JSON));
+        assert!(accepts(Some("application/json;q=0;level=1"), APPLICATION_JSON));
+        // The first matching element decides, and exact types are tried before wildcards.
+        assert!(!accepts(
+            Some("application/json;q=0, application/json"),
+            APPLICATION_JSON
+        ));
+        assert!(!accepts(Some("*/*, application/json;q=0"), APPLICATION_JSON));
+        assert!(!accepts(Some("application/*;q=0, */*"), APPLICATION_PROTOBUF));
+        assert!(accepts(Some("text/*;q=0, */*"), APPLICATION_PROTOBUF));
+        assert!(!accepts(Some(""), APPLICATION_JSON));
+    }
+
+    fn route_of(headers: &str) -> Result<Route, HttpError> {
+        let text = format!("POST / HTTP/1.1\r\n{headers}\r\n");
+        route(&parse_head(text.as_bytes(), &Limits::default()).unwrap().unwrap().0)
+    }
+
+    #[test]
+    fn routing_and_refusals() {
+        use BodyFormat::*;
+        assert_eq!(
+            route_of(
+                "Content-Type: application/json\r\nAccept: application/recordio\r\nMessage-Accept: application/x-protobuf\r\n"
+            ),
+            Ok(Route::Call {
+                body: Single(Format::Json),
+                response: ResponseFormat::Streaming(Format::Protobuf)
+            })
+        );
+        assert_eq!(
+            route_of("Content-Type: Application/JSON; charset=utf-8\r\n"),
+            Ok(Route::Call {
+                body: Single(Format::Json),
+                response: ResponseFormat::Plain(Format::Json)
+            })
+        );
+        assert_eq!(
+            route_of(
+                "Content-Type: application/recordio\r\nMessage-Content-Type: application/x-protobuf\r\nAccept: application/x-protobuf\r\nMessage-Accept: text/html\r\n"
+            ),
+            Ok(Route::Call {
+                body: Streaming(Format::Protobuf),
+                response: ResponseFormat::Plain(Format::Protobuf)
+            })
+        );
+        let status = |h: &str| route_of(h).unwrap_err();
+        assert_eq!(status("").status, 400);
+        assert_eq!(status("Content-Type: text/plain\r\n").status, 415);
+        assert_eq!(
+            status("Content-Type: application/recordio\r\n").message,
+            "Expecting 'Message-Content-Type' to be set for streaming requests"
+        );
+        let e = status("Content-Type: application/recordio\r\nMessage-Content-Type: text/plain\r\n");
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (
+                415,
+                "Expecting 'Message-Content-Type' of application/json or application/x-protobuf"
+            )
+        );
+        assert_eq!(
+            status("Content-Type: application/json\r\nAccept: text/html\r\n").status,
+            406
+        );
+        assert_eq!(
+            status("Content-Type: application/json\r\nAccept: application/recordio\r\nMessage-Accept: text/html\r\n")
+                .status,
+            406
+        );
+        let get = parse_head(b"GET / HTTP/1.1\r\n\r\n", &Limits::default())
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(route(&get).unwrap_err().status, 405);
+        let ack = parse_head(
+            b"POST /acknowledge_container_input_response?x HTTP/1.1\r\n\r\n",
+            &Limits::default(),
+        )
+        .unwrap()
+        .unwrap()
+        .0;
+        assert_eq!(route(&ack), Ok(Route::Acknowledge));
+    }
+}

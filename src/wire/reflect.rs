@@ -1,0 +1,694 @@
+//! Schema-driven protobuf handling that prost does not do for us:
+//!
+//! * the proto2 `required` check (`IsInitialized` / `InitializationErrorString`) on raw
+//!   protobuf bytes, with Mesos's error paths (`a.b`, `list[2].c`);
+//! * Mesos JSON reading (`stout protobuf::parse`): JSON is turned into protobuf bytes that
+//!   prost then decodes;
+//! * Mesos JSON writing (`JSON::Protobuf`): protobuf bytes, as prost encodes them, turned
+//!   into compact JSON with keys in declaration order.
+//!
+//! Everything is driven by `schema::MESSAGES`, generated from `proto/` by `build.rs`.
+//! Nesting is bounded by [`MAX_DEPTH`] so hostile input cannot exhaust the stack.
+
+use serde_json::{Map, Number, Value};
+
+use super::json;
+use super::schema::{ENUMS, FieldDesc, Kind, Label, MESSAGES, MessageDesc};
+
+/// Maximum message nesting accepted in either direction (prost's own limit is 100).
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// Malformed protobuf bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WireError {
+    Truncated,
+    BadVarint,
+    BadWireType,
+    BadFieldNumber,
+    TooDeep,
+}
+
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const FIXED32: u8 = 5;
+
+#[derive(Debug, Clone, Copy)]
+enum WireValue<'a> {
+    Varint(u64),
+    /// A fixed32 or fixed64 value: no field of ours has one, so it is only skipped.
+    Fixed,
+    Len(&'a [u8]),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = *self.buf.get(self.pos).ok_or(WireError::Truncated)?;
+            self.pos += 1;
+            if i == 9 && b > 1 {
+                return Err(WireError::BadVarint);
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(WireError::BadVarint)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).ok_or(WireError::Truncated)?;
+        let bytes = self.buf.get(self.pos..end).ok_or(WireError::Truncated)?;
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn key(&mut self) -> Result<(u32, u8), WireError> {
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3).map_err(|_| WireError::BadFieldNumber)?;
+        if number == 0 || number > 536_870_911 {
+            return Err(WireError::BadFieldNumber);
+        }
+        Ok((number, (key & 7) as u8))
+    }
+
+    /// The next field, skipping groups (which no message of ours has, so they can only be
+    /// unknown fields).
+    fn next(&mut self) -> Result<Option<(u32, WireValue<'a>)>, WireError> {
+        loop {
+            if self.pos == self.buf.len() {
+                return Ok(None);
+            }
+            let (number, wire_type) = self.key()?;
+            let value = match wire_type {
+                VARINT => WireValue::Varint(self.varint()?),
+                FIXED64 => {
+                    self.take(8)?;
+                    WireValue::Fixed
+                }
+                LEN => {
+                    let n = usize::try_from(self.varint()?).map_err(|_| WireError::Truncated)?;
+                    WireValue::Len(self.take(n)?)
+                }
+                FIXED32 => {
+                    self.take(4)?;
+                    WireValue::Fixed
+                }
+                START_GROUP => {
+                    self.skip_group(number, 0)?;
+                    continue;
+                }
+                _ => return Err(WireError::BadWireType),
+            };
+            return Ok(Some((number, value)));
+        }
+    }
+
+    fn skip_group(&mut self, number: u32, depth: usize) -> Result<(), WireError> {
+        if depth >= MAX_DEPTH {
+            return Err(WireError::TooDeep);
+        }
+        loop {
+            if self.pos == self.buf.len() {
+                return Err(WireError::Truncated);
+            }
+            let (n, wire_type) = self.key()?;
+            match wire_type {
+                VARINT => {
+                    self.varint()?;
+                }
+                FIXED64 => {
+                    self.take(8)?;
+                }
+                LEN => {
+                    let len = usize::try_from(self.varint()?).map_err(|_| WireError::Truncated)?;
+                    self.take(len)?;
+                }
+                FIXED32 => {
+                    self.take(4)?;
+                }
+                START_GROUP => self.skip_group(n, depth + 1)?,
+                END_GROUP if n == number => return Ok(()),
+                _ => return Err(WireError::BadWireType),
+            }
+        }
+    }
+}
+
+fn is_varint_kind(kind: Kind) -> bool {
+    matches!(kind, Kind::Int64 | Kind::Uint32 | Kind::Bool | Kind::Enum(_))
+}
+
+/// Checks that a value's wire type fits the field, as prost's decoder will.
+fn check_wire_type(field: &FieldDesc, value: &WireValue<'_>) -> Result<(), WireError> {
+    let ok = match (field.kind, value) {
+        (Kind::String | Kind::Bytes | Kind::Message(_), WireValue::Len(_)) => true,
+        // Packed repeated scalars.
+        (_, WireValue::Len(_)) => field.label == Label::Repeated,
+        (k, WireValue::Varint(_)) => is_varint_kind(k),
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(WireError::BadWireType) }
+}
+
+fn field_by_number(desc: &MessageDesc, number: u32) -> Option<(usize, &'static FieldDesc)> {
+    desc.fields.iter().enumerate().find(|(_, f)| f.number == number)
+}
+
+/// Field values of one message, grouped by field (declaration index). A message may
+/// arrive in several pieces (a singular sub-message that occurs twice is merged, which
+/// on the wire is concatenation), so every walk takes a list of pieces.
+struct Fields<'a> {
+    values: Vec<Vec<WireValue<'a>>>,
+}
+
+fn collect<'a>(desc: &MessageDesc, pieces: &[&'a [u8]]) -> Result<Fields<'a>, WireError> {
+    let mut values = vec![Vec::new(); desc.fields.len()];
+    for piece in pieces {
+        let mut reader = Reader::new(piece);
+        while let Some((number, value)) = reader.next()? {
+            if let Some((i, field)) = field_by_number(desc, number) {
+                check_wire_type(field, &value)?;
+                values[i].push(value);
+            }
+        }
+    }
+    Ok(Fields { values })
+}
+
+/// Expands one field's values into scalars, unpacking packed encodings.
+fn scalars<'a>(field: &FieldDesc, values: &[WireValue<'a>]) -> Result<Vec<WireValue<'a>>, WireError> {
+    let mut out = Vec::with_capacity(values.len());
+    for value in values {
+        match (field.kind, value) {
+            (Kind::String | Kind::Bytes | Kind::Message(_), _) => out.push(*value),
+            // Packed: every scalar kind we support is a varint.
+            (_, WireValue::Len(packed)) => {
+                let mut r = Reader::new(packed);
+                while r.pos < packed.len() {
+                    out.push(WireValue::Varint(r.varint()?));
+                }
+            }
+            _ => out.push(*value),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an enum value is one the schema knows. Like C++ proto2, an unknown enum number
+/// is kept aside as an unknown field: the field then reads as unset.
+fn known_enum(kind: Kind, value: &WireValue<'_>) -> bool {
+    match (kind, value) {
+        (Kind::Enum(e), WireValue::Varint(v)) => ENUMS[e].name_of(*v as i32).is_some(),
+        _ => true,
+    }
+}
+
+/// The `required` fields missing from `bytes` (a message of type `msg`), as protobuf's
+/// `FindInitializationErrors` lists them: this message's missing fields in declaration
+/// order, then those of set sub-messages in field-number order.
+pub(crate) fn missing_required(msg: usize, bytes: &[u8]) -> Result<Vec<String>, WireError> {
+    let mut errors = Vec::new();
+    find_missing(msg, &[bytes], "", &mut errors, 0)?;
+    Ok(errors)
+}
+
+fn find_missing(
+    msg: usize,
+    pieces: &[&[u8]],
+    prefix: &str,
+    errors: &mut Vec<String>,
+    depth: usize,
+) -> Result<(), WireError> {
+    if depth >= MAX_DEPTH {
+        return Err(WireError::TooDeep);
+    }
+    let desc = &MESSAGES[msg];
+    let fields = collect(desc, pieces)?;
+    for (field, values) in desc.fields.iter().zip(&fields.values) {
+        if field.label == Label::Required && !values.iter().any(|v| known_enum(field.kind, v)) {
+            errors.push(format!("{prefix}{}", field.name));
+        }
+    }
+    let mut by_number: Vec<(&FieldDesc, &Vec<WireValue<'_>>)> = desc.fields.iter().zip(&fields.values).collect();
+    by_number.sort_by_key(|(f, _)| f.number);
+    for (field, values) in by_number {
+        let Kind::Message(sub) = field.kind else { continue };
+        let bodies: Vec<&[u8]> = values
+            .iter()
+            .map(|v| match v {
+                WireValue::Len(b) => *b,
+                _ => unreachable!("wire types were checked"),
+            })
+            .collect();
+        if bodies.is_empty() {
+            continue;
+        }
+        if field.label == Label::Repeated {
+            for (i, body) in bodies.iter().enumerate() {
+                let p = format!("{prefix}{}[{i}].", field.name);
+                find_missing(sub, &[body], &p, errors, depth + 1)?;
+            }
+        } else {
+            let p = format!("{prefix}{}.", field.name);
+            find_missing(sub, &bodies, &p, errors, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Protobuf bytes -> Mesos JSON
+
+/// Appends the Mesos JSON form of `bytes` (a message of type `msg`) to `out`.
+pub(crate) fn to_json(msg: usize, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    write_message(msg, &[bytes], out, 0)
+}
+
+fn write_message(msg: usize, pieces: &[&[u8]], out: &mut Vec<u8>, depth: usize) -> Result<(), WireError> {
+    if depth >= MAX_DEPTH {
+        return Err(WireError::TooDeep);
+    }
+    let desc = &MESSAGES[msg];
+    let fields = collect(desc, pieces)?;
+    out.push(b'{');
+    let mut first = true;
+    let mut key = |name: &str, out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        json::write_string(name.as_bytes(), out);
+        out.push(b':');
+    };
+    for (field, values) in desc.fields.iter().zip(&fields.values) {
+        if field.label == Label::Repeated {
+            let elements: Vec<WireValue<'_>> = scalars(field, values)?
+                .into_iter()
+                .filter(|v| known_enum(field.kind, v))
+                .collect();
+            if elements.is_empty() {
+                continue;
+            }
+            key(field.name, out);
+            out.push(b'[');
+            for (i, value) in elements.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(field, &[*value], out, depth)?;
+            }
+            out.push(b']');
+        } else if let Kind::Message(_) = field.kind {
+            if !values.is_empty() {
+                key(field.name, out);
+                write_value(field, values, out, depth)?;
+            }
+        } else if let Some(last) = values.iter().rev().find(|v| known_enum(field.kind, v)) {
+            key(field.name, out);
+            write_value(field, &[*last], out, depth)?;
+        } else if let (Some(default), false) = (field.default, field.deprecated) {
+            key(field.name, out);
+            write_default(field, default, out);
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_value(field: &FieldDesc, values: &[WireValue<'_>], out: &mut Vec<u8>, depth: usize) -> Result<(), WireError> {
+    let text = match (field.kind, values[0]) {
+        (Kind::Message(sub), _) => {
+            let bodies: Vec<&[u8]> = values
+                .iter()
+                .map(|v| match v {
+                    WireValue::Len(b) => *b,
+                    _ => unreachable!("wire types were checked"),
+                })
+                .collect();
+            return write_message(sub, &bodies, out, depth + 1);
+        }
+        (Kind::String, WireValue::Len(s)) => {
+            json::write_string(s, out);
+            return Ok(());
+        }
+        (Kind::Bytes, WireValue::Len(b)) => {
+            out.push(b'"');
+            json::write_base64(b, out);
+            out.push(b'"');
+            return Ok(());
+        }
+        (Kind::Enum(e), WireValue::Varint(v)) => {
+            let name = ENUMS[e].name_of(v as i32).expect("unknown enum values are filtered");
+            json::write_string(name.as_bytes(), out);
+            return Ok(());
+        }
+        (Kind::Bool, WireValue::Varint(v)) => (if v != 0 { "true" } else { "false" }).to_string(),
+        (Kind::Int64, WireValue::Varint(v)) => (v as i64).to_string(),
+        (Kind::Uint32, WireValue::Varint(v)) => (v as u32).to_string(),
+        _ => return Err(WireError::BadWireType),
+    };
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+fn write_default(field: &FieldDesc, default: &str, out: &mut Vec<u8>) {
+    match field.kind {
+        Kind::String | Kind::Enum(_) => json::write_string(default.as_bytes(), out),
+        // Numbers and booleans: protoc's text is already the JSON text.
+        _ => out.extend_from_slice(default.as_bytes()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mesos JSON -> protobuf bytes
+
+/// Converts a JSON value into the protobuf bytes of message `msg`, the way stout's
+/// `protobuf::parse` fills a message: keys in sorted order (stout's `std::map`), unknown
+/// keys ignored, `null` meaning unset, and the required-field check at the end. Errors
+/// carry Mesos's texts.
+pub(crate) fn from_json(msg: usize, value: &Value) -> Result<Vec<u8>, String> {
+    let Value::Object(object) = value else {
+        return Err("Expecting a JSON object".to_string());
+    };
+    let mut out = Vec::new();
+    encode_object(msg, object, &mut out, 0)?;
+    let missing = missing_required(msg, &out).map_err(|e| format!("Failed to encode JSON: {e:?}"))?;
+    if !missing.is_empty() {
+        return Err(format!("Missing required fields: {}", missing.join(", ")));
+    }
+    Ok(out)
+}
+
+fn encode_object(msg: usize, object: &Map<String, Value>, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
+    if depth >= MAX_DEPTH {
+        return Err("JSON nesting too deep".to_string());
+    }
+    let desc = &MESSAGES[msg];
+    for (name, value) in object {
+        if let Some(field) = desc.fields.iter().find(|f| f.name == name) {
+            encode_field(field, value, out, depth)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_key(number: u32, wire_type: u8, out: &mut Vec<u8>) {
+    put_varint((u64::from(number) << 3) | u64::from(wire_type), out);
+}
+
+fn put_len(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    put_key(number, LEN, out);
+    put_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// Writes an integer field: `signed` and `unsigned` are the same number as C++ would
+/// `static_cast` it to each type.
+fn put_integer(field: &FieldDesc, signed: i64, unsigned: u64, out: &mut Vec<u8>) {
+    put_key(field.number, VARINT, out);
+    match field.kind {
+        Kind::Int64 => put_varint(signed as u64, out),
+        Kind::Uint32 => put_varint(u64::from(unsigned as u32), out),
+        _ => unreachable!("put_integer is only called for integer kinds"),
+    }
+}
+
+fn is_integer_kind(kind: Kind) -> bool {
+    matches!(kind, Kind::Int64 | Kind::Uint32)
+}
+
+/// A JSON number as C++ `static_cast`s it: integers wrap, floats truncate toward zero.
+fn number_parts(n: &Number) -> (i64, u64) {
+    if let Some(i) = n.as_i64() {
+        (i, i as u64)
+    } else if let Some(u) = n.as_u64() {
+        (u as i64, u)
+    } else {
+        let f = n.as_f64().unwrap_or(0.0);
+        (f as i64, if f < 0.0 { (f as i64) as u64 } else { f as u64 })
+    }
+}
+
+fn not_expecting(what: &str, field: &FieldDesc) -> String {
+    format!("Not expecting a JSON {what} for field '{}'", field.name)
+}
+
+fn encode_field(field: &FieldDesc, value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
+    match value {
+        Value::Null => Ok(()),
+        Value::Array(items) => {
+            if field.label != Label::Repeated {
+                return Err(not_expecting("array", field));
+            }
+            for item in items {
+                encode_field(field, item, out, depth)?;
+            }
+            Ok(())
+        }
+        Value::Object(object) => {
+            let Kind::Message(sub) = field.kind else {
+                return Err(not_expecting("object", field));
+            };
+            let mut body = Vec::new();
+            encode_object(sub, object, &mut body, depth + 1)?;
+            put_len(field.number, &body, out);
+            Ok(())
+        }
+        Value::Bool(b) => {
+            if field.kind != Kind::Bool {
+                return Err(not_expecting("boolean", field));
+            }
+            put_key(field.number, VARINT, out);
+            put_varint(u64::from(*b), out);
+            Ok(())
+        }
+        Value::Number(n) => {
+            if !is_integer_kind(field.kind) {
+                return Err(not_expecting("number", field));
+            }
+            let (signed, unsigned) = number_parts(n);
+            put_integer(field, signed, unsigned, out);
+            Ok(())
+        }
+        Value::String(s) => match field.kind {
+            Kind::String => {
+                put_len(field.number, s.as_bytes(), out);
+                Ok(())
+            }
+            Kind::Bytes => {
+                let bytes = json::decode_base64_lenient(s)
+                    .map_err(|e| format!("Failed to base64 decode bytes field '{}': {e}", field.name))?;
+                put_len(field.number, &bytes, out);
+                Ok(())
+            }
+            Kind::Enum(e) => match ENUMS[e].number_of(s) {
+                Some(number) => {
+                    put_key(field.number, VARINT, out);
+                    put_varint(i64::from(number) as u64, out);
+                    Ok(())
+                }
+                None if field.label == Label::Required => Err(format!("Failed to find enum for '{s}'")),
+                // Proto2 drops an unknown value of an optional enum: the field stays unset.
+                None => Ok(()),
+            },
+            kind if is_integer_kind(kind) => {
+                let n: Number = s
+                    .trim()
+                    .parse::<i64>()
+                    .map(Number::from)
+                    .or_else(|_| s.trim().parse::<u64>().map(Number::from))
+                    .ok()
+                    .or_else(|| s.trim().parse::<f64>().ok().and_then(Number::from_f64))
+                    .ok_or_else(|| format!("Failed to convert '{s}' to number for field '{}'", field.name))?;
+                let (signed, unsigned) = number_parts(&n);
+                put_integer(field, signed, unsigned, out);
+                Ok(())
+            }
+            _ => Err(not_expecting("string", field)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::schema::message_index;
+
+    fn idx(name: &str) -> usize {
+        message_index(name).unwrap()
+    }
+
+    fn json_of(msg: &str, bytes: &[u8]) -> String {
+        let mut out = Vec::new();
+        to_json(idx(msg), bytes, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn heartbeat_json_in_declaration_order() {
+        // PROTOCOL.md §2.13: HEARTBEAT, 30 s.
+        let pb = [
+            0x08, 0x02, 0x1a, 0x0c, 0x08, 0x02, 0x1a, 0x08, 0x0a, 0x06, 0x08, 0x80, 0xd8, 0x8e, 0xe1, 0x6f,
+        ];
+        assert_eq!(
+            json_of("mesos.agent.ProcessIO", &pb),
+            r#"{"type":"CONTROL","control":{"type":"HEARTBEAT","heartbeat":{"interval":{"nanoseconds":30000000000}}}}"#
+        );
+    }
+
+    #[test]
+    fn json_round_trips_to_the_golden_bytes() {
+        let call = serde_json::json!({
+            "type": "ATTACH_CONTAINER_INPUT",
+            "attach_container_input": {"type": "PROCESS_IO", "process_io": {
+                "type": "CONTROL", "control": {"type": "TTY_INFO",
+                    "tty_info": {"window_size": {"rows": 24, "columns": 80}}}}}
+        });
+        // from_json writes fields in key order; prost re-encodes them in field order.
+        let pb = from_json(idx("mesos.agent.Call"), &call).unwrap();
+        let pb = <crate::wire::message::mesos::agent::Call as prost::Message>::decode(pb.as_slice()).unwrap();
+        let pb = prost::Message::encode_to_vec(&pb);
+        assert_eq!(
+            pb,
+            [
+                0x08, 0x12, 0x52, 0x12, 0x08, 0x02, 0x1a, 0x0e, 0x08, 0x02, 0x1a, 0x0a, 0x08, 0x01, 0x12, 0x06, 0x0a,
+                0x04, 0x08, 0x18, 0x10, 0x50
+            ]
+        );
+        assert_eq!(
+            json_of("mesos.agent.Call", &pb),
+            r#"{"type":"ATTACH_CONTAINER_INPUT","attach_container_input":{"type":"PROCESS_IO","process_io":{"type":"CONTROL","control":{"type":"TTY_INFO","tty_info":{"window_size":{"rows":24,"columns":80}}}}}}"#
+        );
+    }
+
+    #[test]
+    fn defaults_are_written_for_unset_optional_fields() {
+        // CommandInfo.shell has [default = true]; Environment.Variable.type [default = VALUE].
+        assert_eq!(
+            json_of("mesos.CommandInfo", &[0x1a, 0x02, b'l', b's']),
+            r#"{"shell":true,"value":"ls"}"#
+        );
+        assert_eq!(
+            json_of("mesos.Environment", &[0x0a, 0x03, 0x0a, 0x01, b'A']),
+            r#"{"variables":[{"name":"A","type":"VALUE"}]}"#
+        );
+    }
+
+    #[test]
+    fn required_fields_are_reported_with_paths() {
+        let call = idx("mesos.agent.Call");
+        let v = serde_json::json!({"type": "ATTACH_CONTAINER_OUTPUT", "attach_container_output": {}});
+        assert_eq!(
+            from_json(call, &v).unwrap_err(),
+            "Missing required fields: attach_container_output.container_id"
+        );
+        let v = serde_json::json!({"attach_container_input": {"container_id": {"parent": {}}}});
+        assert_eq!(
+            from_json(call, &v).unwrap_err(),
+            "Missing required fields: attach_container_input.container_id.value, \
+             attach_container_input.container_id.parent.value"
+        );
+        let env = serde_json::json!({"variables": [{"name": "a"}, {}]});
+        assert_eq!(
+            from_json(idx("mesos.Environment"), &env).unwrap_err(),
+            "Missing required fields: variables[1].name"
+        );
+    }
+
+    #[test]
+    fn lenient_reading_rules() {
+        let call = idx("mesos.agent.Call");
+        let pio = idx("mesos.agent.ProcessIO");
+        // Unknown keys are ignored, null is unset, unknown optional enum names are dropped.
+        assert_eq!(
+            from_json(call, &serde_json::json!({"typo": 1, "type": null})).unwrap(),
+            Vec::<u8>::new()
+        );
+        assert_eq!(
+            from_json(call, &serde_json::json!({"type": "FOO"})).unwrap(),
+            Vec::<u8>::new()
+        );
+        // Numeric strings for integers.
+        let hb = serde_json::json!({"type": "CONTROL", "control": {"type": "HEARTBEAT",
+            "heartbeat": {"interval": {"nanoseconds": "30000000000"}}}});
+        assert_eq!(from_json(pio, &hb).unwrap().len(), 16);
+        // Type errors.
+        assert_eq!(
+            from_json(call, &serde_json::json!({"type": 18})).unwrap_err(),
+            "Not expecting a JSON number for field 'type'"
+        );
+        assert_eq!(
+            from_json(call, &serde_json::json!({"type": ["X"]})).unwrap_err(),
+            "Not expecting a JSON array for field 'type'"
+        );
+        assert_eq!(
+            from_json(call, &serde_json::json!({"type": {}})).unwrap_err(),
+            "Not expecting a JSON object for field 'type'"
+        );
+        assert_eq!(
+            from_json(call, &serde_json::json!({"type": true})).unwrap_err(),
+            "Not expecting a JSON boolean for field 'type'"
+        );
+        assert_eq!(
+            from_json(call, &serde_json::json!([])).unwrap_err(),
+            "Expecting a JSON object"
+        );
+        let bad = serde_json::json!({"data": {"data": "a-b"}});
+        assert_eq!(
+            from_json(pio, &bad).unwrap_err(),
+            "Failed to base64 decode bytes field 'data': Invalid character '-'"
+        );
+        let bad_required_enum = serde_json::json!({"type": "NOPE"});
+        assert_eq!(
+            from_json(idx("mesos.ContainerInfo"), &bad_required_enum).unwrap_err(),
+            "Failed to find enum for 'NOPE'"
+        );
+    }
+
+    #[test]
+    fn malformed_wire_is_an_error_not_a_panic() {
+        let pio = idx("mesos.agent.ProcessIO");
+        for bad in [
+            &[0x08][..],
+            &[0x12, 0x05, 0x00],
+            &[0x0a, 0x01, 0x00],
+            &[0x00],
+            &[0xff; 11],
+        ] {
+            assert!(missing_required(pio, bad).is_err(), "{bad:?}");
+        }
+        // A deep ContainerID chain is refused, not recursed into without bound.
+        let mut nested = vec![0x0a, 0x01, b'x'];
+        for _ in 0..100 {
+            let mut outer = vec![0x0a, 0x01, b'x', 0x12];
+            put_varint(nested.len() as u64, &mut outer);
+            outer.extend_from_slice(&nested);
+            nested = outer;
+        }
+        assert_eq!(
+            missing_required(idx("mesos.ContainerID"), &nested),
+            Err(WireError::TooDeep)
+        );
+    }
+}

@@ -7,9 +7,14 @@
 //! socket, and is a drop-in replacement for it.
 //!
 //! Rooms (see `../shared/DESIGN.md`): [`wire`] holds the sans-IO codecs of everything that
-//! crosses the socket; [`cli`] the command lines.
+//! crosses the socket; [`ring`] the io_uring core (the only room with `unsafe`); [`relay`] the
+//! fan-out logic; [`cli`]
+//! the command lines.
 
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod relay;
+#[allow(unsafe_code)]
+pub mod ring;
 pub mod wire;

@@ -1,0 +1,689 @@
+//! The output relay: one read of container output, many deliveries.
+//!
+//! This room is logic only; it never touches the ring. The server's loop asks it where
+//! the next read of each stream should land, tells it what was read, what the logger
+//! wrote and what each client sent, and asks it what each client should send next.
+//!
+//! * Each stream has a byte buffer in the arena, addressed by stream offset (every byte
+//!   of a stream has one, counted from 0). A read lands at the head; the logger writes
+//!   from its own offset; the buffer's tail is the oldest byte still needed by the logger
+//!   or any client. When the buffer is full, reading pauses: a slow logger holds back the
+//!   container, never the clients.
+//! * Reads become records (at most `max_record` payload bytes each) in a record log that
+//!   clients walk with a cursor. A record refers to its payload by stream offset; the
+//!   bytes are never copied for a client. Framing (HTTP chunk line, RecordIO length,
+//!   protobuf tags or JSON text) is written per client around the shared payload; JSON's
+//!   base64 is made once per record, when a JSON client is attached.
+//! * A client's lag is how many payload bytes it is behind the live edge. Past
+//!   `lag_limit` (or when the log holds `max_records`), the client is cut off: its loss is
+//!   counted, and the container, the logger and the other clients never wait for it.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::rc::Rc;
+
+use crate::ring::Msg;
+use crate::wire::http::{CHUNK_END, LAST_CHUNK, write_chunk_size};
+use crate::wire::message::{self, Format, Stream};
+
+/// Limits and sizes of the relay. Every buffer it keeps is bounded by these.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Buffer bytes per stream (in the arena).
+    pub buffer_bytes: usize,
+    /// Largest single read from a stream.
+    pub max_read: usize,
+    /// Largest payload of one record (Mesos sends at most 64 KiB).
+    pub max_record: usize,
+    /// Payload bytes a client may fall behind the live edge before it is cut off.
+    pub lag_limit: usize,
+    /// Records kept for clients; a client holding the oldest when the log is full is cut.
+    pub max_records: usize,
+    /// Bytes per send to one client.
+    pub max_send_bytes: usize,
+    /// Segments (iovecs) per send to one client.
+    pub max_send_segments: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            buffer_bytes: 1 << 20,
+            max_read: 256 << 10,
+            max_record: 64 << 10,
+            lag_limit: 768 << 10,
+            max_records: 16 << 10,
+            max_send_bytes: 1 << 20,
+            max_send_segments: 256,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the limits fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_read == 0 || self.max_record == 0 || self.max_records == 0 || self.max_send_segments < 4 {
+            return Err("relay sizes must be positive (and allow at least 4 segments per send)".into());
+        }
+        if self.lag_limit + self.max_read > self.buffer_bytes {
+            return Err(format!(
+                "the lag limit ({}) plus the read size ({}) must fit in the stream buffer ({})",
+                self.lag_limit, self.max_read, self.buffer_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a client's bytes are framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Framing {
+    /// The container's bytes alone, stdout and stderr interleaved; no control records.
+    Raw,
+    /// RecordIO records of `ProcessIO` in this format, each in one HTTP chunk, ended by
+    /// the last chunk: an `ATTACH_CONTAINER_OUTPUT` response body.
+    Chunked(Format),
+}
+
+/// A client handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId {
+    index: u32,
+    generation: u32,
+}
+
+impl ClientId {
+    /// A number that identifies the client while it exists (for tokens and logs).
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
+/// Why a client stopped being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// It fell more than the lag limit behind, or held the oldest record of a full log.
+    Lagging,
+    /// Its connection failed or was closed.
+    Gone,
+}
+
+#[derive(Debug)]
+enum RecordKind {
+    Data {
+        stream: Stream,
+        off: u64,
+        len: usize,
+        json: Option<Rc<[u8]>>,
+    },
+    /// A complete chunk per format (heartbeats).
+    Control { json: Rc<[u8]>, protobuf: Rc<[u8]> },
+}
+
+#[derive(Debug)]
+struct Record {
+    /// Payload bytes appended to the log before this record.
+    log_start: u64,
+    kind: RecordKind,
+}
+
+#[derive(Debug)]
+struct StreamBuf {
+    /// Where the buffer starts in the arena, and its size.
+    base: usize,
+    cap: usize,
+    /// Stream offset of the next byte to read.
+    head: u64,
+    /// Stream offset of the next byte the logger writes.
+    logged: u64,
+    /// Stream offset below which no client needs bytes.
+    client_tail: u64,
+    eof: bool,
+}
+
+impl StreamBuf {
+    fn tail(&self) -> u64 {
+        self.logged.min(self.client_tail)
+    }
+
+    fn arena(&self, off: u64, len: usize) -> Range<usize> {
+        let start = self.base + (off % self.cap as u64) as usize;
+        start..start + len
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientState {
+    Live,
+    Cut(CutReason),
+}
+
+#[derive(Debug)]
+struct Client {
+    framing: Framing,
+    /// Bytes to send before any record (an HTTP response head), and how many were sent.
+    front: Vec<u8>,
+    front_sent: usize,
+    /// The next record to send, and how many bytes of its framed form were sent.
+    next: u64,
+    offset: usize,
+    /// Bytes of the end of the stream (the last chunk) sent.
+    end_sent: usize,
+    ended: bool,
+    /// The send in flight: its length (0: none), and where each of its records ends in
+    /// it, as (sequence number, end).
+    sending: usize,
+    front_in_send: usize,
+    plan: Vec<(u64, usize)>,
+    state: ClientState,
+    generation: u32,
+}
+
+/// Counters for logs and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Container bytes read, all streams.
+    pub bytes_read: u64,
+    /// Clients cut off for lagging, and the payload bytes they were behind when cut.
+    pub clients_cut: u64,
+    pub bytes_lost: u64,
+}
+
+/// The fan-out state of one container's output.
+pub struct Relay {
+    config: Config,
+    streams: Vec<StreamBuf>,
+    records: VecDeque<Record>,
+    /// Sequence number of `records[0]`.
+    first_seq: u64,
+    /// Payload bytes ever appended to the log.
+    log_total: u64,
+    clients: Vec<Option<Client>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    json_clients: usize,
+    live_clients: usize,
+    finished: bool,
+    stats: Stats,
+}
+
+impl Relay {
+    /// A relay for `streams` streams: 1 for a PTY (stdout only), 2 for pipes.
+    pub fn new(config: Config, streams: usize) -> Result<Relay, String> {
+        config.validate()?;
+        assert!(
+            streams == 1 || streams == 2,
+            "a container has one or two output streams"
+        );
+        let streams = (0..streams)
+            .map(|i| StreamBuf {
+                base: i * config.buffer_bytes,
+                cap: config.buffer_bytes,
+                head: 0,
+                logged: 0,
+                client_tail: 0,
+                eof: false,
+            })
+            .collect();
+        Ok(Relay {
+            config,
+            streams,
+            records: VecDeque::new(),
+            first_seq: 0,
+            log_total: 0,
+            clients: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            json_clients: 0,
+            live_clients: 0,
+            finished: false,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Arena bytes the relay needs.
+    pub fn arena_len(&self) -> usize {
+        self.streams.len() * self.config.buffer_bytes
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Which stream a DATA record of `index` carries.
+    pub fn stream_kind(index: usize) -> Stream {
+        if index == 0 { Stream::Stdout } else { Stream::Stderr }
+    }
+
+    fn buf_of(&self, stream: Stream) -> &StreamBuf {
+        &self.streams[usize::from(stream == Stream::Stderr).min(self.streams.len() - 1)]
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Reading and logging
+
+    /// Where the next read of stream `s` should land, or `None` while its buffer is full
+    /// (or the stream ended).
+    pub fn read_window(&self, s: usize) -> Option<Range<usize>> {
+        let b = &self.streams[s];
+        if b.eof {
+            return None;
+        }
+        let free = b.cap - (b.head - b.tail()) as usize;
+        let pos = (b.head % b.cap as u64) as usize;
+        let len = free.min(b.cap - pos).min(self.config.max_read);
+        (len > 0).then(|| b.base + pos..b.base + pos + len)
+    }
+
+    /// `data` (the start of the window) was read from stream `s`. Returns the clients this
+    /// cut off for lagging; their connections should be shut down.
+    pub fn on_read(&mut self, s: usize, data: &[u8]) -> Vec<ClientId> {
+        let start = self.streams[s].head;
+        self.streams[s].head += data.len() as u64;
+        self.stats.bytes_read += data.len() as u64;
+        if self.live_clients == 0 {
+            self.release_records();
+            return Vec::new();
+        }
+        for (i, chunk) in data.chunks(self.config.max_record).enumerate() {
+            let json = (self.json_clients > 0).then(|| {
+                let mut out = Vec::with_capacity(chunk.len().div_ceil(3) * 4 + 16);
+                message::json_data_payload(chunk, &mut out);
+                Rc::from(out)
+            });
+            let off = start + (i * self.config.max_record) as u64;
+            self.records.push_back(Record {
+                log_start: self.log_total,
+                kind: RecordKind::Data {
+                    stream: Self::stream_kind(s),
+                    off,
+                    len: chunk.len(),
+                    json,
+                },
+            });
+            self.log_total += chunk.len() as u64;
+        }
+        self.enforce_limits()
+    }
+
+    /// Stream `s` reached its end.
+    pub fn on_eof(&mut self, s: usize) {
+        self.streams[s].eof = true;
+    }
+
+    pub fn is_eof(&self, s: usize) -> bool {
+        self.streams[s].eof
+    }
+
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// What the logger of stream `s` should write next (contiguous in the arena).
+    pub fn logger_range(&self, s: usize) -> Option<Range<usize>> {
+        let b = &self.streams[s];
+        let pos = (b.logged % b.cap as u64) as usize;
+        let len = ((b.head - b.logged) as usize).min(b.cap - pos);
+        (len > 0).then(|| b.base + pos..b.base + pos + len)
+    }
+
+    pub fn on_logged(&mut self, s: usize, n: usize) {
+        let b = &mut self.streams[s];
+        b.logged += n as u64;
+        assert!(b.logged <= b.head, "the logger wrote more than was read");
+    }
+
+    /// Every byte read from every stream has reached the logger.
+    pub fn logger_done(&self) -> bool {
+        self.streams.iter().all(|b| b.logged == b.head)
+    }
+
+    /// Container output is over: each client's stream ends once it has every record.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Appends a control record (a heartbeat) for the clients attached now: a complete
+    /// chunk in each format. Returns the clients this cut off.
+    pub fn push_control(&mut self, json: Rc<[u8]>, protobuf: Rc<[u8]>) -> Vec<ClientId> {
+        if self.live_clients == 0 {
+            return Vec::new();
+        }
+        self.records.push_back(Record {
+            log_start: self.log_total,
+            kind: RecordKind::Control { json, protobuf },
+        });
+        self.enforce_limits()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Clients
+
+    /// Attaches a client at the live edge (no replay): it is sent `front` first, then every
+    /// record appended from now on.
+    pub fn add_client(&mut self, framing: Framing, front: Vec<u8>) -> ClientId {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.clients.push(None);
+                self.generations.push(0);
+                (self.clients.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[index as usize].wrapping_add(1);
+        self.generations[index as usize] = generation;
+        if framing == Framing::Chunked(Format::Json) {
+            self.json_clients += 1;
+        }
+        self.live_clients += 1;
+        self.clients[index as usize] = Some(Client {
+            framing,
+            front,
+            front_sent: 0,
+            next: self.first_seq + self.records.len() as u64,
+            offset: 0,
+            end_sent: 0,
+            ended: false,
+            sending: 0,
+            front_in_send: 0,
+            plan: Vec::new(),
+            state: ClientState::Live,
+            generation,
+        });
+        ClientId { index, generation }
+    }
+
+    fn client(&self, id: ClientId) -> &Client {
+        match self.clients.get(id.index as usize) {
+            Some(Some(c)) if c.generation == id.generation => c,
+            _ => panic!("unknown client {id:?}"),
+        }
+    }
+
+    fn client_mut(&mut self, id: ClientId) -> &mut Client {
+        match self.clients.get_mut(id.index as usize) {
+            Some(Some(c)) if c.generation == id.generation => c,
+            _ => panic!("unknown client {id:?}"),
+        }
+    }
+
+    /// Every client that exists, live or cut.
+    pub fn client_ids(&self) -> Vec<ClientId> {
+        self.clients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.as_ref().map(|c| ClientId {
+                    index: i as u32,
+                    generation: c.generation,
+                })
+            })
+            .collect()
+    }
+
+    /// Clients being served.
+    pub fn live_clients(&self) -> usize {
+        self.live_clients
+    }
+
+    /// Payload bytes the client is behind the live edge.
+    pub fn lag(&self, id: ClientId) -> u64 {
+        let c = self.client(id);
+        match self.records.get((c.next - self.first_seq) as usize) {
+            Some(r) => self.log_total - r.log_start,
+            None => 0,
+        }
+    }
+
+    /// Why the client was cut off, if it was.
+    pub fn cut_reason(&self, id: ClientId) -> Option<CutReason> {
+        match self.client(id).state {
+            ClientState::Live => None,
+            ClientState::Cut(r) => Some(r),
+        }
+    }
+
+    /// Whether a send to this client is in flight.
+    pub fn is_sending(&self, id: ClientId) -> bool {
+        self.client(id).sending > 0
+    }
+
+    /// The client received its whole stream, end included.
+    pub fn has_ended(&self, id: ClientId) -> bool {
+        self.client(id).ended
+    }
+
+    /// Stops serving a client. It keeps its place until [`Relay::remove_client`], so that a
+    /// send in flight still refers to records that exist.
+    pub fn cut(&mut self, id: ClientId, reason: CutReason) {
+        let c = self.client_mut(id);
+        if c.state != ClientState::Live {
+            return;
+        }
+        c.state = ClientState::Cut(reason);
+        let json = c.framing == Framing::Chunked(Format::Json);
+        self.live_clients -= 1;
+        if json {
+            self.json_clients -= 1;
+        }
+    }
+
+    /// Forgets a client; no send to it may be in flight.
+    pub fn remove_client(&mut self, id: ClientId) {
+        assert!(!self.is_sending(id), "client {id:?} removed with a send in flight");
+        self.cut(id, CutReason::Gone);
+        self.clients[id.index as usize] = None;
+        self.free.push(id.index);
+        self.release_records();
+    }
+
+    /// Cuts the clients that broke the limits, and returns them.
+    fn enforce_limits(&mut self) -> Vec<ClientId> {
+        let limit = self.config.lag_limit as u64;
+        let front_lagging = self
+            .records
+            .front()
+            .is_some_and(|r| self.log_total - r.log_start > limit);
+        let log_full = self.records.len() > self.config.max_records;
+        if !front_lagging && !log_full {
+            return Vec::new();
+        }
+        // With a full log, live clients holding the oldest record go too.
+        let front_holder = log_full.then_some(self.first_seq);
+        let mut cut = Vec::new();
+        for id in self.client_ids() {
+            let c = self.client(id);
+            if c.state != ClientState::Live {
+                continue;
+            }
+            let lag = self.lag(id);
+            if lag > limit || front_holder == Some(c.next) {
+                self.stats.clients_cut += 1;
+                self.stats.bytes_lost += lag;
+                self.cut(id, CutReason::Lagging);
+                cut.push(id);
+            }
+        }
+        self.release_records();
+        cut
+    }
+
+    /// Drops the records no client needs any more, and moves the streams' client tails.
+    fn release_records(&mut self) {
+        let end = self.first_seq + self.records.len() as u64;
+        // A cut client still holds its records while a send to it is in flight.
+        let keep_from = self
+            .clients
+            .iter()
+            .flatten()
+            .filter(|c| c.state == ClientState::Live || c.sending > 0)
+            .map(|c| c.next)
+            .min()
+            .unwrap_or(end);
+        while self.first_seq < keep_from {
+            let Some(r) = self.records.pop_front() else { break };
+            self.first_seq += 1;
+            if let RecordKind::Data { stream, off, len, .. } = r.kind {
+                let s = usize::from(stream == Stream::Stderr).min(self.streams.len() - 1);
+                self.streams[s].client_tail = off + len as u64;
+            }
+        }
+        if self.records.is_empty() {
+            for b in &mut self.streams {
+                b.client_tail = b.head;
+            }
+        }
+    }
+
+    /// Builds the next send to a client into `msg` (cleared first). Returns false when
+    /// there is nothing to send now, or a send is already in flight.
+    pub fn fill(&mut self, id: ClientId, msg: &mut Msg) -> bool {
+        msg.clear();
+        let cfg = self.config;
+        let (first_seq, end_seq, finished) = (
+            self.first_seq,
+            self.first_seq + self.records.len() as u64,
+            self.finished,
+        );
+        let c = self.client(id);
+        if c.sending > 0 || c.state != ClientState::Live || c.ended {
+            return false;
+        }
+        let (framing, mut seq, mut skip) = (c.framing, c.next, c.offset);
+        let front = c.front.len() - c.front_sent;
+        if front > 0 {
+            msg.push_copy(&c.front[c.front_sent..]);
+        }
+        let mut plan = std::mem::take(&mut self.client_mut(id).plan);
+        plan.clear();
+        while seq < end_seq && msg.segments() + 3 <= cfg.max_send_segments && msg.len() < cfg.max_send_bytes {
+            self.frame(framing, &self.records[(seq - first_seq) as usize], msg, skip);
+            skip = 0;
+            seq += 1;
+            plan.push((seq, msg.len()));
+        }
+        let c = self.client_mut(id);
+        c.plan = plan;
+        if finished && seq == end_seq {
+            match framing {
+                Framing::Chunked(_) => msg.push_copy(&LAST_CHUNK[c.end_sent..]),
+                // A raw stream just ends.
+                Framing::Raw => {
+                    if msg.is_empty() {
+                        c.ended = true;
+                    }
+                }
+            }
+        }
+        let len = msg.len();
+        c.sending = len;
+        c.front_in_send = front;
+        len > 0
+    }
+
+    /// Appends the framed form of `record` for `framing`, minus its first `skip` bytes.
+    fn frame(&self, framing: Framing, record: &Record, msg: &mut Msg, skip: usize) {
+        match (&record.kind, framing) {
+            (RecordKind::Control { .. }, Framing::Raw) => {}
+            (RecordKind::Control { json, protobuf }, Framing::Chunked(f)) => {
+                let bytes = if f == Format::Json { json } else { protobuf };
+                msg.push_held(bytes, skip..bytes.len());
+            }
+            (RecordKind::Data { stream, off, len, .. }, Framing::Raw) => {
+                let r = self.buf_of(*stream).arena(*off, *len);
+                msg.push_arena(r.start + skip..r.end);
+            }
+            (RecordKind::Data { stream, off, len, json }, Framing::Chunked(f)) => {
+                let payload_len = match (f, json) {
+                    (Format::Json, Some(j)) => j.len(),
+                    (Format::Json, None) => unreachable!("JSON payloads are made while JSON clients exist"),
+                    (Format::Protobuf, _) => *len,
+                };
+                let mut prefix = Vec::with_capacity(64);
+                message::data_record_prefix(f, *stream, payload_len, &mut prefix);
+                let suffix = message::data_record_suffix(f);
+                let mut head = Vec::with_capacity(80);
+                write_chunk_size(prefix.len() + payload_len + suffix.len(), &mut head);
+                head.extend_from_slice(&prefix);
+                let mut skip = skip;
+                if skip < head.len() {
+                    msg.push_copy(&head[skip..]);
+                    skip = 0;
+                } else {
+                    skip -= head.len();
+                }
+                if skip < payload_len {
+                    match (f, json) {
+                        (Format::Json, Some(j)) => msg.push_held(j, skip..payload_len),
+                        _ => {
+                            let r = self.buf_of(*stream).arena(*off, *len);
+                            msg.push_arena(r.start + skip..r.end);
+                        }
+                    }
+                    skip = 0;
+                } else {
+                    skip -= payload_len;
+                }
+                let tail = [suffix, CHUNK_END].concat();
+                msg.push_copy(&tail[skip.min(tail.len())..]);
+            }
+        }
+    }
+
+    /// The send to a client completed: `Ok(n)` bytes went out, or it failed. Returns
+    /// whether the client is still being served.
+    pub fn on_sent(&mut self, id: ClientId, result: Result<usize, ()>) -> bool {
+        let c = self.client_mut(id);
+        let sending = std::mem::take(&mut c.sending);
+        let Ok(n) = result else {
+            self.cut(id, CutReason::Gone);
+            self.release_records();
+            return false;
+        };
+        assert!(n <= sending, "sent more than was submitted");
+        let front = c.front_in_send.min(n);
+        c.front_sent += front;
+        if c.front_sent == c.front.len() {
+            c.front = Vec::new();
+            c.front_sent = 0;
+        }
+        // Where in this send each record began: after the front, then after each record.
+        let mut start = c.front_in_send;
+        let mut partial = false;
+        for &(seq_after, end) in &c.plan {
+            if n >= end {
+                c.next = seq_after;
+                c.offset = 0;
+                start = end;
+            } else {
+                if n > start {
+                    // The first record of a send started at its old offset, others at 0.
+                    c.offset += n - start;
+                }
+                partial = true;
+                break;
+            }
+        }
+        if !partial && n > start {
+            // Whatever went out after the last record is the end of the stream.
+            c.end_sent += n - start;
+            if c.end_sent == LAST_CHUNK.len() {
+                c.ended = true;
+            }
+        }
+        let live = c.state == ClientState::Live;
+        self.release_records();
+        live
+    }
+}
+
+#[cfg(test)]
+mod tests;

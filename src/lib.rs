@@ -17,4 +17,8 @@ pub mod cli;
 pub mod relay;
 #[allow(unsafe_code)]
 pub mod ring;
+pub mod server;
+pub mod sys;
+#[allow(unsafe_code)]
+pub mod tty;
 pub mod wire;

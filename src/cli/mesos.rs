@@ -80,6 +80,19 @@ pub const SPECS: &[Spec] = &[
         help: "A heartbeat interval (e.g. '5secs', '10mins') for messages to\n\
                be sent to any open 'ATTACH_CONTAINER_OUTPUT' connections.",
     },
+    // Ours (Mesos never passes them): diagnostics, which never go to fds 1 and 2.
+    Spec {
+        name: "log_file",
+        kind: Kind::String,
+        help: "Where this switchboard writes its own diagnostics (never to stdout or\n\
+               stderr, which carry the container's output). Also $SWITCHBOARD_LOG_FILE.\n\
+               Off by default.",
+    },
+    Spec {
+        name: "log_level",
+        kind: Kind::String,
+        help: "error, warn, info (the default), debug or trace.",
+    },
 ];
 
 /// The validated flags of one server.
@@ -94,6 +107,9 @@ pub struct Flags {
     pub wait_for_connection: bool,
     pub socket_address: PathBuf,
     pub heartbeat_interval: Option<Duration>,
+    /// Ours: where diagnostics go, and how many.
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
 }
 
 /// What the command line asks for.
@@ -154,6 +170,8 @@ pub fn parse(args: &[String]) -> Parsed {
             wait_for_connection: f.bool("wait_for_connection"),
             socket_address: PathBuf::from(socket_address),
             heartbeat_interval: f.duration("heartbeat_interval"),
+            log_file: f.string("log_file").map(PathBuf::from),
+            log_level: f.string("log_level").map(String::from),
         })
     })();
     match flags {
@@ -190,6 +208,8 @@ mod tests {
                 wait_for_connection: false,
                 socket_address: "/tmp/mesos-io-switchboard-1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
                 heartbeat_interval: Some(Duration::from_secs(30)),
+                log_file: None,
+                log_level: None,
             })
         );
         let tty = args(
@@ -200,21 +220,24 @@ mod tests {
     }
 
     #[test]
-    fn help_is_byte_for_byte_mesos() {
-        let Parsed::Help(text) = parse(&args("--help")) else {
-            panic!()
-        };
-        assert_eq!(text.len(), 2021);
-        assert!(text.starts_with("Usage: mesos-io-switchboard [options]\nThe io switchboard server"));
-        assert!(text.contains(
+    fn help_has_mesos_layout_and_texts() {
+        let Parsed::Help(text) = parse(&args("--help")) else { panic!() };
+        // Mesos's own flags alone print exactly Mesos's --help (2021 bytes); ours are
+        // listed among them, in the same layout.
+        let mesos_only = stout::usage(&SPECS[..10], USAGE_MESSAGE, None) + "\n";
+        assert_eq!(mesos_only.len(), 2021);
+        assert!(mesos_only.contains(
             "\n\n\n  --heartbeat_interval=VALUE     A heartbeat interval (e.g. '5secs', '10mins') for messages to\n                                 be sent to"
         ));
-        assert!(text.ends_with("  --[no-]wait_for_connection     A boolean indicating whether the server should wait for the\n                                 first connection before reading any data from the '*_from_fd's. (default: false)\n\n"));
-        let Parsed::Usage(e) = parse(&args("--foo")) else {
-            panic!()
-        };
-        assert_eq!(e.len(), 2056);
-        assert!(e.starts_with("Failed to load unknown flag 'foo'\n\nUsage: mesos-io-switchboard [options]\n"));
+        assert!(mesos_only.ends_with("  --[no-]wait_for_connection     A boolean indicating whether the server should wait for the\n                                 first connection before reading any data from the '*_from_fd's. (default: false)\n\n"));
+        for line in mesos_only.lines() {
+            let line = line.trim_start();
+            assert!(text.contains(line), "{line}");
+        }
+        assert!(text.contains("--log_file=VALUE"));
+        assert!(text.starts_with("Usage: mesos-io-switchboard [options]\nThe io switchboard server"));
+        let Parsed::Usage(e) = parse(&args("--foo")) else { panic!() };
+        assert_eq!(e, format!("Failed to load unknown flag 'foo'\n\n{text}"));
     }
 
     #[test]

@@ -160,19 +160,11 @@ pub fn load(specs: &[Spec], args: &[String]) -> Outcome {
 
 fn fetch(kind: Kind, value: &str) -> Result<Value, String> {
     if let Some(path) = value.strip_prefix("file://") {
-        let contents = std::fs::read(path).map_err(|e| format!("Error reading file '{path}': {}", strerror(&e)))?;
+        let contents =
+            std::fs::read(path).map_err(|e| format!("Error reading file '{path}': {}", crate::sys::strerror(&e)))?;
         return parse(kind, &String::from_utf8_lossy(&contents));
     }
     parse(kind, value)
-}
-
-/// The C library's text for an I/O error (`No such file or directory`), as stout prints it.
-fn strerror(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
 }
 
 fn parse(kind: Kind, value: &str) -> Result<Value, String> {

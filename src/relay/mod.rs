@@ -65,6 +65,12 @@ impl Config {
         if self.max_read == 0 || self.max_record == 0 || self.max_records == 0 || self.max_send_segments < 4 {
             return Err("relay sizes must be positive (and allow at least 4 segments per send)".into());
         }
+        if self.max_records < 2 * self.max_read.div_ceil(self.max_record) {
+            return Err(format!(
+                "the record log ({} records) must hold at least two reads of {} bytes in records of {} bytes",
+                self.max_records, self.max_read, self.max_record
+            ));
+        }
         if self.lag_limit + self.max_read > self.buffer_bytes {
             return Err(format!(
                 "the lag limit ({}) plus the read size ({}) must fit in the stream buffer ({})",
@@ -83,6 +89,17 @@ pub enum Framing {
     /// RecordIO records of `ProcessIO` in this format, each in one HTTP chunk, ended by
     /// the last chunk: an `ATTACH_CONTAINER_OUTPUT` response body.
     Chunked(Format),
+}
+
+/// What happens to a client that falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LagPolicy {
+    /// Past the lag limit it is cut off; nobody waits for it (the default).
+    #[default]
+    Disconnect,
+    /// It holds back reading, as the logger does: back-pressure reaches the container.
+    /// For consumers that must not lose a byte (a log shipper, a benchmark).
+    Block,
 }
 
 /// A client handle.
@@ -161,6 +178,7 @@ enum ClientState {
 #[derive(Debug)]
 struct Client {
     framing: Framing,
+    policy: LagPolicy,
     /// Bytes to send before any record (an HTTP response head), and how many were sent.
     front: Vec<u8>,
     front_sent: usize,
@@ -266,11 +284,16 @@ impl Relay {
     // -----------------------------------------------------------------------------------
     // Reading and logging
 
-    /// Where the next read of stream `s` should land, or `None` while its buffer is full
-    /// (or the stream ended).
+    /// Records one read can add.
+    fn records_per_read(&self) -> usize {
+        self.config.max_read.div_ceil(self.config.max_record)
+    }
+
+    /// Where the next read of stream `s` should land, or `None` while its buffer is full,
+    /// or the record log is (held by a blocking client), or the stream ended.
     pub fn read_window(&self, s: usize) -> Option<Range<usize>> {
         let b = &self.streams[s];
-        if b.eof {
+        if b.eof || self.records.len() + self.records_per_read() > self.config.max_records {
             return None;
         }
         let free = b.cap - (b.head - b.tail()) as usize;
@@ -369,7 +392,7 @@ impl Relay {
 
     /// Attaches a client at the live edge (no replay): it is sent `front` first, then every
     /// record appended from now on.
-    pub fn add_client(&mut self, framing: Framing, front: Vec<u8>) -> ClientId {
+    pub fn add_client(&mut self, framing: Framing, policy: LagPolicy, front: Vec<u8>) -> ClientId {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -386,6 +409,7 @@ impl Relay {
         self.live_clients += 1;
         self.clients[index as usize] = Some(Client {
             framing,
+            policy,
             front,
             front_sent: 0,
             next: self.first_seq + self.records.len() as u64,
@@ -485,23 +509,24 @@ impl Relay {
         self.release_records();
     }
 
-    /// Cuts the clients that broke the limits, and returns them.
+    /// Cuts the disconnecting clients that broke the limits, and returns them. A log too
+    /// full for another read counts: clients holding its oldest record go, unless they
+    /// block (then reading waits for them).
     fn enforce_limits(&mut self) -> Vec<ClientId> {
         let limit = self.config.lag_limit as u64;
         let front_lagging = self
             .records
             .front()
             .is_some_and(|r| self.log_total - r.log_start > limit);
-        let log_full = self.records.len() > self.config.max_records;
+        let log_full = self.records.len() + self.records_per_read() > self.config.max_records;
         if !front_lagging && !log_full {
             return Vec::new();
         }
-        // With a full log, live clients holding the oldest record go too.
         let front_holder = log_full.then_some(self.first_seq);
         let mut cut = Vec::new();
         for id in self.client_ids() {
             let c = self.client(id);
-            if c.state != ClientState::Live {
+            if c.state != ClientState::Live || c.policy == LagPolicy::Block {
                 continue;
             }
             let lag = self.lag(id);

@@ -77,7 +77,7 @@ impl Sim {
     }
 
     fn attach(&mut self, framing: Framing, front: &[u8], stalled: bool) {
-        let id = self.relay.add_client(framing, front.to_vec());
+        let id = self.relay.add_client(framing, LagPolicy::Disconnect, front.to_vec());
         let from = [
             self.relay.streams[0].head,
             self.relay.streams.get(1).map_or(0, |b| b.head),
@@ -426,6 +426,38 @@ fn a_client_that_fails_releases_its_records() {
         sim.log(0);
     }
     assert_eq!(sim.relay.read_window(0).map(|w| w.len()), Some(700));
+}
+
+#[test]
+fn a_blocking_client_holds_back_reading_instead_of_being_cut() {
+    let config = small_config();
+    let mut sim = Sim::new(config, 1, 13);
+    let id = sim.relay.add_client(Framing::Raw, LagPolicy::Block, Vec::new());
+    sim.clients.push(SimClient {
+        id,
+        framing: Framing::Raw,
+        from: [0, 0],
+        from_read: 0,
+        front: Vec::new(),
+        received: Vec::new(),
+        pending: None,
+        stalled: false,
+    });
+    // The logger keeps up; the client does not read: reading stops at the buffer size.
+    let mut total = 0;
+    while sim.read(0, config.max_read) {
+        while sim.relay.logger_range(0).is_some() || sim.logger_pending[0].is_some() {
+            sim.log(0);
+        }
+        total += 1;
+        assert!(total < 1000);
+    }
+    assert_eq!(sim.produced[0].len(), config.buffer_bytes);
+    assert!(sim.cut.is_empty() && sim.relay.cut_reason(id).is_none());
+    sim.catch_up(0);
+    assert!(sim.relay.read_window(0).is_some());
+    sim.drain();
+    sim.check();
 }
 
 #[test]

@@ -51,6 +51,17 @@ impl FdTable {
         Fd { index, generation }
     }
 
+    /// The handle of an entry for descriptor number `raw`, if the table has one.
+    pub(crate) fn find_raw(&self, raw: RawFd) -> Option<Fd> {
+        self.entries.iter().enumerate().find_map(|(i, e)| match e {
+            Some(e) if e.raw == raw && !e.closing => Some(Fd {
+                index: i as u32,
+                generation: e.generation,
+            }),
+            _ => None,
+        })
+    }
+
     pub(crate) fn adopt(&mut self, fd: OwnedFd) -> Fd {
         let raw = fd.as_raw_fd();
         self.insert(Some(fd), raw)

@@ -19,7 +19,7 @@ mod op;
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
@@ -214,6 +214,35 @@ impl Ring {
     /// Puts an owned descriptor under the ring's care.
     pub fn adopt(&mut self, fd: OwnedFd) -> Fd {
         self.fds.adopt(fd)
+    }
+
+    /// Takes ownership of a descriptor this process inherited by number (the switchboard
+    /// is handed its container's fds this way). The same number adopted twice gives the
+    /// same handle, so a descriptor is never owned twice. Fails if it is not open.
+    pub fn adopt_inherited(&mut self, raw: RawFd) -> io::Result<Fd> {
+        if let Some(fd) = self.fds.find_raw(raw) {
+            return Ok(fd);
+        }
+        // SAFETY: F_GETFD only reads the descriptor flags of the number; on a closed
+        // number it fails with EBADF and touches nothing.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the number is open (checked above) and names a descriptor this process
+        // inherited for the switchboard, which nothing else in the process owns; the table
+        // held no entry for it (checked above), so this is its only owner from now on.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        Ok(self.fds.adopt(owned))
+    }
+
+    /// The descriptor, borrowed for direct syscalls (fcntl, ioctl) while the ring is
+    /// borrowed: it cannot be closed meanwhile.
+    pub fn borrow(&mut self, fd: Fd) -> BorrowedFd<'_> {
+        let raw = self.fds.raw(fd);
+        // SAFETY: the table holds `raw` open (`raw` panics on a closed handle), and only
+        // `&mut self` methods close table entries, which cannot run while this borrow of
+        // the ring lives.
+        unsafe { BorrowedFd::borrow_raw(raw) }
     }
 
     /// Uses a descriptor the ring does not own (it is never closed by the ring).
@@ -436,10 +465,13 @@ impl Ring {
     }
 
     /// Submits what is queued and, if `wait` and anything is in flight, waits for at least
-    /// one completion; then appends every available completion to `out`.
+    /// one completion; then appends every available completion to `out` (whatever it
+    /// already held stays).
     pub fn run(&mut self, out: &mut Vec<Completion>, wait: bool) -> io::Result<()> {
+        let before = out.len();
         out.append(&mut self.backlog);
-        let want = usize::from(wait && out.is_empty() && self.in_flight > 0);
+        // Wait only if this call has nothing to hand back yet.
+        let want = usize::from(wait && out.len() == before && self.in_flight > 0);
         loop {
             match self.uring.submit_and_wait(want) {
                 Ok(_) => break,

@@ -1,0 +1,88 @@
+//! The output engine alone: container output fanned out to the logger and to clients
+//! that are already connected, until the output ends and every client has it. This is the
+//! relay core without the HTTP server around it, for tests and the fan-out benchmark;
+//! the server runs the very same [`Output`](super::output::Output).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::relay::{self, Framing, LagPolicy, Stats};
+use crate::ring::{Ring, RingConfig};
+
+use super::output::{Output, Source};
+use super::token::Token;
+
+/// What to relay.
+pub struct FanoutSpec {
+    pub relay: relay::Config,
+    /// The container's output streams: a fd, and whether it is a PTY master.
+    pub sources: Vec<(OwnedFd, bool)>,
+    /// One logger per source.
+    pub loggers: Vec<OwnedFd>,
+    /// Connected clients: the socket, its framing, and bytes to send first.
+    pub clients: Vec<(OwnedFd, Framing, Vec<u8>)>,
+    /// What happens to clients that fall behind.
+    pub policy: LagPolicy,
+    /// Watch idle clients for hang-ups.
+    pub hangup_polls: bool,
+}
+
+/// How it went.
+#[derive(Debug)]
+pub struct FanoutReport {
+    pub stats: Stats,
+    /// The failure that ended the relay early, if any.
+    pub failure: Option<String>,
+    /// Whether the arena was registered as a fixed buffer.
+    pub registered: bool,
+    /// Descriptors the ring still held when it was done (should be 0).
+    pub leaked_fds: usize,
+}
+
+/// Runs the relay until every source ended, the logger has every byte and every client
+/// has its whole stream (or was cut off).
+pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
+    let mut ring = Ring::new(ring)?;
+    let mut sources = Vec::new();
+    for (fd, pty) in spec.sources {
+        crate::sys::set_nonblocking(&fd)?;
+        sources.push(Source {
+            fd: ring.adopt(fd),
+            pty,
+        });
+    }
+    let loggers = spec.loggers.into_iter().map(|fd| ring.adopt(fd)).collect();
+    let mut output = Output::new(spec.relay, sources, loggers, spec.hangup_polls)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    output.start(&mut ring);
+    for (fd, framing, front) in spec.clients {
+        tracing::trace!("client on fd {}", fd.as_raw_fd());
+        let fd = ring.adopt(fd);
+        output.add_client(&mut ring, fd, framing, spec.policy, front);
+    }
+    let mut completions = Vec::new();
+    let mut finishing = false;
+    loop {
+        if !finishing && (output.redirect_finished() || output.failure().is_some()) {
+            finishing = true;
+            output.finish_clients(&mut ring);
+        }
+        if finishing && output.clients_gone() && ring.in_flight() == 0 {
+            break;
+        }
+        ring.run(&mut completions, true)?;
+        for c in completions.drain(..) {
+            let token = Token::decode(c.token);
+            output.handle(&mut ring, token, c);
+        }
+    }
+    // The sources and loggers are still held (the ring closes them when dropped); every
+    // client must be closed by now.
+    let leaked_fds = ring.live_fds() - output.relay().streams() * 2;
+    Ok(FanoutReport {
+        stats: output.relay().stats(),
+        failure: output.failure().map(|f| f.0.clone()),
+        registered: ring.arena_registered(),
+        leaked_fds,
+    })
+}

@@ -1,0 +1,421 @@
+//! The switchboard server: it ties the wire codecs, the relay and the ring together, on
+//! one thread.
+//!
+//! Its life follows Mesos's (PROTOCOL.md §1.4, §1.8): it listens on the socket, starts
+//! redirecting the container's output (at once, or at the first output client or SIGTERM
+//! with `wait_for_connection`), serves attach calls, and once every output stream ended
+//! and every input response was acknowledged, ends every client's stream and exits 0.
+//! It exits 1 only for real failures (a stream or logger that fails). Unlike Mesos it
+//! never aborts on bad input, bounds every buffer, and stops waiting for clients that do
+//! not take the end of their stream within a grace period.
+
+mod conn;
+pub mod fanout;
+pub(crate) mod output;
+pub mod socket;
+mod token;
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::relay::{self, LagPolicy};
+use crate::ring::{Completion, Fd, Op, OpId, Ring, RingConfig};
+use crate::wire::http;
+
+use conn::Conns;
+use output::{Output, Source};
+use token::Token;
+
+/// Limits on what clients can make the server hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub http: http::Limits,
+    /// Largest record of an input stream.
+    pub max_record: usize,
+    /// Largest body of a non-streaming call (`ATTACH_CONTAINER_OUTPUT`).
+    pub max_call_body: usize,
+    /// Input body bytes buffered ahead of the container's stdin before we stop reading.
+    pub input_buffer: usize,
+    /// Open connections (output clients included); more are closed at once.
+    pub max_connections: usize,
+    /// How long clients get to take the rest of their streams at exit.
+    pub drain_timeout: Duration,
+    /// How long a connection may take to send a request head.
+    pub head_timeout: Duration,
+    /// The listen backlog.
+    pub backlog: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            http: http::Limits::default(),
+            max_record: 4 << 20,
+            max_call_body: 64 << 10,
+            input_buffer: 1 << 20,
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(5),
+            head_timeout: Duration::from_secs(30),
+            backlog: 1024,
+        }
+    }
+}
+
+/// Everything a server needs: Mesos's flags, and our limits.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tty: bool,
+    pub stdin_to_fd: RawFd,
+    pub stdout_from_fd: RawFd,
+    pub stdout_to_fd: RawFd,
+    pub stderr_from_fd: RawFd,
+    pub stderr_to_fd: RawFd,
+    pub wait_for_connection: bool,
+    pub socket: PathBuf,
+    pub heartbeat_interval: Option<Duration>,
+    pub limits: Limits,
+    pub relay: relay::Config,
+    pub lag_policy: LagPolicy,
+    pub ring: RingConfig,
+}
+
+impl Config {
+    /// The drop-in's configuration from Mesos's flags, with our defaults for the rest.
+    pub fn from_mesos(f: &crate::cli::mesos::Flags) -> Config {
+        Config {
+            tty: f.tty,
+            stdin_to_fd: f.stdin_to_fd,
+            stdout_from_fd: f.stdout_from_fd,
+            stdout_to_fd: f.stdout_to_fd,
+            stderr_from_fd: f.stderr_from_fd,
+            stderr_to_fd: f.stderr_to_fd,
+            wait_for_connection: f.wait_for_connection,
+            socket: f.socket_address.clone(),
+            heartbeat_interval: f.heartbeat_interval,
+            limits: Limits::default(),
+            relay: relay::Config::default(),
+            lag_policy: LagPolicy::default(),
+            ring: RingConfig::default(),
+        }
+    }
+}
+
+/// How a server ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The container's output ended and every client has it: exit 0.
+    Done,
+    /// A stream or logger failed: exit 1, with Mesos's message.
+    Failed(String),
+}
+
+/// A heartbeat interval of zero would be a busy loop (Mesos spins); this is the least.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// The server's state.
+pub(crate) struct Server {
+    ring: Ring,
+    config: Config,
+    output: Output,
+    listener: Fd,
+    accept: Option<OpId>,
+    conns: Conns,
+    signals: Fd,
+    heartbeat: Option<OpId>,
+    drain: Option<OpId>,
+    /// Input requests that got past their first record, not yet acknowledged.
+    acks_outstanding: u64,
+    /// Output ended (and reached the logger); input requests are answered 1 s later.
+    redirect_finished: bool,
+    terminating: bool,
+    failure: Option<String>,
+}
+
+/// Runs a server until it exits. Errors before it serves (the socket, the ring, bad
+/// descriptors) come back as `Err`, with Mesos's texts where it has them.
+pub fn serve(config: Config) -> Result<Exit, String> {
+    let mut server = Server::start(config)?;
+    server
+        .run()
+        .map_err(|e| format!("The io switchboard server failed: {e}"))
+}
+
+impl Server {
+    fn start(config: Config) -> Result<Server, String> {
+        // SIGTERM comes through a signalfd; SIGPIPE stays pending (writes to a closed pipe
+        // or socket then fail with EPIPE instead of killing us).
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGPIPE);
+        mask.thread_block()
+            .map_err(|e| format!("Failed to block signals: {e}"))?;
+        let mut only_term = SigSet::empty();
+        only_term.add(Signal::SIGTERM);
+        let signals: OwnedFd = SignalFd::with_flags(&only_term, SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("Failed to register signal 'Terminated': {e}"))?
+            .into();
+
+        let listener = socket::listen_at(&config.socket, config.limits.backlog)
+            .map_err(|e| format!("Failed to create the io switchboard server: {e}"))?;
+
+        let mut ring = Ring::new(config.ring).map_err(|e| e.to_string())?;
+        let listener = ring.adopt(listener);
+        let signals = ring.adopt(signals);
+
+        let streams: &[(RawFd, RawFd, &str)] = if config.tty {
+            &[(config.stdout_from_fd, config.stdout_to_fd, "stdout")]
+        } else {
+            &[
+                (config.stdout_from_fd, config.stdout_to_fd, "stdout"),
+                (config.stderr_from_fd, config.stderr_to_fd, "stderr"),
+            ]
+        };
+        let mut sources = Vec::new();
+        let mut loggers = Vec::new();
+        for &(from, to, name) in streams {
+            let bad = |e: io::Error| format!("Failed redirecting {name}: {}", crate::sys::strerror(&e));
+            let source = ring.adopt_inherited(from).map_err(bad)?;
+            crate::sys::set_nonblocking(ring.borrow(source)).map_err(bad)?;
+            sources.push(Source {
+                fd: source,
+                pty: config.tty,
+            });
+            loggers.push(ring.adopt_inherited(to).map_err(bad)?);
+        }
+        let stdin = match ring.adopt_inherited(config.stdin_to_fd) {
+            Ok(fd) => {
+                // Mesos makes stdin non-blocking too; a full pipe then waits on a poll.
+                let _ = crate::sys::set_nonblocking(ring.borrow(fd));
+                Some(fd)
+            }
+            Err(e) => {
+                tracing::warn!("stdin_to_fd {} is not usable: {e}", config.stdin_to_fd);
+                None
+            }
+        };
+        let output = Output::new(config.relay, sources, loggers, true)?;
+        let conns = Conns::new(stdin, config.tty);
+        let mut server = Server {
+            ring,
+            config,
+            output,
+            listener,
+            accept: None,
+            conns,
+            signals,
+            heartbeat: None,
+            drain: None,
+            acks_outstanding: 0,
+            redirect_finished: false,
+            terminating: false,
+            failure: None,
+        };
+        server.read_signal();
+        server.arm_accept();
+        if !server.config.wait_for_connection {
+            server.output.start(&mut server.ring);
+        }
+        server.arm_heartbeat();
+        tracing::info!("listening on {}", server.config.socket.display());
+        Ok(server)
+    }
+
+    fn run(&mut self) -> io::Result<Exit> {
+        let mut completions = Vec::new();
+        loop {
+            self.check_progress();
+            if self.terminating && self.output.clients_gone() && self.conns.is_empty() {
+                break;
+            }
+            self.ring.run(&mut completions, true)?;
+            for c in completions.drain(..) {
+                self.dispatch(c);
+            }
+        }
+        tracing::info!("exiting");
+        Ok(match self.failure.take() {
+            Some(f) => Exit::Failed(f),
+            None => Exit::Done,
+        })
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let token = Token::decode(c.token);
+        match token {
+            Token::Read(_)
+            | Token::ReadPoll(_)
+            | Token::Log(_)
+            | Token::LogPoll(_)
+            | Token::ClientSend(_)
+            | Token::ClientPoll(_) => self.output.handle(&mut self.ring, token, c),
+            Token::Accept => self.on_accept(c),
+            Token::AcceptRetry => self.arm_accept(),
+            Token::Signal => self.on_signal(c),
+            Token::Heartbeat => self.on_heartbeat(),
+            Token::Drain => self.on_drain(),
+            Token::ConnRecv(_) | Token::ConnSend(_) | Token::ConnTimer(_) | Token::Stdin | Token::StdinPoll => {
+                let mut ctx = self.ctx();
+                conn::handle(&mut ctx, token, c);
+            }
+        }
+    }
+
+    fn ctx(&mut self) -> conn::Ctx<'_> {
+        conn::Ctx {
+            ring: &mut self.ring,
+            output: &mut self.output,
+            conns: &mut self.conns,
+            config: &self.config,
+            acks_outstanding: &mut self.acks_outstanding,
+            redirect_finished: self.redirect_finished,
+            terminating: self.terminating,
+        }
+    }
+
+    /// Reacts to what the last completions changed: the end of output, failures,
+    /// acknowledgements; starts termination when Mesos would.
+    fn check_progress(&mut self) {
+        if self.terminating {
+            return;
+        }
+        if let Some(f) = self.output.failure() {
+            self.failure = Some(f.0.clone());
+            self.terminate();
+            return;
+        }
+        if !self.redirect_finished && self.output.redirect_finished() {
+            tracing::info!("the container's output ended");
+            self.redirect_finished = true;
+            let mut ctx = self.ctx();
+            conn::redirect_finished(&mut ctx);
+        }
+        if self.redirect_finished && self.acks_outstanding == 0 {
+            self.terminate();
+        }
+    }
+
+    /// Stops accepting, ends every output stream after its records, answers or closes
+    /// every other connection, and gives clients `drain_timeout` to take what is left.
+    fn terminate(&mut self) {
+        self.terminating = true;
+        tracing::info!(
+            "terminating{}",
+            self.failure.as_ref().map(|f| format!(": {f}")).unwrap_or_default()
+        );
+        if let Some(op) = self.accept.take() {
+            self.ring.cancel(op, true);
+        }
+        if let Some(op) = self.heartbeat.take() {
+            self.ring.cancel(op, true);
+        }
+        self.output.finish_clients(&mut self.ring);
+        let mut ctx = self.ctx();
+        conn::terminate(&mut ctx);
+        let after = self.config.limits.drain_timeout;
+        self.drain = Some(self.ring.submit(Op::Timeout { after }, Token::Drain.encode()));
+    }
+
+    fn on_drain(&mut self) {
+        self.drain = None;
+        if !self.output.clients_gone() || !self.conns.is_empty() {
+            tracing::warn!(
+                "clients did not take the end of their streams within {:?}; closing them",
+                self.config.limits.drain_timeout
+            );
+        }
+        self.output.close_all_clients(&mut self.ring);
+        let mut ctx = self.ctx();
+        conn::close_all(&mut ctx);
+    }
+
+    fn arm_accept(&mut self) {
+        if !self.terminating && self.accept.is_none() {
+            self.accept = Some(
+                self.ring
+                    .submit(Op::AcceptMulti { fd: self.listener }, Token::Accept.encode()),
+            );
+        }
+    }
+
+    fn on_accept(&mut self, c: Completion) {
+        if !c.more {
+            self.accept = None;
+        }
+        match c.output {
+            crate::ring::Output::Accepted(fd) => {
+                let count = self.conns.len() + self.output.client_count();
+                if count >= self.config.limits.max_connections || self.terminating {
+                    tracing::warn!("refusing a connection: {count} are open");
+                    drop(fd);
+                } else {
+                    let fd = self.ring.adopt(fd);
+                    let mut ctx = self.ctx();
+                    conn::accepted(&mut ctx, fd);
+                }
+            }
+            _ if c.res == -libc::ECANCELED || self.terminating => {}
+            _ => {
+                // Out of descriptors (EMFILE, ENFILE) or memory: try again shortly rather
+                // than spin or die; connections queue in the backlog meanwhile.
+                tracing::warn!("accept failed: {}", crate::sys::strerror_res(c.res));
+                if self.accept.is_none() {
+                    self.ring.submit(
+                        Op::Timeout {
+                            after: Duration::from_millis(100),
+                        },
+                        Token::AcceptRetry.encode(),
+                    );
+                    return;
+                }
+            }
+        }
+        if !c.more {
+            self.arm_accept();
+        }
+    }
+
+    fn read_signal(&mut self) {
+        self.ring.submit(
+            Op::Read {
+                fd: self.signals,
+                buf: Vec::with_capacity(128),
+            },
+            Token::Signal.encode(),
+        );
+    }
+
+    fn on_signal(&mut self, c: Completion) {
+        let buf = c.into_buf();
+        if buf.len() >= 4 {
+            let signo = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if signo == Signal::SIGTERM as u32 {
+                // SIGTERM means "unblock": start reading if we were waiting for a client.
+                tracing::info!("SIGTERM: redirection starts if it had not");
+                self.output.start(&mut self.ring);
+            }
+        }
+        self.read_signal();
+    }
+
+    fn arm_heartbeat(&mut self) {
+        if let Some(interval) = self.config.heartbeat_interval
+            && !self.terminating
+        {
+            let after = interval.max(MIN_HEARTBEAT);
+            self.heartbeat = Some(self.ring.submit(Op::Timeout { after }, Token::Heartbeat.encode()));
+        }
+    }
+
+    fn on_heartbeat(&mut self) {
+        self.heartbeat = None;
+        if let Some(interval) = self.config.heartbeat_interval {
+            self.output.heartbeat(&mut self.ring, interval);
+        }
+        self.arm_heartbeat();
+    }
+}

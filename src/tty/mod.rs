@@ -1,0 +1,77 @@
+//! Terminals: allocating a PTY pair and setting its window size. Its ioctls are the only
+//! `unsafe` outside the ring room.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::pty::{Winsize, openpty};
+
+nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, Winsize);
+nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, Winsize);
+
+/// A pseudo-terminal: the master (the switchboard's side) and the slave (the
+/// container's stdin, stdout and stderr). Both are close-on-exec.
+pub struct Pty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+/// Allocates a PTY pair with the kernel's default settings (canonical mode, echo, ONLCR,
+/// signals), as Mesos leaves them.
+pub fn open() -> io::Result<Pty> {
+    let pty = openpty(None, None)?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    }
+    Ok(Pty {
+        master: pty.master,
+        slave: pty.slave,
+    })
+}
+
+/// Sets the window size of the terminal behind `fd` (a PTY master or slave). The kernel
+/// sends SIGWINCH to the terminal's foreground process group. The pixel sizes are zero.
+pub fn set_window_size(fd: BorrowedFd<'_>, rows: u16, columns: u16) -> io::Result<()> {
+    let size = Winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which points to a
+    // live local of that type; the descriptor is borrowed, so it is open.
+    unsafe { tiocswinsz(fd.as_raw_fd(), &size) }?;
+    Ok(())
+}
+
+/// The window size of the terminal behind `fd`, as (rows, columns).
+pub fn window_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
+    let mut size = Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` through the pointer, which points to
+    // a live local of that type; the descriptor is borrowed, so it is open.
+    unsafe { tiocgwinsz(fd.as_raw_fd(), &mut size) }?;
+    Ok((size.ws_row, size.ws_col))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn window_sizes_round_trip() {
+        let pty = open().unwrap();
+        assert_eq!(window_size(pty.slave.as_fd()).unwrap(), (0, 0));
+        set_window_size(pty.master.as_fd(), 24, 80).unwrap();
+        assert_eq!(window_size(pty.slave.as_fd()).unwrap(), (24, 80));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let err = set_window_size(w.as_fd(), 1, 1).unwrap_err();
+        assert_eq!(crate::sys::strerror(&err), "Inappropriate ioctl for device");
+        drop(r);
+    }
+}

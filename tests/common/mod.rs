@@ -1,0 +1,397 @@
+//! Helpers shared by the integration tests: real pipes and sockets, a byte pattern that
+//! checkers can verify incrementally (nothing is stored), body checkers for the output
+//! protocol, and a watchdog so a hang fails instead of blocking CI.
+
+#![allow(dead_code)]
+
+pub mod sb;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use switchboard::wire::http::{ChunkedDecoder, Limits};
+use switchboard::wire::message::mesos::agent::{ProcessIo, process_io};
+use switchboard::wire::message::{Format, decode};
+use switchboard::wire::recordio;
+
+/// The period of the test pattern: a prime, so that it never lines up with chunk sizes.
+const PERIOD: usize = 1_048_573;
+
+fn block(seed: u64) -> &'static [u8] {
+    static BLOCKS: std::sync::Mutex<Vec<(u64, &'static [u8])>> = std::sync::Mutex::new(Vec::new());
+    let mut blocks = BLOCKS.lock().unwrap();
+    if let Some((_, b)) = blocks.iter().find(|(s, _)| *s == seed) {
+        return b;
+    }
+    let mut z = seed;
+    let b: Vec<u8> = (0..PERIOD + 8)
+        .map(|_| {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (x ^ (x >> 31)) as u8
+        })
+        .collect();
+    let b: &'static [u8] = Box::leak(b.into_boxed_slice());
+    blocks.push((seed, b));
+    b
+}
+
+/// Byte `i` of the pattern of stream `seed`: any position can be checked on its own.
+pub fn pattern(seed: u64, i: u64) -> u8 {
+    block(seed)[(i % PERIOD as u64) as usize]
+}
+
+/// Fills `buf` with the pattern from position `start`.
+pub fn fill_pattern(seed: u64, start: u64, buf: &mut [u8]) {
+    let b = block(seed);
+    let mut done = 0;
+    while done < buf.len() {
+        let at = ((start + done as u64) % PERIOD as u64) as usize;
+        let n = (PERIOD - at).min(buf.len() - done);
+        buf[done..done + n].copy_from_slice(&b[at..at + n]);
+        done += n;
+    }
+}
+
+/// Whether `bytes` are the pattern from position `start`.
+pub fn is_pattern(seed: u64, start: u64, bytes: &[u8]) -> bool {
+    let b = block(seed);
+    let mut done = 0;
+    while done < bytes.len() {
+        let at = ((start + done as u64) % PERIOD as u64) as usize;
+        let n = (PERIOD - at).min(bytes.len() - done);
+        if bytes[done..done + n] != b[at..at + n] {
+            return false;
+        }
+        done += n;
+    }
+    true
+}
+
+/// Payload bytes each reading client has verified, so that a producer can keep pace
+/// with its readers (as a container's output normally does) instead of outrunning them
+/// into the lag limit.
+#[derive(Clone, Default)]
+pub struct Progress(pub std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>>>);
+
+impl Progress {
+    pub fn counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        let c = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.0.lock().unwrap().push(c.clone());
+        c
+    }
+
+    /// Waits until every counter is within `window` bytes of `produced`.
+    pub fn wait_within(&self, produced: u64, window: u64) {
+        loop {
+            let behind = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|c| produced.saturating_sub(c.load(std::sync::atomic::Ordering::Relaxed)) > window);
+            if !behind {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// A pipe (read end, write end), close-on-exec, raised to `size` bytes.
+pub fn pipe(size: usize) -> (OwnedFd, OwnedFd) {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    switchboard::sys::grow_pipe(&r, size).unwrap();
+    (r, w)
+}
+
+pub fn socket_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap()
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `secs`.
+pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("timed out after {secs} s"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test thread panicked"),
+    }
+}
+
+/// Writes `len` pattern bytes of each stream into its pipe, in chunks of random sizes
+/// up to `max_chunk`, interleaving the streams; closes the pipes at the end. With a
+/// `gate`, it waits while any reader is more than `window` bytes behind.
+pub fn produce(writers: Vec<(OwnedFd, u64)>, len: u64, max_chunk: usize, seed: u64, gate: Option<(Progress, u64)>) {
+    let mut rng = seed | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut pos = vec![0u64; writers.len()];
+    let mut buf = vec![0u8; max_chunk];
+    while pos.iter().any(|&p| p < len) {
+        let s = (next() % writers.len() as u64) as usize;
+        if pos[s] == len {
+            continue;
+        }
+        let n = ((next() % max_chunk as u64) + 1).min(len - pos[s]) as usize;
+        if let Some((progress, window)) = &gate {
+            progress.wait_within(pos.iter().sum::<u64>(), *window);
+        }
+        fill_pattern(writers[s].1, pos[s], &mut buf[..n]);
+        let mut written = 0;
+        while written < n {
+            written += nix::unistd::write(&writers[s].0, &buf[written..n]).unwrap();
+        }
+        pos[s] += n as u64;
+    }
+}
+
+/// Checks bytes as they arrive.
+pub trait Checker: Send {
+    fn feed(&mut self, bytes: &[u8]);
+    /// Called at EOF of the connection.
+    fn finish(&mut self);
+}
+
+/// A raw stream of one source's pattern.
+pub struct RawChecker {
+    pub seed: u64,
+    pub pos: u64,
+    pub expect_len: Option<u64>,
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Checker for RawChecker {
+    fn feed(&mut self, bytes: &[u8]) {
+        assert!(
+            is_pattern(self.seed, self.pos, bytes),
+            "raw bytes from {} differ",
+            self.pos
+        );
+        self.pos += bytes.len() as u64;
+        if let Some(p) = &self.progress {
+            p.store(self.pos, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(len) = self.expect_len {
+            assert_eq!(self.pos, len, "raw stream length");
+        }
+    }
+}
+
+/// An output response body (chunked RecordIO of ProcessIO records) whose DATA records
+/// carry the patterns `seeds[0]` (stdout) and `seeds[1]` (stderr).
+pub struct BodyChecker {
+    format: Format,
+    seeds: [u64; 2],
+    pub pos: [u64; 2],
+    chunked: ChunkedDecoder,
+    records: recordio::Decoder,
+    pub ended: bool,
+    pub heartbeats: usize,
+    /// Lengths the streams must reach; `None` for a client that may be cut off.
+    pub expect_len: Option<[u64; 2]>,
+    /// Bytes before the body (an HTTP response head), skipped.
+    pub skip: usize,
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl BodyChecker {
+    pub fn new(format: Format, seeds: [u64; 2], expect_len: Option<[u64; 2]>) -> Self {
+        BodyChecker {
+            format,
+            seeds,
+            pos: [0, 0],
+            chunked: ChunkedDecoder::new(&Limits::default()),
+            records: recordio::Decoder::new(1 << 24),
+            ended: false,
+            heartbeats: 0,
+            expect_len,
+            skip: 0,
+            progress: None,
+        }
+    }
+
+    fn record(&mut self, rec: &[u8]) {
+        let pio: ProcessIo = decode(self.format, rec).unwrap();
+        if pio.r#type == Some(process_io::Type::Data as i32) {
+            let data = pio.data.unwrap();
+            let s = usize::from(data.r#type == Some(process_io::data::Type::Stderr as i32));
+            let bytes = data.data.unwrap();
+            assert!(!bytes.is_empty(), "an empty DATA record");
+            assert!(
+                is_pattern(self.seeds[s], self.pos[s], &bytes),
+                "stream {s} bytes from {} differ",
+                self.pos[s]
+            );
+            self.pos[s] += bytes.len() as u64;
+            if let Some(p) = &self.progress {
+                p.store(self.pos[0] + self.pos[1], std::sync::atomic::Ordering::Relaxed);
+            }
+        } else {
+            self.heartbeats += 1;
+        }
+    }
+}
+
+impl Checker for BodyChecker {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        let skip = self.skip.min(bytes.len());
+        self.skip -= skip;
+        bytes = &bytes[skip..];
+        while !bytes.is_empty() {
+            assert!(!self.ended, "bytes after the last chunk");
+            let d = self.chunked.decode(bytes).unwrap();
+            bytes = &bytes[d.used..];
+            let mut data = d.data;
+            while !data.is_empty() {
+                let (used, rec) = self.records.decode(data).unwrap();
+                data = &data[used..];
+                if let Some(rec) = rec {
+                    self.record(&rec);
+                }
+            }
+            self.ended |= d.done;
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(len) = self.expect_len {
+            assert!(
+                self.ended,
+                "the body did not end with the last chunk (at {:?} of {:?})",
+                self.pos, len
+            );
+            assert_eq!(self.pos, len, "stream lengths");
+        }
+    }
+}
+
+/// Collects what an output response body carries, for checks after the fact.
+#[derive(Default, Clone)]
+pub struct Collected {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub heartbeats: usize,
+    pub ended: bool,
+}
+
+pub struct Collector {
+    format: Format,
+    chunked: ChunkedDecoder,
+    records: recordio::Decoder,
+    pub out: std::sync::Arc<std::sync::Mutex<Collected>>,
+}
+
+impl Collector {
+    pub fn new(format: Format) -> (Self, std::sync::Arc<std::sync::Mutex<Collected>>) {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Collected::default()));
+        let c = Collector {
+            format,
+            chunked: ChunkedDecoder::new(&Limits::default()),
+            records: recordio::Decoder::new(1 << 24),
+            out: out.clone(),
+        };
+        (c, out)
+    }
+
+    /// Feeds body bytes; returns whether the body ended.
+    pub fn push(&mut self, mut bytes: &[u8]) -> bool {
+        let mut out = self.out.lock().unwrap();
+        while !bytes.is_empty() && !out.ended {
+            let d = self.chunked.decode(bytes).unwrap();
+            bytes = &bytes[d.used..];
+            let mut data = d.data;
+            while !data.is_empty() {
+                let (used, rec) = self.records.decode(data).unwrap();
+                data = &data[used..];
+                let Some(rec) = rec else { continue };
+                let pio: ProcessIo = decode(self.format, &rec).unwrap();
+                if pio.r#type == Some(process_io::Type::Data as i32) {
+                    let d = pio.data.unwrap();
+                    if d.r#type == Some(process_io::data::Type::Stderr as i32) {
+                        out.stderr.extend(d.data.unwrap());
+                    } else {
+                        out.stdout.extend(d.data.unwrap());
+                    }
+                } else {
+                    out.heartbeats += 1;
+                }
+            }
+            out.ended |= d.done;
+        }
+        out.ended
+    }
+}
+
+impl Checker for Collector {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.push(bytes);
+    }
+
+    fn finish(&mut self) {}
+}
+
+/// Reads every socket to EOF on one thread, feeding its checker. Sockets in `stalled`
+/// are not read until all others reached EOF (a client that stopped reading).
+pub fn read_all(mut conns: Vec<(OwnedFd, Box<dyn Checker>)>, stalled: &[usize]) -> Vec<Box<dyn Checker>> {
+    let mut open: Vec<bool> = vec![true; conns.len()];
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let others_done = open.iter().enumerate().all(|(i, o)| !o || stalled.contains(&i));
+        let active: Vec<usize> = (0..conns.len())
+            .filter(|&i| open[i] && (others_done || !stalled.contains(&i)))
+            .collect();
+        if active.is_empty() {
+            break;
+        }
+        let mut fds: Vec<PollFd> = active
+            .iter()
+            .map(|&i| PollFd::new(conns[i].0.as_fd(), PollFlags::POLLIN))
+            .collect();
+        poll(&mut fds, PollTimeout::from(1000u16)).unwrap();
+        let ready: Vec<usize> = fds
+            .iter()
+            .zip(&active)
+            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, &i)| i)
+            .collect();
+        drop(fds);
+        for i in ready {
+            match nix::unistd::read(&conns[i].0, &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::ECONNRESET) => {
+                    open[i] = false;
+                    conns[i].1.finish();
+                }
+                Ok(n) => conns[i].1.feed(&buf[..n]),
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(e) => panic!("reading client {i}: {e}"),
+            }
+        }
+    }
+    conns.into_iter().map(|(_, c)| c).collect()
+}
+
+/// The resident set size of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}

@@ -1,0 +1,254 @@
+//! The relay core (issue 3) on real pipes, PTYs and unix sockets: every client gets a
+//! byte-identical ordered stream, the logger gets every byte, a client that stops reading
+//! is cut off without holding anyone up, a client that leaves disturbs no one, and a PTY
+//! ends when its child exits.
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+
+use common::*;
+use switchboard::relay::{self, Framing};
+use switchboard::ring::RingConfig;
+use switchboard::server::fanout::{self, FanoutReport, FanoutSpec};
+use switchboard::wire::Format;
+
+const SEEDS: [u64; 2] = [11, 22];
+
+struct Setup {
+    clients: Vec<Framing>,
+    /// Pattern bytes written to each stream.
+    len: u64,
+    streams: usize,
+    max_chunk: usize,
+    /// Clients that stop reading (they are read only after everyone else finished).
+    stalled: Vec<usize>,
+    /// Clients whose connection closes before they read anything.
+    closed: Vec<usize>,
+    relay: relay::Config,
+}
+
+impl Setup {
+    fn new(clients: Vec<Framing>, len: u64) -> Setup {
+        Setup {
+            clients,
+            len,
+            streams: 2,
+            max_chunk: 100 * 1024,
+            stalled: Vec::new(),
+            closed: Vec::new(),
+            relay: relay::Config::default(),
+        }
+    }
+}
+
+/// Runs the relay with producer, logger reader and client reader threads; checks everything.
+fn run(setup: Setup) -> (FanoutReport, Vec<Box<dyn Checker>>) {
+    let mut sources = Vec::new();
+    let mut writers = Vec::new();
+    let mut loggers = Vec::new();
+    let mut logger_readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
+    for &seed in &SEEDS[..setup.streams] {
+        let (r, w) = pipe(1 << 20);
+        sources.push((r, false));
+        writers.push((w, seed));
+        let (lr, lw) = pipe(1 << 20);
+        loggers.push(lw);
+        let check = RawChecker {
+            seed,
+            pos: 0,
+            expect_len: Some(setup.len),
+            progress: None,
+        };
+        logger_readers.push((lr, Box::new(check)));
+    }
+    let mut clients = Vec::new();
+    let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
+    let progress = Progress::default();
+    for (i, framing) in setup.clients.iter().enumerate() {
+        let (ours, theirs) = socket_pair();
+        clients.push((ours, *framing, Vec::new()));
+        let complete = !setup.stalled.contains(&i) && !setup.closed.contains(&i);
+        let counter = complete.then(|| progress.counter());
+        let checker: Box<dyn Checker> = match framing {
+            Framing::Raw => {
+                assert_eq!(setup.streams, 1, "raw clients interleave streams: test them with one");
+                Box::new(RawChecker {
+                    seed: SEEDS[0],
+                    pos: 0,
+                    expect_len: complete.then_some(setup.len),
+                    progress: counter,
+                })
+            }
+            Framing::Chunked(f) => {
+                let expect = [setup.len, if setup.streams == 2 { setup.len } else { 0 }];
+                let mut c = BodyChecker::new(*f, SEEDS, complete.then_some(expect));
+                c.progress = counter;
+                Box::new(c)
+            }
+        };
+        if setup.closed.contains(&i) {
+            drop(theirs);
+        } else {
+            readers.push((theirs, checker));
+        }
+    }
+    let spec = FanoutSpec {
+        relay: setup.relay,
+        sources,
+        loggers,
+        clients,
+        hangup_polls: true,
+        policy: relay::LagPolicy::Disconnect,
+    };
+    let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
+    let (len, max_chunk) = (setup.len, setup.max_chunk);
+    // Readers that keep up stay within half the lag limit (and half the record log);
+    // only stalled ones are cut.
+    let r = &setup.relay;
+    let window = (r.lag_limit / 2).min(r.max_records * r.max_record / 2) as u64;
+    let producer = std::thread::spawn(move || produce(writers, len, max_chunk, 7, Some((progress, window))));
+    let logger = std::thread::spawn(move || read_all(logger_readers, &[]));
+    let stalled: Vec<usize> = setup
+        .stalled
+        .iter()
+        .map(|&i| i - setup.closed.iter().filter(|&&c| c < i).count())
+        .collect();
+    let checkers = read_all(readers, &stalled);
+    producer.join().unwrap();
+    logger.join().unwrap();
+    let report = relay.join().unwrap();
+    assert_eq!(report.failure, None);
+    assert_eq!(report.leaked_fds, 0, "client descriptors left open");
+    (report, checkers)
+}
+
+#[test]
+fn one_client_each_framing() {
+    within(120, || {
+        let clients = vec![Framing::Chunked(Format::Json), Framing::Chunked(Format::Protobuf)];
+        let (report, _) = run(Setup::new(clients, 4 << 20));
+        assert_eq!(report.stats.clients_cut, 0);
+        assert_eq!(report.stats.bytes_read, 8 << 20);
+    });
+}
+
+#[test]
+fn sixty_four_clients_get_identical_streams() {
+    within(120, || {
+        let clients = (0..64)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Framing::Chunked(Format::Protobuf)
+                } else {
+                    Framing::Chunked(Format::Json)
+                }
+            })
+            .collect();
+        let (report, _) = run(Setup::new(clients, 2 << 20));
+        assert_eq!(report.stats.clients_cut, 0);
+    });
+}
+
+#[test]
+fn two_hundred_fifty_six_raw_clients() {
+    within(120, || {
+        let mut setup = Setup::new(vec![Framing::Raw; 256], 1 << 20);
+        setup.streams = 1;
+        setup.max_chunk = 4096;
+        let (report, _) = run(setup);
+        assert_eq!(report.stats.clients_cut, 0);
+    });
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_and_holds_no_one_up() {
+    within(120, || {
+        let before = rss_kib();
+        let clients = vec![Framing::Chunked(Format::Protobuf); 4];
+        let mut setup = Setup::new(clients, 64 << 20);
+        setup.stalled = vec![0];
+        let (report, checkers) = run(setup);
+        assert_eq!(report.stats.clients_cut, 1);
+        assert!(report.stats.bytes_lost > relay::Config::default().lag_limit as u64);
+        drop(checkers);
+        // 128 MiB went through; memory stays bounded by the buffers, not by the backlog.
+        let grown = rss_kib().saturating_sub(before);
+        assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+    });
+}
+
+#[test]
+fn a_client_that_leaves_disturbs_no_one() {
+    within(120, || {
+        let mut setup = Setup::new(vec![Framing::Chunked(Format::Json); 3], 8 << 20);
+        setup.closed = vec![1];
+        let (report, _) = run(setup);
+        // A departure is not a lag cut.
+        assert_eq!(report.stats.clients_cut, 0);
+    });
+}
+
+#[test]
+fn small_writes_and_tiny_records() {
+    within(120, || {
+        let mut setup = Setup::new(
+            vec![Framing::Chunked(Format::Json), Framing::Chunked(Format::Protobuf)],
+            200_000,
+        );
+        setup.max_chunk = 7;
+        setup.relay = relay::Config {
+            max_record: 5,
+            max_read: 4096,
+            max_send_segments: 16,
+            ..relay::Config::default()
+        };
+        let (report, _) = run(setup);
+        assert_eq!(report.stats.clients_cut, 0);
+    });
+}
+
+#[test]
+fn pty_output_ends_when_the_child_exits() {
+    within(60, || {
+        let pty = switchboard::tty::open().unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", "printf Hello; printf World 1>&2; exit 3"])
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave))
+            .spawn()
+            .unwrap();
+        let (log_r, log_w) = pipe(1 << 16);
+        let (ours, theirs) = socket_pair();
+        let spec = FanoutSpec {
+            relay: relay::Config::default(),
+            sources: vec![(pty.master, true)],
+            loggers: vec![log_w],
+            clients: vec![(ours, Framing::Chunked(Format::Json), Vec::new())],
+            hangup_polls: true,
+            policy: relay::LagPolicy::Disconnect,
+        };
+        let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
+        let (collector, collected) = Collector::new(Format::Json);
+        read_all(vec![(theirs, Box::new(collector) as Box<dyn Checker>)], &[]);
+        let report = relay.join().unwrap();
+        assert_eq!(report.failure, None, "EIO at the end of a PTY is not a failure");
+        assert_eq!(child.wait().unwrap().code(), Some(3));
+        let mut log = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = nix::unistd::read(&log_r, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            log.extend_from_slice(&buf[..n]);
+        }
+        // Both streams arrive merged on the PTY, and are logged and sent as stdout.
+        assert_eq!(log, b"HelloWorld");
+        let collected = collected.lock().unwrap();
+        assert_eq!(collected.stdout, b"HelloWorld");
+        assert!(collected.stderr.is_empty() && collected.ended);
+    });
+}

@@ -1,0 +1,233 @@
+//! The drop-in under load and with third-party clients (issue 5): 32 clients on one
+//! 64 MiB stream, a client that never reads, and curl speaking to the socket.
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::sb::*;
+use common::*;
+use switchboard::wire::Format;
+
+const SEEDS: [u64; 2] = [101, 202];
+
+/// Writes `len` pattern bytes to the server's stdout and stderr pipes, keeping pace with
+/// `progress`.
+fn feed(sb: &mut Sb, len: u64, progress: Option<Progress>) -> std::thread::JoinHandle<()> {
+    let out: OwnedFd = sb.stdout.take().unwrap();
+    let err: OwnedFd = sb.stderr.take().unwrap();
+    // Readers that keep up stay well within the lag limit.
+    let gate = progress.map(|p| (p, 256 << 10));
+    std::thread::spawn(move || produce(vec![(out, SEEDS[0]), (err, SEEDS[1])], len, 64 << 10, 9, gate))
+}
+
+#[test]
+fn thirty_two_clients_get_the_same_64_mib() {
+    within(300, || {
+        let mut sb = Sb::start(Opts::default());
+        let len = 32 << 20; // per stream: 64 MiB in all
+        let progress = Progress::default();
+        let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
+        for i in 0..32 {
+            let protobuf = i % 2 == 0;
+            let mut s = sb.connect();
+            s.write_all(&output_request(protobuf)).unwrap();
+            let format = if protobuf { Format::Protobuf } else { Format::Json };
+            let mut checker = BodyChecker::new(format, SEEDS, Some([len, len]));
+            checker.progress = Some(progress.counter());
+            readers.push((skip_head(s, &mut checker), Box::new(checker)));
+        }
+        let producer = feed(&mut sb, len, Some(progress));
+        read_all(readers, &[]);
+        producer.join().unwrap();
+        assert!(sb.wait(60).success());
+        let logged = sb.stdout_log.lock().unwrap();
+        assert_eq!(logged.len() as u64, len);
+        assert!(is_pattern(SEEDS[0], 0, &logged));
+        assert!(is_pattern(SEEDS[1], 0, &sb.stderr_log.lock().unwrap()));
+    });
+}
+
+/// Reads the response head off `s` and returns its descriptor, with any body bytes
+/// that came with the head fed to `checker`.
+fn skip_head(mut s: std::os::unix::net::UnixStream, checker: &mut BodyChecker) -> OwnedFd {
+    let mut rest = Vec::new();
+    let (status, _) = read_head(&mut s, &mut rest).unwrap();
+    assert_eq!(status, 200);
+    checker.feed(&rest);
+    s.into()
+}
+
+#[test]
+fn a_client_that_never_reads_holds_up_no_one() {
+    within(120, || {
+        let mut sb = Sb::start(Opts::default());
+        // Attached and never read.
+        let mut stuck = sb.connect();
+        stuck.write_all(&output_request(true)).unwrap();
+        let progress = Progress::default();
+        let mut checker = BodyChecker::new(Format::Json, SEEDS, Some([8 << 20, 8 << 20]));
+        checker.progress = Some(progress.counter());
+        let mut s = sb.connect();
+        s.write_all(&output_request(false)).unwrap();
+        let reader = skip_head(s, &mut checker);
+        let producer = feed(&mut sb, 8 << 20, Some(progress));
+        read_all(vec![(reader, Box::new(checker))], &[]);
+        producer.join().unwrap();
+        // It was cut off at the lag limit; the server exits without waiting for it.
+        assert!(sb.wait(30).success());
+        assert_eq!(sb.stdout_log.lock().unwrap().len(), 8 << 20);
+        drop(stuck);
+    });
+}
+
+#[test]
+fn exit_does_not_wait_forever_for_a_client_that_stopped_reading() {
+    within(120, || {
+        let mut sb = Sb::start(Opts::default());
+        let mut stuck = sb.connect();
+        stuck.write_all(&output_request(true)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // More than its socket can hold, less than the lag limit: it is not cut, and at
+        // exit its stream cannot finish.
+        let producer = feed(&mut sb, 300 << 10, None);
+        producer.join().unwrap();
+        let started = Instant::now();
+        assert!(sb.wait(30).success());
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(15), "exit took {waited:?}");
+        assert_eq!(sb.stdout_log.lock().unwrap().len(), 300 << 10);
+        drop(stuck);
+    });
+}
+
+fn curl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(socket)
+        .args(args)
+        .arg("http://localhost/")
+        .output()
+        .expect("curl runs")
+}
+
+#[test]
+fn curl_attaches_to_output_in_both_formats() {
+    within(60, || {
+        if Command::new("curl").arg("--version").output().is_err() {
+            eprintln!("curl is not installed: skipped");
+            return;
+        }
+        let mut sb = Sb::start(Opts {
+            wait_for_connection: true,
+            ..Opts::default()
+        });
+        sb.write_stdout(b"for curl\n");
+        let call = std::str::from_utf8(OUTPUT_CALL).unwrap();
+        let socket = sb.socket.clone();
+        let json = std::thread::spawn(move || {
+            curl(
+                &socket,
+                &[
+                    "-H",
+                    "Content-Type: application/json",
+                    "-H",
+                    "Accept: application/recordio",
+                    "-H",
+                    "Message-Accept: application/json",
+                    "-d",
+                    call,
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The first client started redirection; close the container so the stream ends.
+        sb.close_output();
+        let out = json.join().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "62\n{\"type\":\"DATA\",\"data\":{\"type\":\"STDOUT\",\"data\":\"Zm9yIGN1cmwK\"}}"
+        );
+        assert!(sb.wait(30).success());
+
+        // Protobuf records (binary) from a fresh server.
+        let mut sb = Sb::start(Opts {
+            wait_for_connection: true,
+            ..Opts::default()
+        });
+        sb.write_stdout(b"hi\n");
+        sb.close_output();
+        let out = curl(
+            &sb.socket,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "Accept: application/recordio",
+                "-H",
+                "Message-Accept: application/x-protobuf",
+                "-d",
+                call,
+            ],
+        );
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"11\n\x08\x01\x12\x07\x08\x02\x12\x03hi\n");
+        assert!(sb.wait(30).success());
+    });
+}
+
+#[test]
+fn curl_streams_chunked_input() {
+    within(60, || {
+        if Command::new("curl").arg("--version").output().is_err() {
+            eprintln!("curl is not installed: skipped");
+            return;
+        }
+        let mut sb = Sb::start(Opts::default());
+        let dir = temp_dir("curl");
+        let body = dir.join("body");
+        let mut records = Vec::new();
+        for r in [
+            FIRST_RECORD.to_string(),
+            stdin_record(b"typed by curl\n"),
+            stdin_record(b""),
+        ] {
+            records.extend_from_slice(format!("{}\n{r}", r.len()).as_bytes());
+        }
+        std::fs::write(&body, &records).unwrap();
+        let out = curl(
+            &sb.socket,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Content-Type: application/recordio",
+                "-H",
+                "Message-Content-Type: application/json",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                &format!("@{}", body.display()),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(sb.stdin.take().unwrap()), &mut got).unwrap();
+        assert_eq!(got, b"typed by curl\n");
+        assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
+        sb.close_output();
+        assert!(sb.wait(30).success());
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}

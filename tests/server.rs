@@ -635,3 +635,192 @@ fn flag_errors_and_bad_descriptors() {
         let _ = std::fs::remove_dir_all(dir);
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Regressions from the review of the server (tests named after what went wrong).
+
+#[test]
+fn clients_that_close_without_reading_their_response_crash_nothing() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        // Keep-alive acknowledgements and a keep-alive 409, fire and forget.
+        let mut holder = sb.connect();
+        let mut head = input_head(true);
+        head.extend(record(FIRST_RECORD));
+        holder.write_all(&head).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..200 {
+            let mut s = sb.connect();
+            let mut req = head.clone();
+            req.extend_from_slice(LAST_CHUNK);
+            let _ = s.write_all(&req);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        // One acknowledgement per input request (the 409s included), each unread.
+        for _ in 0..201 {
+            let mut s = sb.connect();
+            let _ = s.write_all(&ack_request(true));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(sb.is_running());
+        drop(holder);
+        sb.write_stdout(b"alive\n");
+        sb.close_output();
+        assert!(sb.wait(30).success());
+        assert_eq!(*sb.stdout_log.lock().unwrap(), b"alive\n");
+    });
+}
+
+#[test]
+fn an_output_attach_pipelined_behind_another_request_works() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        let mut s = sb.connect();
+        let mut req = ack_request(true);
+        req.extend(output_request(false));
+        s.write_all(&req).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(read_response(&mut s, &mut rest).unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+        sb.write_stdout(b"to the pipelined client\n");
+        sb.close_output();
+        let (status, _) = read_head(&mut s, &mut rest).unwrap();
+        assert_eq!(status, 200);
+        let (mut collector, out) = Collector::new(Format::Json);
+        let mut ended = collector.push(&rest);
+        let mut buf = [0u8; 4096];
+        while !ended {
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+            assert!(n > 0);
+            ended = collector.push(&buf[..n]);
+        }
+        assert_eq!(out.lock().unwrap().stdout, b"to the pipelined client\n");
+        assert!(sb.wait(30).success());
+    });
+}
+
+#[test]
+fn a_record_sent_one_byte_per_chunk_arrives_whole() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        let data: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut body = Vec::new();
+        for r in [FIRST_RECORD.to_string(), stdin_record(&data)] {
+            body.extend_from_slice(format!("{}\n{r}", r.len()).as_bytes());
+        }
+        let mut req = input_head(false);
+        for b in &body {
+            req.extend(chunk(std::slice::from_ref(b)));
+        }
+        req.extend_from_slice(LAST_CHUNK);
+        let reader = {
+            let stdin = std::fs::File::from(sb.stdin.take().unwrap());
+            std::thread::spawn(move || {
+                let mut got = vec![0u8; 20_000];
+                std::io::Read::read_exact(&mut &stdin, &mut got).unwrap();
+                got
+            })
+        };
+        assert_eq!(exchange(&sb.socket, &req).unwrap().status, 200);
+        assert_eq!(reader.join().unwrap(), data);
+        assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}
+
+#[test]
+fn a_writer_that_hangs_up_frees_the_slot_and_stdin_bytes_stay_in_order() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        // More than the stdin pipe holds: the write blocks until the container reads.
+        let big = vec![b'a'; 200_000];
+        let mut first = sb.connect();
+        let mut req = input_head(false);
+        req.extend(record(FIRST_RECORD));
+        req.extend(record(&stdin_record(&big)));
+        first.write_all(&req).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(first);
+        std::thread::sleep(Duration::from_millis(300));
+        // The slot is free again; this input's bytes queue behind the first one's.
+        let socket = sb.socket.clone();
+        let second = std::thread::spawn(move || {
+            let mut req = input_head(false);
+            req.extend(record(FIRST_RECORD));
+            req.extend(record(&stdin_record(b"bbbb")));
+            req.extend_from_slice(LAST_CHUNK);
+            exchange(&socket, &req).unwrap().status
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut got = vec![0u8; big.len() + 4];
+        std::io::Read::read_exact(&mut &std::fs::File::from(sb.stdin.take().unwrap()), &mut got).unwrap();
+        assert_eq!(second.join().unwrap(), 200);
+        assert_eq!(&got[..big.len()], &big[..]);
+        assert_eq!(&got[big.len()..], b"bbbb");
+        for _ in 0..2 {
+            assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
+        }
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}
+
+#[test]
+fn requests_in_progress_at_exit_get_503_at_once() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        // An input request whose first record has not arrived: no acknowledgement is owed.
+        let mut s = sb.connect();
+        s.write_all(&input_head(false)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        sb.close_output();
+        let r = read_response(&mut s, &mut Vec::new()).unwrap();
+        assert_eq!(r.status, 503);
+        assert!(sb.wait(30).success());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "exit waited {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn a_partial_record_at_the_end_of_an_input_body_is_dropped_with_200() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        let mut req = input_head(false);
+        req.extend(record(FIRST_RECORD));
+        req.extend(chunk(b"50\n{\"type\""));
+        req.extend_from_slice(LAST_CHUNK);
+        assert_eq!(exchange(&sb.socket, &req).unwrap().status, 200);
+        assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}
+
+#[test]
+fn the_waited_for_client_cannot_hold_the_container_back_for_ever() {
+    within(90, || {
+        let extra = vec!["--block_timeout=1secs".to_string()];
+        let mut sb = Sb::start(Opts {
+            wait_for_connection: true,
+            extra,
+            ..Opts::default()
+        });
+        // The first client (it gets every byte, holding the container back) never reads.
+        let stuck = attach(&sb, false);
+        let out = sb.stdout.take().unwrap();
+        let data = vec![b'x'; 4 << 20];
+        let writer = std::thread::spawn(move || write_all(&out, &data));
+        // The container's writes go through once the client is given up on.
+        writer.join().unwrap();
+        sb.close_output();
+        assert!(sb.wait(30).success());
+        assert_eq!(sb.stdout_log.lock().unwrap().len(), 4 << 20);
+        drop(stuck);
+    });
+}

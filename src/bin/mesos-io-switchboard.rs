@@ -27,7 +27,16 @@ fn main() -> ExitCode {
         eprintln!("EXIT with status 1: {e}");
         return ExitCode::FAILURE;
     }
-    match server::serve(server::Config::from_mesos(&flags)) {
+    // A panic (a bug) must not write into the container's stderr log either.
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    let config = match server::Config::from_mesos(&flags) {
+        Ok(c) => c,
+        Err(why) => {
+            eprint!("{}", mesos::usage(Some(&why)) + "\n");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::serve(config) {
         Ok(Exit::Done) => ExitCode::SUCCESS,
         // fds 1 and 2 are the container's logs: a runtime failure is told by the exit
         // status and the diagnostics file only.

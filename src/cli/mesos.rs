@@ -93,7 +93,59 @@ pub const SPECS: &[Spec] = &[
         kind: Kind::String,
         help: "error, warn, info (the default), debug or trace.",
     },
+    // Ours: limits (tuning.md says what each costs and buys).
+    Spec {
+        name: "lag_limit",
+        kind: Kind::Int,
+        help: "Bytes an output client may fall behind before it is disconnected\n\
+               (default: 786432). At most buffer_bytes minus 262144.",
+    },
+    Spec {
+        name: "buffer_bytes",
+        kind: Kind::Int,
+        help: "Output buffer per container stream, in bytes (default: 1048576).",
+    },
+    Spec {
+        name: "block_timeout",
+        kind: Kind::Duration,
+        help: "How long the client a --wait_for_connection server waited for may hold\n\
+               the container back without reading before it is disconnected\n\
+               (default: 30secs).",
+    },
+    Spec {
+        name: "drain_timeout",
+        kind: Kind::Duration,
+        help: "How long clients get to take the end of their streams at exit\n\
+               (default: 5secs).",
+    },
+    Spec {
+        name: "head_timeout",
+        kind: Kind::Duration,
+        help: "How long a connection may take to send a request head (default: 30secs).",
+    },
+    Spec {
+        name: "max_connections",
+        kind: Kind::Int,
+        help: "Open connections at most; more are closed at once (default: 4096).",
+    },
+    Spec {
+        name: "max_record",
+        kind: Kind::Int,
+        help: "Largest record of an input stream, in bytes (default: 1048576).",
+    },
 ];
+
+/// Our limits from the command line (unset: the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tuning {
+    pub lag_limit: Option<usize>,
+    pub buffer_bytes: Option<usize>,
+    pub block_timeout: Option<Duration>,
+    pub drain_timeout: Option<Duration>,
+    pub head_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub max_record: Option<usize>,
+}
 
 /// The validated flags of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,9 +159,10 @@ pub struct Flags {
     pub wait_for_connection: bool,
     pub socket_address: PathBuf,
     pub heartbeat_interval: Option<Duration>,
-    /// Ours: where diagnostics go, and how many.
+    /// Ours: where diagnostics go, and how many; limits.
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub tuning: Tuning,
 }
 
 /// What the command line asks for.
@@ -142,10 +195,10 @@ pub fn parse(args: &[String]) -> Parsed {
     }
     let required = |name: &str, shown: &str| {
         f.int(name).ok_or_else(|| {
-            Parsed::Usage(format!(
+            format!(
                 "EXIT with status 1: {}",
                 usage(Some(&format!("'--{shown}' is missing")))
-            ))
+            )
         })
     };
     let flags = (|| {
@@ -154,12 +207,9 @@ pub fn parse(args: &[String]) -> Parsed {
         let stdout_to_fd = required("stdout_to_fd", "stdout_to_fd")?;
         let stderr_from_fd = required("stderr_from_fd", "stderr_from_fd")?;
         let stderr_to_fd = required("stderr_to_fd", "stderr_to_fd")?;
-        let socket_address = f.string("socket_address").ok_or_else(|| {
-            Parsed::Usage(format!(
-                "EXIT with status 1: {}",
-                usage(Some("'--socket_path' is missing"))
-            ))
-        })?;
+        let socket_address = f
+            .string("socket_address")
+            .ok_or_else(|| format!("EXIT with status 1: {}", usage(Some("'--socket_path' is missing"))))?;
         Ok(Flags {
             tty: f.bool("tty"),
             stdin_to_fd,
@@ -172,11 +222,29 @@ pub fn parse(args: &[String]) -> Parsed {
             heartbeat_interval: f.duration("heartbeat_interval"),
             log_file: f.string("log_file").map(PathBuf::from),
             log_level: f.string("log_level").map(String::from),
+            tuning: Tuning {
+                lag_limit: positive(f, "lag_limit")?,
+                buffer_bytes: positive(f, "buffer_bytes")?,
+                block_timeout: f.duration("block_timeout"),
+                drain_timeout: f.duration("drain_timeout"),
+                head_timeout: f.duration("head_timeout"),
+                max_connections: positive(f, "max_connections")?,
+                max_record: positive(f, "max_record")?,
+            },
         })
     })();
     match flags {
         Ok(flags) => Parsed::Run(flags),
-        Err(usage) => usage,
+        Err(text) => Parsed::Usage(text),
+    }
+}
+
+/// A limit flag, which must be positive when given.
+fn positive(f: &stout::Loaded, name: &str) -> Result<Option<usize>, String> {
+    match f.int(name) {
+        None => Ok(None),
+        Some(v) if v > 0 => Ok(Some(v as usize)),
+        Some(v) => Err(usage(Some(&format!("Flag '{name}' must be positive, not {v}"))) + "\n"),
     }
 }
 
@@ -210,6 +278,7 @@ mod tests {
                 heartbeat_interval: Some(Duration::from_secs(30)),
                 log_file: None,
                 log_level: None,
+                tuning: Tuning::default(),
             })
         );
         let tty = args(

@@ -377,7 +377,12 @@ impl Relay {
     /// Appends a control record (a heartbeat) for the clients attached now: a complete
     /// chunk in each format. Returns the clients this cut off.
     pub fn push_control(&mut self, json: Rc<[u8]>, protobuf: Rc<[u8]>) -> Vec<ClientId> {
-        if self.live_clients == 0 {
+        // A heartbeat is only a sign of life: while the log is full (a blocking client
+        // holds it), it is dropped rather than grow the log.
+        if self.live_clients == 0
+            || self.finished
+            || self.records.len() + self.records_per_read() >= self.config.max_records
+        {
             return Vec::new();
         }
         self.records.push_back(Record {
@@ -464,6 +469,36 @@ impl Relay {
         match self.records.get((c.next - self.first_seq) as usize) {
             Some(r) => self.log_total - r.log_start,
             None => 0,
+        }
+    }
+
+    /// A live blocking client that holds the oldest record, and that record's sequence
+    /// number: the client reading may be waiting for.
+    pub fn blocking_holder(&self) -> Option<(ClientId, u64)> {
+        if self.records.is_empty() {
+            return None;
+        }
+        self.clients.iter().enumerate().find_map(|(i, c)| match c {
+            Some(c) if c.state == ClientState::Live && c.policy == LagPolicy::Block && c.next == self.first_seq => {
+                Some((
+                    ClientId {
+                        index: i as u32,
+                        generation: c.generation,
+                    },
+                    c.next,
+                ))
+            }
+            _ => None,
+        })
+    }
+
+    /// Cuts a client off for lagging (a blocking client that stopped making progress).
+    pub fn cut_lagging(&mut self, id: ClientId) {
+        if self.client(id).state == ClientState::Live {
+            self.stats.clients_cut += 1;
+            self.stats.bytes_lost += self.lag(id);
+            self.cut(id, CutReason::Lagging);
+            self.release_records();
         }
     }
 

@@ -17,6 +17,7 @@ mod arena;
 mod fd;
 mod op;
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
@@ -125,8 +126,10 @@ pub struct Ring {
     in_flight: usize,
     fds: FdTable,
     arena: Arena,
-    /// Completions reaped while making room in a full submission queue.
-    backlog: Vec<Completion>,
+    /// Completions taken off a full completion queue (to make room), not yet handed out.
+    /// They stay raw until [`Ring::next`], so a slot lives (and can be forgotten) until
+    /// its completion is delivered.
+    backlog: VecDeque<cqueue::Entry>,
 }
 
 impl Ring {
@@ -181,7 +184,7 @@ impl Ring {
             in_flight: 0,
             fds: FdTable::default(),
             arena: Arena::new(0),
-            backlog: Vec::new(),
+            backlog: VecDeque::new(),
         })
     }
 
@@ -430,11 +433,9 @@ impl Ring {
         }
     }
 
-    /// Completions that arrived while we had to make room in the submission queue.
+    /// Moves completions off a full completion queue, so submission can go on.
     fn reap_into_backlog(&mut self) {
-        let mut done = Vec::new();
-        self.drain(&mut done);
-        self.backlog.extend(done);
+        self.backlog.extend(self.uring.completion());
     }
 
     /// Asks the kernel to cancel `id`. Its completion still arrives (usually `-ECANCELED`)
@@ -464,41 +465,39 @@ impl Ring {
         );
     }
 
-    /// Submits what is queued and, if `wait` and anything is in flight, waits for at least
-    /// one completion; then appends every available completion to `out` (whatever it
-    /// already held stays).
-    pub fn run(&mut self, out: &mut Vec<Completion>, wait: bool) -> io::Result<()> {
-        let before = out.len();
-        out.append(&mut self.backlog);
-        // Wait only if this call has nothing to hand back yet.
-        let want = usize::from(wait && out.len() == before && self.in_flight > 0);
+    /// Submits what is queued and, if `block`, waits until a completion is ready (unless
+    /// nothing is in flight). Take completions with [`Ring::next`].
+    pub fn wait(&mut self, block: bool) -> io::Result<()> {
+        let ready = !self.backlog.is_empty() || !self.uring.completion().is_empty();
+        let want = usize::from(block && !ready && self.in_flight > 0);
         loop {
             match self.uring.submit_and_wait(want) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
-                    if want == 0 {
-                        break;
-                    }
-                }
-                // The completion queue is full: reap first, then submit again.
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) && want == 0 => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // The completion queue is full: make room; there is something to handle.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    self.drain(out);
-                    if !out.is_empty() {
-                        break;
+                    self.reap_into_backlog();
+                    if !self.backlog.is_empty() {
+                        return Ok(());
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        self.drain(out);
-        Ok(())
     }
 
-    fn drain(&mut self, out: &mut Vec<Completion>) {
-        let cqes: Vec<cqueue::Entry> = self.uring.completion().collect();
-        for cqe in cqes {
+    /// The next completion, one at a time. An operation forgotten before its completion
+    /// is handed out (even one already posted by the kernel) is swallowed here.
+    #[allow(clippy::should_implement_trait)] // An iterator would borrow the ring between items.
+    pub fn next(&mut self) -> Option<Completion> {
+        loop {
+            let cqe = match self.backlog.pop_front() {
+                Some(cqe) => cqe,
+                None => self.uring.completion().next()?,
+            };
             if let Some(c) = self.complete(cqe) {
-                out.push(c);
+                return Some(c);
             }
         }
     }
@@ -597,7 +596,6 @@ impl Drop for Ring {
             self.cancel(id, true);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut sink = Vec::new();
         while self.in_flight > 0 && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(100_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
@@ -606,8 +604,7 @@ impl Drop for Ring {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
                 Err(_) => break,
             }
-            self.drain(&mut sink);
-            sink.clear();
+            while self.next().is_some() {}
         }
         if self.in_flight > 0 {
             std::mem::forget(std::mem::replace(&mut self.arena, Arena::new(0)));

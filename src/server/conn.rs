@@ -40,16 +40,57 @@ pub(crate) struct Ctx<'a> {
     pub terminating: bool,
 }
 
+/// Bytes received and not yet consumed. Consuming moves a cursor; the buffer is compacted
+/// only once the consumed part is at least half of it, so consuming many small pieces
+/// stays linear.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Pending {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    fn extend(&mut self, more: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(more);
+    }
+}
+
 struct Input {
     format: Format,
     records: recordio::Decoder,
     /// Body bytes received and not yet decoded.
-    body: Vec<u8>,
+    body: Pending,
     body_ended: bool,
     /// The first record (the container ID) was accepted.
     started: bool,
     /// A record is being written to stdin.
     writing: bool,
+    /// A decoded record that needs stdin, waiting while another request's write finishes.
+    parked: Option<InputAction>,
     keep_alive: bool,
 }
 
@@ -82,7 +123,7 @@ enum State {
 
 struct Conn {
     fd: Fd,
-    buf: Vec<u8>,
+    buf: Pending,
     reader: RequestReader,
     recv: Option<OpId>,
     send: Option<OpId>,
@@ -93,13 +134,26 @@ struct Conn {
     eof: bool,
 }
 
+/// The container's stdin, written by one request at a time. A write keeps going when its
+/// request ends meanwhile (the next request's bytes wait for it, so nothing interleaves).
 struct Stdin {
     fd: Option<Fd>,
+    /// The write, or the wait for the pipe to take more, in flight.
     op: Option<OpId>,
-    /// Bytes still to write, while waiting for the pipe to take more.
-    pending: Option<Vec<u8>>,
-    /// The connection whose record is being written (gone if it closed meanwhile).
+    /// What is left to write (and from where), while waiting for the pipe.
+    pending: Option<(Vec<u8>, usize)>,
+    /// The connection whose record is being written, until it ends.
     owner: Option<u32>,
+    /// Bytes of the current record written so far.
+    written: usize,
+    /// Connections with a record parked until stdin is free.
+    waiters: Vec<u32>,
+}
+
+impl Stdin {
+    fn busy(&self) -> bool {
+        self.op.is_some() || self.pending.is_some()
+    }
 }
 
 /// Every connection that is not an output client.
@@ -124,6 +178,8 @@ impl Conns {
                 op: None,
                 pending: None,
                 owner: None,
+                written: 0,
+                waiters: Vec::new(),
             },
             input_owner: None,
             tty,
@@ -160,7 +216,7 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd) {
     };
     ctx.conns.slots[i as usize] = Some(Conn {
         fd,
-        buf: Vec::new(),
+        buf: Pending::default(),
         reader: RequestReader::new(ctx.config.limits.http),
         recv: None,
         send: None,
@@ -183,8 +239,8 @@ pub(crate) fn handle(ctx: &mut Ctx<'_>, token: Token, c: Completion) {
         Token::Stdin => on_stdin_written(ctx, c),
         Token::StdinPoll => {
             ctx.conns.stdin.op = None;
-            if let Some(rest) = ctx.conns.stdin.pending.take() {
-                write_stdin(ctx, rest);
+            if let Some((buf, start)) = ctx.conns.stdin.pending.take() {
+                write_stdin(ctx, buf, start);
             }
         }
         other => unreachable!("not a connection token: {other:?}"),
@@ -206,12 +262,14 @@ pub(crate) fn terminate(ctx: &mut Ctx<'_>) {
             State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } => {
                 if c.sendq.is_empty() && c.send.is_none() {
                     close(ctx, i);
-                } else {
-                    c.state = State::Closing;
+                    continue;
                 }
+                c.state = State::Closing;
             }
             _ => respond(ctx, i, 503, "The io switchboard server is shutting down", true),
         }
+        // Send what is queued; the connection closes once it is out.
+        drive(ctx, i);
     }
 }
 
@@ -257,9 +315,10 @@ fn refuse(ctx: &mut Ctx<'_>, i: u32, e: HttpError) {
 fn release_input(ctx: &mut Ctx<'_>, i: u32) {
     if ctx.conns.input_owner == Some(i) {
         ctx.conns.input_owner = None;
-        if ctx.conns.stdin.owner == Some(i) {
-            ctx.conns.stdin.owner = None;
-        }
+    }
+    // A write of its record in flight goes on, detached.
+    if ctx.conns.stdin.owner == Some(i) {
+        ctx.conns.stdin.owner = None;
     }
 }
 
@@ -280,6 +339,7 @@ enum Next {
 /// One step of request processing; false when nothing more can happen now.
 fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
     let input_buffer = ctx.config.limits.input_buffer;
+    let stdin_busy = ctx.conns.stdin.busy();
     let Some(c) = ctx.conns.get(i) else { return false };
     let flushed = c.sendq.is_empty() && c.send.is_none();
     let next = match &c.state {
@@ -288,8 +348,18 @@ fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
         State::HandOver { .. } => Next::Wait,
         // The next request waits until every response before it went out.
         State::Idle if !flushed => Next::Wait,
-        State::Input(input) if input.writing => Next::Wait,
-        State::Input(input) if input.body_ended || input.body.len() >= input_buffer => Next::Records,
+        // While its record waits for stdin, the body is still read into its bounded buffer
+        // (so a client that hangs up mid-body is noticed), but no record is applied.
+        State::Input(input) if input.writing || (input.parked.is_some() && stdin_busy) => {
+            if !input.body_ended && input.body.len() < input_buffer {
+                Next::Parse
+            } else {
+                Next::Wait
+            }
+        }
+        State::Input(input) if input.parked.is_some() || input.body_ended || input.body.len() >= input_buffer => {
+            Next::Records
+        }
         _ => Next::Parse,
     };
     match next {
@@ -301,7 +371,7 @@ fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
         Next::Records => process_input(ctx, i),
         Next::Parse => {
             let c = conn(ctx, i);
-            let event = match c.reader.next(&c.buf) {
+            let event = match c.reader.next(c.buf.data()) {
                 Err(e) => {
                     refuse(ctx, i, e);
                     return true;
@@ -312,7 +382,7 @@ fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
                         Event::Body(b) => Err(Some(b.to_vec())),
                         Event::End => Err(None),
                     });
-                    c.buf.drain(..used);
+                    c.buf.consume(used);
                     event
                 }
             };
@@ -387,10 +457,11 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
         } => State::Input(Input {
             format,
             records: recordio::Decoder::new(max_record),
-            body: Vec::new(),
+            body: Pending::default(),
             body_ended: false,
             started: false,
             writing: false,
+            parked: None,
             keep_alive,
         }),
     };
@@ -406,7 +477,7 @@ fn on_body(ctx: &mut Ctx<'_>, i: u32, data: Vec<u8>) {
             }
             body.extend_from_slice(&data);
         }
-        State::Input(input) => input.body.extend_from_slice(&data),
+        State::Input(input) => input.body.extend(&data),
         // Acknowledgement bodies and discarded bodies are ignored.
         _ => {}
     }
@@ -483,10 +554,17 @@ fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     let c = ctx.conns.slots[i as usize].take().expect("checked by the caller");
     ctx.conns.free.push(i);
     ctx.conns.count -= 1;
-    debug_assert!(c.recv.is_none() && c.send.is_none());
-    if let Some(t) = c.timer {
-        // The timer slot is not reused until it completes; its completion is ignored.
-        ctx.ring.cancel(t, true);
+    // Nothing of this connection's may complete here any more: a receive armed while an
+    // earlier response was going out (the client pipelined this request behind another)
+    // and the head timer are forgotten. Mesos never answers requests behind an output
+    // stream, so bytes that receive took are not wanted either. No send is in flight:
+    // the hand-over waits until the connection is flushed.
+    assert!(
+        c.send.is_none() && c.sendq.is_empty(),
+        "hand-over of an unflushed connection"
+    );
+    for op in [c.recv, c.timer].into_iter().flatten() {
+        ctx.ring.cancel(op, true);
     }
     let State::HandOver { framing, head } = c.state else { unreachable!("only called in HandOver") };
     // The client redirection waited for (the agent's attach to a DEBUG session) must get
@@ -509,13 +587,16 @@ fn process_input(ctx: &mut Ctx<'_>, i: u32) -> bool {
     if input.writing {
         return false;
     }
-    let record = match input.records.decode(&input.body) {
+    if let Some(action) = input.parked.take() {
+        return apply(ctx, i, action);
+    }
+    let record = match input.records.decode(input.body.data()) {
         Err(e) => {
             respond(ctx, i, 500, &format!("Decoder failure: {e}"), true);
             return true;
         }
         Ok((used, record)) => {
-            input.body.drain(..used);
+            input.body.consume(used);
             record
         }
     };
@@ -532,9 +613,11 @@ fn process_input(ctx: &mut Ctx<'_>, i: u32) -> bool {
                 "IOSwitchboard received EOF while reading request body",
                 true,
             );
-        } else if let Err(e) = finish {
-            respond(ctx, i, 400, &format!("Decoder failure: {e}"), true);
         } else {
+            if let Err(e) = finish {
+                // Mesos discards trailing bytes that do not form a record (PROTOCOL.md §2.5).
+                tracing::info!("connection {i}: input ended inside a record ({e}); the partial record is dropped");
+            }
             stop_timer(ctx, i);
             let keep_alive = keep_alive && !conn(ctx, i).eof;
             respond(ctx, i, 200, "", !keep_alive);
@@ -558,9 +641,30 @@ fn process_input(ctx: &mut Ctx<'_>, i: u32) -> bool {
         }
     };
     match input::input_action(&call) {
-        Err(text) => respond(ctx, i, 400, &text, true),
-        Ok(InputAction::Heartbeat) => {}
-        Ok(InputAction::Stdin(bytes)) => {
+        Err(text) => {
+            respond(ctx, i, 400, &text, true);
+            true
+        }
+        Ok(action) => apply(ctx, i, action),
+    }
+}
+
+/// Applies one valid input record; false when it must wait for stdin.
+fn apply(ctx: &mut Ctx<'_>, i: u32, action: InputAction) -> bool {
+    let needs_stdin = matches!(action, InputAction::Stdin(_) | InputAction::StdinEof);
+    if needs_stdin && ctx.conns.stdin.busy() {
+        // Another request's write is still going: keep the order of stdin bytes.
+        if let State::Input(input) = &mut conn(ctx, i).state {
+            input.parked = Some(action);
+        }
+        if !ctx.conns.stdin.waiters.contains(&i) {
+            ctx.conns.stdin.waiters.push(i);
+        }
+        return false;
+    }
+    match action {
+        InputAction::Heartbeat => {}
+        InputAction::Stdin(bytes) => {
             if ctx.conns.stdin.fd.is_none() {
                 respond(
                     ctx,
@@ -574,10 +678,11 @@ fn process_input(ctx: &mut Ctx<'_>, i: u32) -> bool {
                     input.writing = true;
                 }
                 ctx.conns.stdin.owner = Some(i);
-                write_stdin(ctx, bytes);
+                ctx.conns.stdin.written = 0;
+                write_stdin(ctx, bytes, 0);
             }
         }
-        Ok(InputAction::StdinEof) => {
+        InputAction::StdinEof => {
             // Only a pipe is closed: a PTY stays open (clients send ^D instead).
             if !ctx.conns.tty
                 && let Some(fd) = ctx.conns.stdin.fd.take()
@@ -586,7 +691,7 @@ fn process_input(ctx: &mut Ctx<'_>, i: u32) -> bool {
                 ctx.ring.close(fd);
             }
         }
-        Ok(InputAction::Resize { rows, columns }) => {
+        InputAction::Resize { rows, columns } => {
             let result = match ctx.conns.stdin.fd {
                 Some(fd) => crate::tty::set_window_size(ctx.ring.borrow(fd), rows as u16, columns as u16),
                 None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
@@ -634,6 +739,7 @@ fn first_record(ctx: &mut Ctx<'_>, i: u32, format: Format, record: &[u8]) {
         } else {
             State::Discard { keep_alive }
         };
+        back_to_idle(ctx, i);
         return;
     }
     ctx.conns.input_owner = Some(i);
@@ -645,61 +751,84 @@ fn first_record(ctx: &mut Ctx<'_>, i: u32, format: Format, record: &[u8]) {
     }
 }
 
-/// Writes `buf` to stdin (all of it, over as many writes as it takes).
-fn write_stdin(ctx: &mut Ctx<'_>, buf: Vec<u8>) {
-    let Some(fd) = ctx.conns.stdin.fd else { return };
-    let op = ctx.ring.submit(Op::Write { fd, buf, start: 0 }, Token::Stdin.encode());
+/// Writes `buf[start..]` to stdin (all of it, over as many writes as it takes).
+fn write_stdin(ctx: &mut Ctx<'_>, buf: Vec<u8>, start: usize) {
+    let Some(fd) = ctx.conns.stdin.fd else {
+        return stdin_failed(ctx, "Failed writing to stdin: Failed: Bad file descriptor".into());
+    };
+    let op = ctx.ring.submit(Op::Write { fd, buf, start }, Token::Stdin.encode());
     ctx.conns.stdin.op = Some(op);
 }
 
 fn on_stdin_written(ctx: &mut Ctx<'_>, c: Completion) {
     ctx.conns.stdin.op = None;
     let res = c.res;
-    let mut buf = c.into_buf();
-    let owner = ctx.conns.stdin.owner;
+    let buf = c.into_buf();
+    let start = ctx.conns.stdin.written;
     match res {
-        n if n > 0 && (n as usize) < buf.len() => {
-            buf.drain(..n as usize);
-            write_stdin(ctx, buf);
+        n if n > 0 && start + (n as usize) < buf.len() => {
+            ctx.conns.stdin.written = start + n as usize;
+            write_stdin(ctx, buf, start + n as usize);
         }
-        n if n > 0 => stdin_done(ctx, owner),
+        n if n > 0 => stdin_done(ctx),
         e if e == -libc::EAGAIN => {
             // The pipe is full: wait until the container reads, then write again.
-            let Some(fd) = ctx.conns.stdin.fd else { return };
-            ctx.conns.stdin.pending = Some(buf);
+            let Some(fd) = ctx.conns.stdin.fd else {
+                return stdin_failed(ctx, "Failed writing to stdin: Failed: Bad file descriptor".into());
+            };
+            ctx.conns.stdin.pending = Some((buf, start));
             let op = ctx
                 .ring
                 .submit(Op::Poll { fd, events: POLLOUT }, Token::StdinPoll.encode());
             ctx.conns.stdin.op = Some(op);
         }
-        e if e == -libc::EINTR => write_stdin(ctx, buf),
-        e => {
-            // Mesos then exits 1 and the agent kills the container; we answer this input
-            // with Mesos's 500 and go on serving (output keeps flowing).
-            let text = format!("Failed writing to stdin: Failed: {}", crate::sys::strerror_res(e));
-            tracing::warn!("{text}");
-            ctx.conns.stdin.owner = None;
-            if let Some(i) = owner
-                && ctx.conns.get(i).is_some()
-            {
-                if let State::Input(input) = &mut conn(ctx, i).state {
-                    input.writing = false;
-                }
-                respond(ctx, i, 500, &text, true);
-                drive(ctx, i);
-            }
-        }
+        e if e == -libc::EINTR => write_stdin(ctx, buf, start),
+        e => stdin_failed(
+            ctx,
+            format!("Failed writing to stdin: Failed: {}", crate::sys::strerror_res(e)),
+        ),
     }
 }
 
-fn stdin_done(ctx: &mut Ctx<'_>, owner: Option<u32>) {
-    ctx.conns.stdin.owner = None;
-    let Some(i) = owner else { return };
-    let Some(c) = ctx.conns.get(i) else { return };
-    if let State::Input(input) = &mut c.state {
-        input.writing = false;
+/// A write failed. Mesos then exits 1 and the agent kills the container; we answer the
+/// request with Mesos's 500 and go on serving (output keeps flowing).
+fn stdin_failed(ctx: &mut Ctx<'_>, text: String) {
+    tracing::warn!("{text}");
+    ctx.conns.stdin.pending = None;
+    ctx.conns.stdin.written = 0;
+    if let Some(i) = ctx.conns.stdin.owner.take()
+        && ctx.conns.get(i).is_some()
+    {
+        if let State::Input(input) = &mut conn(ctx, i).state {
+            input.writing = false;
+        }
+        respond(ctx, i, 500, &text, true);
+        drive(ctx, i);
     }
-    drive(ctx, i);
+    wake_stdin_waiters(ctx);
+}
+
+/// A record reached stdin: its request goes on, and whoever waits for stdin.
+fn stdin_done(ctx: &mut Ctx<'_>) {
+    ctx.conns.stdin.written = 0;
+    if let Some(i) = ctx.conns.stdin.owner.take()
+        && let Some(c) = ctx.conns.get(i)
+    {
+        if let State::Input(input) = &mut c.state {
+            input.writing = false;
+        }
+        drive(ctx, i);
+    }
+    wake_stdin_waiters(ctx);
+}
+
+/// Stdin is free: requests with a record parked for it go on, in the order they parked.
+fn wake_stdin_waiters(ctx: &mut Ctx<'_>) {
+    for i in std::mem::take(&mut ctx.conns.stdin.waiters) {
+        if ctx.conns.get(i).is_some() {
+            drive(ctx, i);
+        }
+    }
 }
 
 fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
@@ -709,7 +838,7 @@ fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     if let OpOutput::Buf(data) = comp.output
         && res > 0
     {
-        c.buf.extend_from_slice(&data);
+        c.buf.extend(&data);
     }
     if res == 0 || (res < 0 && res != -libc::EINTR) {
         c.eof = true;
@@ -741,10 +870,17 @@ fn on_timer(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
         return;
     }
     match &c.state {
-        State::Idle if c.sendq.is_empty() && c.send.is_none() => {
-            tracing::info!("connection {i} sent no request in {:?}", ctx.config.limits.head_timeout);
+        // A client that started a request head and did not finish it in time is told so;
+        // an idle keep-alive connection, or one whose client does not read our response,
+        // is just closed.
+        State::Idle if !c.buf.is_empty() && c.sendq.is_empty() && c.send.is_none() => {
+            tracing::info!(
+                "connection {i}: no complete request head in {:?}",
+                ctx.config.limits.head_timeout
+            );
             respond(ctx, i, 408, "No request arrived in time", true);
         }
+        State::Idle => return close(ctx, i),
         // Output ended while this input was open: Mesos answers 200 a second later.
         State::Input(_) => respond(ctx, i, 200, "", true),
         _ => {}

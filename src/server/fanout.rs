@@ -4,12 +4,12 @@
 //! the server runs the very same [`Output`](super::output::Output).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use crate::relay::{self, Framing, LagPolicy, Stats};
 use crate::ring::{Ring, RingConfig};
 
-use super::output::{Output, Source};
+use super::output::{Options, Output, Source};
 use super::token::Token;
 
 /// What to relay.
@@ -52,15 +52,17 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
         });
     }
     let loggers = spec.loggers.into_iter().map(|fd| ring.adopt(fd)).collect();
-    let mut output = Output::new(spec.relay, sources, loggers, spec.hangup_polls)
+    let options = Options {
+        hangup_polls: spec.hangup_polls,
+        ..Options::default()
+    };
+    let mut output = Output::new(spec.relay, sources, loggers, options)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     output.start(&mut ring);
     for (fd, framing, front) in spec.clients {
-        tracing::trace!("client on fd {}", fd.as_raw_fd());
         let fd = ring.adopt(fd);
         output.add_client(&mut ring, fd, framing, spec.policy, front);
     }
-    let mut completions = Vec::new();
     let mut finishing = false;
     loop {
         if !finishing && (output.redirect_finished() || output.failure().is_some()) {
@@ -70,10 +72,9 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
         if finishing && output.clients_gone() && ring.in_flight() == 0 {
             break;
         }
-        ring.run(&mut completions, true)?;
-        for c in completions.drain(..) {
-            let token = Token::decode(c.token);
-            output.handle(&mut ring, token, c);
+        ring.wait(true)?;
+        while let Some(c) = ring.next() {
+            output.handle(&mut ring, Token::decode(c.token), c);
         }
     }
     // The sources and loggers are still held (the ring closes them when dropped); every

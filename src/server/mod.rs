@@ -47,6 +47,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// How long a connection may take to send a request head.
     pub head_timeout: Duration,
+    /// How long a blocking client may hold the container back without reading.
+    pub block_timeout: Duration,
     /// The listen backlog.
     pub backlog: i32,
 }
@@ -55,12 +57,13 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             http: http::Limits::default(),
-            max_record: 4 << 20,
+            max_record: 1 << 20,
             max_call_body: 64 << 10,
             input_buffer: 1 << 20,
             max_connections: 4096,
             drain_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(30),
+            block_timeout: Duration::from_secs(30),
             backlog: 1024,
         }
     }
@@ -85,9 +88,23 @@ pub struct Config {
 }
 
 impl Config {
-    /// The drop-in's configuration from Mesos's flags, with our defaults for the rest.
-    pub fn from_mesos(f: &crate::cli::mesos::Flags) -> Config {
-        Config {
+    /// The drop-in's configuration from Mesos's flags and our limit flags, with our
+    /// defaults for the rest. Fails if the limits do not fit together.
+    pub fn from_mesos(f: &crate::cli::mesos::Flags) -> Result<Config, String> {
+        let t = &f.tuning;
+        let mut limits = Limits::default();
+        limits.max_record = t.max_record.unwrap_or(limits.max_record);
+        limits.max_connections = t.max_connections.unwrap_or(limits.max_connections);
+        limits.drain_timeout = t.drain_timeout.unwrap_or(limits.drain_timeout);
+        limits.head_timeout = t.head_timeout.unwrap_or(limits.head_timeout);
+        limits.block_timeout = t.block_timeout.unwrap_or(limits.block_timeout);
+        let mut relay = relay::Config::default();
+        relay.buffer_bytes = t.buffer_bytes.unwrap_or(relay.buffer_bytes);
+        relay.lag_limit = t
+            .lag_limit
+            .unwrap_or_else(|| relay.buffer_bytes.saturating_sub(relay.max_read));
+        relay.validate()?;
+        Ok(Config {
             tty: f.tty,
             stdin_to_fd: f.stdin_to_fd,
             stdout_from_fd: f.stdout_from_fd,
@@ -97,11 +114,11 @@ impl Config {
             wait_for_connection: f.wait_for_connection,
             socket: f.socket_address.clone(),
             heartbeat_interval: f.heartbeat_interval,
-            limits: Limits::default(),
-            relay: relay::Config::default(),
+            limits,
+            relay,
             lag_policy: LagPolicy::default(),
             ring: RingConfig::default(),
-        }
+        })
     }
 }
 
@@ -160,11 +177,7 @@ impl Server {
             .map_err(|e| format!("Failed to register signal 'Terminated': {e}"))?
             .into();
 
-        let listener = socket::listen_at(&config.socket, config.limits.backlog)
-            .map_err(|e| format!("Failed to create the io switchboard server: {e}"))?;
-
         let mut ring = Ring::new(config.ring).map_err(|e| e.to_string())?;
-        let listener = ring.adopt(listener);
         let signals = ring.adopt(signals);
 
         let streams: &[(RawFd, RawFd, &str)] = if config.tty {
@@ -198,7 +211,16 @@ impl Server {
                 None
             }
         };
-        let output = Output::new(config.relay, sources, loggers, true)?;
+        let options = output::Options {
+            hangup_polls: true,
+            block_timeout: config.limits.block_timeout,
+        };
+        let output = Output::new(config.relay, sources, loggers, options)?;
+        // The socket comes last: once its path exists, the agent connects, so everything
+        // that could still fail has been checked.
+        let listener = socket::listen_at(&config.socket, config.limits.backlog)
+            .map_err(|e| format!("Failed to create the io switchboard server: {e}"))?;
+        let listener = ring.adopt(listener);
         let conns = Conns::new(stdin, config.tty);
         let mut server = Server {
             ring,
@@ -226,14 +248,15 @@ impl Server {
     }
 
     fn run(&mut self) -> io::Result<Exit> {
-        let mut completions = Vec::new();
         loop {
             self.check_progress();
             if self.terminating && self.output.clients_gone() && self.conns.is_empty() {
                 break;
             }
-            self.ring.run(&mut completions, true)?;
-            for c in completions.drain(..) {
+            // One completion at a time: one may close what a later one belongs to, whose
+            // operations are then forgotten and never handed out.
+            self.ring.wait(true)?;
+            while let Some(c) = self.ring.next() {
                 self.dispatch(c);
             }
         }
@@ -252,7 +275,8 @@ impl Server {
             | Token::Log(_)
             | Token::LogPoll(_)
             | Token::ClientSend(_)
-            | Token::ClientPoll(_) => self.output.handle(&mut self.ring, token, c),
+            | Token::ClientPoll(_)
+            | Token::BlockCheck => self.output.handle(&mut self.ring, token, c),
             Token::Accept => self.on_accept(c),
             Token::AcceptRetry => self.arm_accept(),
             Token::Signal => self.on_signal(c),

@@ -55,6 +55,26 @@ struct Client {
     closing: bool,
 }
 
+/// How the output engine treats its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Watch idle clients for hang-ups (the server wants it; a benchmark of raw fan-out
+    /// can do without).
+    pub hangup_polls: bool,
+    /// How long a blocking client may hold reading back without making progress before it
+    /// is cut off (then the logger and the container go on).
+    pub block_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hangup_polls: true,
+            block_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The output half of a switchboard.
 pub struct Output {
     relay: Relay,
@@ -63,7 +83,9 @@ pub struct Output {
     clients: Vec<Option<Client>>,
     started: bool,
     failure: Option<Failure>,
-    hangup_polls: bool,
+    options: Options,
+    /// The blocking client (and its position) a progress check is armed for.
+    block_check: Option<(ClientId, u64)>,
 }
 
 const POLLIN: u32 = libc::POLLIN as u32;
@@ -79,7 +101,7 @@ impl Output {
         config: crate::relay::Config,
         sources: Vec<Source>,
         loggers: Vec<Fd>,
-        hangup_polls: bool,
+        options: Options,
     ) -> Result<Output, String> {
         assert_eq!(sources.len(), loggers.len(), "one logger per source");
         let relay = Relay::new(config, sources.len())?;
@@ -109,7 +131,8 @@ impl Output {
             clients: Vec::new(),
             started: false,
             failure: None,
-            hangup_polls,
+            options,
+            block_check: None,
         })
     }
 
@@ -182,7 +205,7 @@ impl Output {
             msg: Some(Msg::default()),
             closing: false,
         });
-        if self.hangup_polls {
+        if self.options.hangup_polls {
             let poll = ring.submit(Op::Poll { fd, events: POLLHUP }, Token::ClientPoll(id.index()).encode());
             self.clients[i].as_mut().expect("just added").poll = Some(poll);
         }
@@ -232,6 +255,7 @@ impl Output {
             }
             Token::ClientSend(i) => self.on_sent(ring, i as usize, c),
             Token::ClientPoll(i) => self.on_hangup(ring, i as usize, c),
+            Token::BlockCheck => self.on_block_check(ring),
             other => unreachable!("not an output token: {other:?}"),
         }
     }
@@ -266,7 +290,10 @@ impl Output {
         if src.op.is_some() || src.waiting || self.relay.is_eof(s) || self.failure.is_some() {
             return;
         }
-        let Some(window) = self.relay.read_window(s) else { return };
+        let Some(window) = self.relay.read_window(s) else {
+            self.check_blocker(ring);
+            return;
+        };
         let op = ring.submit(
             Op::ReadArena {
                 fd: src.fd,
@@ -306,6 +333,39 @@ impl Output {
                 let name = src.name;
                 self.fail(format!("Failed redirecting {name}: {}", strerror(c.res)));
             }
+        }
+        self.pump(ring);
+    }
+
+    /// Reading waits for buffer space: if a blocking client holds it, check back later
+    /// whether it made progress.
+    fn check_blocker(&mut self, ring: &mut Ring) {
+        if self.block_check.is_some() {
+            return;
+        }
+        if let Some(holder) = self.relay.blocking_holder() {
+            self.block_check = Some(holder);
+            ring.submit(
+                Op::Timeout {
+                    after: self.options.block_timeout,
+                },
+                Token::BlockCheck.encode(),
+            );
+        }
+    }
+
+    fn on_block_check(&mut self, ring: &mut Ring) {
+        let armed = self.block_check.take();
+        if let Some((id, seq)) = armed
+            && self.relay.blocking_holder() == Some((id, seq))
+        {
+            tracing::warn!(
+                "client {} made no progress for {:?} while the container waited for it; disconnecting it",
+                id.index(),
+                self.options.block_timeout
+            );
+            self.relay.cut_lagging(id);
+            self.close_client(ring, id.index() as usize);
         }
         self.pump(ring);
     }

@@ -30,6 +30,8 @@ pub(crate) enum Token {
     StdinPoll,
     /// The end of the grace period for draining clients at exit.
     Drain,
+    /// Reading waits for a blocking client: is it still making progress?
+    BlockCheck,
 }
 
 impl Token {
@@ -51,6 +53,7 @@ impl Token {
             Token::StdinPoll => (14, 0),
             Token::Drain => (15, 0),
             Token::AcceptRetry => (16, 0),
+            Token::BlockCheck => (17, 0),
         };
         (kind << 32) | u64::from(n)
     }
@@ -74,6 +77,7 @@ impl Token {
             14 => Token::StdinPoll,
             15 => Token::Drain,
             16 => Token::AcceptRetry,
+            17 => Token::BlockCheck,
             _ => panic!("unknown token {data:#x}"),
         }
     }

@@ -78,7 +78,13 @@ pub fn decode<T: Message + Name + Default>(format: Format, body: &[u8]) -> Resul
                 Ok(missing) if missing.is_empty() => {}
                 _ => return Err(BAD_PROTOBUF.to_string()),
             }
-            T::decode(body).map_err(|_| BAD_PROTOBUF.to_string())
+            // An unknown enum number reads as unset, as in C++ proto2 (and in our JSON).
+            match reflect::strip_unknown_enums(index, body) {
+                Ok(None) => T::decode(body),
+                Ok(Some(clean)) => T::decode(clean.as_slice()),
+                Err(_) => return Err(BAD_PROTOBUF.to_string()),
+            }
+            .map_err(|_| BAD_PROTOBUF.to_string())
         }
         Format::Json => {
             let value: serde_json::Value =

@@ -270,6 +270,58 @@ fn find_missing(
     Ok(())
 }
 
+/// Removes fields whose enum value the schema does not know (C++ proto2 keeps them as
+/// unknown fields, so the field reads as unset; prost would keep the number). Returns
+/// `None` when there is none, the usual case, so nothing is copied.
+pub(crate) fn strip_unknown_enums(msg: usize, bytes: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
+    if !has_unknown_enum(msg, bytes, 0)? {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    rewrite_known(msg, bytes, &mut out, 0)?;
+    Ok(Some(out))
+}
+
+fn has_unknown_enum(msg: usize, bytes: &[u8], depth: usize) -> Result<bool, WireError> {
+    if depth >= MAX_DEPTH {
+        return Err(WireError::TooDeep);
+    }
+    let desc = &MESSAGES[msg];
+    let mut reader = Reader::new(bytes);
+    while let Some((number, value)) = reader.next()? {
+        let Some((_, field)) = field_by_number(desc, number) else { continue };
+        match (field.kind, value) {
+            (Kind::Enum(_), WireValue::Varint(_)) if !known_enum(field.kind, &value) => return Ok(true),
+            (Kind::Message(sub), WireValue::Len(b)) if has_unknown_enum(sub, b, depth + 1)? => return Ok(true),
+            _ => {}
+        }
+    }
+    Ok(false)
+}
+
+fn rewrite_known(msg: usize, bytes: &[u8], out: &mut Vec<u8>, depth: usize) -> Result<(), WireError> {
+    if depth >= MAX_DEPTH {
+        return Err(WireError::TooDeep);
+    }
+    let desc = &MESSAGES[msg];
+    let mut reader = Reader::new(bytes);
+    loop {
+        let start = reader.pos;
+        let Some((number, value)) = reader.next()? else { return Ok(()) };
+        let raw = &bytes[start..reader.pos];
+        match (field_by_number(desc, number), value) {
+            (Some((_, f)), WireValue::Varint(_)) if !known_enum(f.kind, &value) => {}
+            (Some((_, f)), WireValue::Len(b)) if matches!(f.kind, Kind::Message(_)) => {
+                let Kind::Message(sub) = f.kind else { unreachable!("matched above") };
+                let mut inner = Vec::with_capacity(b.len());
+                rewrite_known(sub, b, &mut inner, depth + 1)?;
+                put_len(number, &inner, out);
+            }
+            _ => out.extend_from_slice(raw),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Protobuf bytes -> Mesos JSON
 
@@ -664,6 +716,16 @@ mod tests {
             from_json(idx("mesos.ContainerInfo"), &bad_required_enum).unwrap_err(),
             "Failed to find enum for 'NOPE'"
         );
+    }
+
+    #[test]
+    fn unknown_enum_values_read_as_unset_like_cpp_proto2() {
+        let call = idx("mesos.agent.Call");
+        // type = 33 (unknown), then attach_container_input { type = 9 (unknown), container_id {value "a"} }.
+        let bytes = [0x08, 33, 0x52, 0x07, 0x08, 0x09, 0x12, 0x03, 0x0a, 0x01, b'a'];
+        let clean = strip_unknown_enums(call, &bytes).unwrap().unwrap();
+        assert_eq!(clean, [0x52, 0x05, 0x12, 0x03, 0x0a, 0x01, b'a']);
+        assert_eq!(strip_unknown_enums(call, &clean).unwrap(), None);
     }
 
     #[test]

@@ -245,7 +245,11 @@ impl Drop for Sb {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("SB_TEST_LOG").is_some() {
+            eprintln!("diagnostics kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

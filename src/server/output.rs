@@ -136,15 +136,14 @@ impl Output {
         })
     }
 
-    /// Starts reading the container's output (redirection). Allocates the arena.
+    /// Starts reading the container's output (redirection). The arena is allocated (and
+    /// registered, which makes it resident) only when the container first has output, so
+    /// an idle container's switchboard stays small.
     pub fn start(&mut self, ring: &mut Ring) {
         if self.started {
             return;
         }
         self.started = true;
-        if ring.arena_len() == 0 {
-            ring.init_arena(self.relay.arena_len());
-        }
         self.pump(ring);
     }
 
@@ -246,6 +245,9 @@ impl Output {
             Token::Read(s) => self.on_read(ring, s as usize, c),
             Token::ReadPoll(s) => {
                 self.sources[s as usize].waiting = false;
+                if ring.arena_len() == 0 {
+                    ring.init_arena(self.relay.arena_len());
+                }
                 self.pump(ring);
             }
             Token::Log(s) => self.on_logged(ring, s as usize, c),
@@ -288,6 +290,13 @@ impl Output {
     fn read(&mut self, ring: &mut Ring, s: usize) {
         let src = &self.sources[s];
         if src.op.is_some() || src.waiting || self.relay.is_eof(s) || self.failure.is_some() {
+            return;
+        }
+        if ring.arena_len() == 0 {
+            // No output yet: wait for some before allocating the buffers.
+            let fd = src.fd;
+            self.sources[s].waiting = true;
+            ring.submit(Op::Poll { fd, events: POLLIN }, Token::ReadPoll(s as u32).encode());
             return;
         }
         let Some(window) = self.relay.read_window(s) else {

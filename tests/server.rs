@@ -219,6 +219,19 @@ fn socket_appears_only_when_listening_and_is_private() {
 }
 
 #[test]
+fn container_pipes_are_raised_to_one_mebibyte() {
+    within(30, || {
+        let mut sb = Sb::start(Opts::default());
+        for fd in [sb.stdout.as_ref().unwrap(), sb.stderr.as_ref().unwrap()] {
+            let size = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+            assert_eq!(size as usize, switchboard::server::PIPE_BYTES);
+        }
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}
+
+#[test]
 fn output_in_both_formats_with_exact_headers() {
     within(60, || {
         let mut sb = Sb::start(Opts::default());

@@ -1,6 +1,8 @@
-//! Command lines: the stout flag grammar of the Mesos drop-in ([`stout`], [`mesos`]).
+//! Command lines: the stout flag grammar of the Mesos drop-in ([`stout`], [`mesos`]), and
+//! the `switchboard` command's verbs ([`serve`]).
 
 pub mod mesos;
+pub mod serve;
 pub mod stout;
 
 use std::path::Path;

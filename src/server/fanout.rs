@@ -69,7 +69,9 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
             finishing = true;
             output.finish_clients(&mut ring);
         }
-        if finishing && output.clients_gone() && ring.in_flight() == 0 {
+        // Done when every client has its stream and the logger every byte (or it failed);
+        // dropping the ring cancels whatever timer is still armed.
+        if finishing && output.clients_gone() && (output.redirect_finished() || output.failure().is_some()) {
             break;
         }
         ring.wait(true)?;

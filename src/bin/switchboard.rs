@@ -1,0 +1,59 @@
+//! `switchboard`: the command line for people.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::cli::serve::ServeArgs;
+use switchboard::server::{self, Exit};
+
+/// An io_uring I/O switchboard for containers: it owns a container's stdio, logs every
+/// byte of its output, fans the output out to any number of attached clients, and feeds
+/// one client's input to the container, over the Mesos attach API on a unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the attach API for a container whose descriptors you hold (its stdout and
+    /// stderr are logged to this process's stdout and stderr unless told otherwise).
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = switchboard::cli::init_logging(args.log_file.as_deref(), Some(&args.log_level)) {
+        eprintln!("switchboard serve: {e}");
+        return ExitCode::from(2);
+    }
+    // The log descriptors may be the terminal or someone's log file: once serving, only
+    // container output goes there.
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    match server::serve(config) {
+        Ok(Exit::Done) => ExitCode::SUCCESS,
+        Ok(Exit::Failed(why)) => {
+            tracing::error!("{why}");
+            ExitCode::FAILURE
+        }
+        Err(why) => {
+            eprintln!("switchboard serve: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `switchboard serve`: the server with friendly flags, for people who hold their own
+//! descriptors (the drop-in takes Mesos's flags instead).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::server::{Config, Limits};
+
+/// Parses a duration: stout's form (`30secs`, `100ms`, `2mins`) or the short units
+/// `s`, `m`, `h` (`30s`, `5m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let short = |suffix: &str, unit: u64| {
+        s.strip_suffix(suffix)
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|n| Duration::from_secs(n * unit))
+    };
+    if let Some(d) = short("s", 1).or_else(|| short("m", 60)).or_else(|| short("h", 3600)) {
+        return Ok(d);
+    }
+    super::stout::parse_duration(s)
+}
+
+/// The flags of `switchboard serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Unix socket path to serve the attach API on (created mode 0600; at most 95 bytes).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// A PTY master: the container's stdin, stdout and stderr all at once (TTY mode).
+    #[arg(long, value_name = "FD", conflicts_with_all = ["stdin_fd", "stdout_fd", "stderr_fd"])]
+    pub pty_fd: Option<i32>,
+    /// Where client input goes: the write end of the container's stdin pipe.
+    #[arg(long, value_name = "FD", required_unless_present = "pty_fd")]
+    pub stdin_fd: Option<i32>,
+    /// The read end of the container's stdout pipe.
+    #[arg(long, value_name = "FD", required_unless_present = "pty_fd")]
+    pub stdout_fd: Option<i32>,
+    /// The read end of the container's stderr pipe.
+    #[arg(long, value_name = "FD", required_unless_present = "pty_fd")]
+    pub stderr_fd: Option<i32>,
+    /// Where every byte of the container's stdout is logged.
+    #[arg(long, value_name = "FD", default_value_t = 1)]
+    pub stdout_log_fd: i32,
+    /// Where every byte of the container's stderr is logged (unused with --pty-fd).
+    #[arg(long, value_name = "FD", default_value_t = 2)]
+    pub stderr_log_fd: i32,
+    /// Read nothing from the container until the first output client attaches (or a
+    /// SIGTERM), so that client gets everything.
+    #[arg(long)]
+    pub wait_for_connection: bool,
+    /// Send a heartbeat record to output clients this often (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Bytes an output client may fall behind before it is disconnected.
+    #[arg(long, value_name = "BYTES")]
+    pub lag_limit: Option<usize>,
+    /// Output buffer per container stream, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub buffer_bytes: Option<usize>,
+    /// How long clients get to take the end of their streams at exit.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Write diagnostics to this file (never to stdout or stderr).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Diagnostics level: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> Result<Config, String> {
+        let (tty, stdin, stdout, stderr) = match self.pty_fd {
+            Some(fd) => (true, fd, fd, fd),
+            None => (
+                false,
+                self.stdin_fd.expect("clap requires it"),
+                self.stdout_fd.expect("clap requires it"),
+                self.stderr_fd.expect("clap requires it"),
+            ),
+        };
+        let mut limits = Limits::default();
+        limits.drain_timeout = self.drain_timeout.unwrap_or(limits.drain_timeout);
+        let mut relay = crate::relay::Config::default();
+        relay.buffer_bytes = self.buffer_bytes.unwrap_or(relay.buffer_bytes);
+        relay.lag_limit = self
+            .lag_limit
+            .unwrap_or_else(|| relay.buffer_bytes.saturating_sub(relay.max_read));
+        relay.validate()?;
+        Ok(Config {
+            tty,
+            stdin_to_fd: stdin,
+            stdout_from_fd: stdout,
+            stdout_to_fd: self.stdout_log_fd,
+            stderr_from_fd: stderr,
+            stderr_to_fd: self.stderr_log_fd,
+            wait_for_connection: self.wait_for_connection,
+            socket: self.socket.clone(),
+            heartbeat_interval: self.heartbeat,
+            limits,
+            relay,
+            lag_policy: Default::default(),
+            ring: Default::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("30secs"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -9,11 +9,14 @@
 //! Rooms (see `../shared/DESIGN.md`): [`wire`] holds the sans-IO codecs of everything that
 //! crosses the socket; [`ring`] the io_uring core (the only room with `unsafe`); [`relay`] the
 //! fan-out logic; [`cli`]
-//! the command lines.
+//! the command lines; [`client`] a client of the attach API; [`agent`] launching and tracking
+//! switchboards for containers.
 
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
+pub mod client;
 pub mod relay;
 #[allow(unsafe_code)]
 pub mod ring;

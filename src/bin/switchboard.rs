@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use switchboard::cli::attach::AttachArgs;
+use switchboard::cli::run::RunArgs;
 use switchboard::cli::serve::ServeArgs;
 use switchboard::server::{self, Exit};
 
@@ -18,6 +20,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a command under a switchboard and attach this terminal to it (like
+    /// `docker run -it`): its output is logged and shown, your input goes to it, and it
+    /// can be attached again from elsewhere. Exits with the command's status.
+    Run(RunArgs),
+    /// Attach this terminal to a switchboard's container (like `docker attach`): its
+    /// output here, your input to it; the detach keys leave it running.
+    Attach(AttachArgs),
     /// Serve the attach API for a container whose descriptors you hold (its stdout and
     /// stderr are logged to this process's stdout and stderr unless told otherwise).
     Serve(ServeArgs),
@@ -26,6 +35,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => switchboard::cli::run::run(&args),
+        Command::Attach(args) => switchboard::cli::attach::run(&args),
         Command::Serve(args) => serve(args),
     }
 }

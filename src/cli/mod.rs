@@ -1,7 +1,9 @@
 //! Command lines: the stout flag grammar of the Mesos drop-in ([`stout`], [`mesos`]), and
-//! the `switchboard` command's verbs ([`serve`]).
+//! the `switchboard` command's verbs ([`run`], [`attach`], [`serve`]).
 
+pub mod attach;
 pub mod mesos;
+pub mod run;
 pub mod serve;
 pub mod stout;
 

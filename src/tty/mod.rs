@@ -58,6 +58,63 @@ pub fn window_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
     Ok((size.ws_row, size.ws_col))
 }
 
+/// Makes the command's process start a new session (so it outlives our terminal and
+/// process group) and, with `controlling_terminal`, take its stdin (a PTY slave) as its
+/// controlling terminal, so that a shell in it gets job control and `^C` signals.
+pub fn new_session(cmd: &mut std::process::Command, controlling_terminal: bool) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: setsid(2) and ioctl(2) are, and nothing here
+    // allocates or takes a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A terminal in raw mode until this is dropped (the settings it had are restored).
+pub struct RawMode {
+    fd: std::os::fd::OwnedFd,
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    /// Puts the terminal behind `fd` into raw mode: no echo, no line editing, no signals
+    /// from keys, no output processing.
+    pub fn enable(fd: BorrowedFd<'_>) -> io::Result<RawMode> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let fd = fd.try_clone_to_owned()?;
+        let saved = tcgetattr(&fd)?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&fd, SetArg::TCSANOW, &raw)?;
+        Ok(RawMode { fd, saved })
+    }
+
+    /// Restores the saved settings now (also done on drop).
+    pub fn restore(&self) {
+        let _ = nix::sys::termios::tcsetattr(&self.fd, nix::sys::termios::SetArg::TCSANOW, &self.saved);
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// Whether `fd` is a terminal.
+pub fn is_terminal(fd: BorrowedFd<'_>) -> bool {
+    nix::unistd::isatty(fd).unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod sb;
+pub mod term;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;

@@ -1,0 +1,384 @@
+//! The agent side: launching a switchboard for a container and keeping track of it
+//! (PROTOCOL.md §5 describes what Mesos's agent does; this is ours).
+//!
+//! Each container gets a directory under the runtime directory holding its socket, its
+//! logs, the switchboard's own diagnostics, and `info.json`: what was launched, written
+//! atomically (temporary file, fsync, rename), so a later process can find it again.
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use command_fds::{CommandFdExt, FdMapping};
+use serde_json::{Value, json};
+
+/// The runtime directory: `$XDG_RUNTIME_DIR/switchboard` when that is set, else
+/// `/run/switchboard` for root and `/tmp/switchboard-$UID` for others.
+pub fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("switchboard"),
+        _ => {
+            let uid = nix::unistd::getuid();
+            if uid.is_root() {
+                PathBuf::from("/run/switchboard")
+            } else {
+                PathBuf::from(format!("/tmp/switchboard-{uid}"))
+            }
+        }
+    }
+}
+
+/// What was launched for one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub id: String,
+    pub tty: bool,
+    pub command: Vec<String>,
+    pub socket: PathBuf,
+    pub server_pid: i32,
+    pub container_pid: Option<i32>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub stdout_log: PathBuf,
+    /// `None` with a TTY: both streams are logged as stdout.
+    pub stderr_log: Option<PathBuf>,
+}
+
+impl Info {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "tty": self.tty,
+            "command": self.command,
+            "socket": self.socket,
+            "server_pid": self.server_pid,
+            "container_pid": self.container_pid,
+            "created": self.created,
+            "stdout_log": self.stdout_log,
+            "stderr_log": self.stderr_log,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Info> {
+        let path = |k: &str| v.get(k).and_then(Value::as_str).map(PathBuf::from);
+        Some(Info {
+            id: v.get("id")?.as_str()?.to_string(),
+            tty: v.get("tty")?.as_bool()?,
+            command: v
+                .get("command")?
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect(),
+            socket: path("socket")?,
+            server_pid: i32::try_from(v.get("server_pid")?.as_i64()?).ok()?,
+            container_pid: v
+                .get("container_pid")
+                .and_then(Value::as_i64)
+                .and_then(|p| i32::try_from(p).ok()),
+            created: v.get("created")?.as_u64()?,
+            stdout_log: path("stdout_log")?,
+            stderr_log: path("stderr_log"),
+        })
+    }
+
+    /// Reads a container directory's `info.json`.
+    pub fn load(dir: &Path) -> io::Result<Info> {
+        let text = std::fs::read(dir.join("info.json"))?;
+        let v: Value = serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Info::from_json(&v).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "info.json lacks fields"))
+    }
+
+    /// The info of the container whose socket is `socket`, if it is one of ours.
+    pub fn next_to_socket(socket: &Path) -> Option<Info> {
+        Info::load(socket.parent()?).ok().filter(|i| i.socket == socket)
+    }
+
+    /// Writes `info.json` into `dir` atomically (temporary file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> io::Result<()> {
+        write_atomically(&dir.join("info.json"), self.to_json().to_string().as_bytes())
+    }
+}
+
+/// Writes a file so that readers see the old or the new contents, never a mix.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let temp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A fresh container id: 12 hex digits from the kernel's random source.
+pub fn new_id() -> io::Result<String> {
+    let mut bytes = [0u8; 6];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub id: Option<String>,
+    pub tty: bool,
+    pub runtime_dir: PathBuf,
+    /// The socket path (default: `<container dir>/sock`).
+    pub socket: Option<PathBuf>,
+    /// Where the logs go (default: the container directory).
+    pub log_dir: Option<PathBuf>,
+    /// Hold the output until the first client attaches.
+    pub wait_for_connection: bool,
+    pub heartbeat: Option<Duration>,
+    /// The container's command, recorded in `info.json`.
+    pub command: Vec<String>,
+    /// The `switchboard` binary that serves.
+    pub server_exe: PathBuf,
+}
+
+/// The container's ends of its stdio (the same PTY slave three times with a TTY).
+pub struct ContainerIo {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// A launched switchboard, ready for its container.
+pub struct Prepared {
+    pub info: Info,
+    pub dir: PathBuf,
+    pub server: Child,
+    pub io: ContainerIo,
+}
+
+/// Pipes are raised to this (LIMITS.md §B1).
+const PIPE_BYTES: usize = 1 << 20;
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Creates the container's directory, pipes or PTY and log files, and starts its
+/// switchboard in a session of its own with only its descriptors inherited; returns once
+/// the socket accepts connections. A failure leaves nothing behind.
+pub fn prepare(launch: &Launch) -> io::Result<Prepared> {
+    let id = match &launch.id {
+        Some(id) => id.clone(),
+        None => new_id()?,
+    };
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{id}' cannot name a container"),
+        ));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&launch.runtime_dir)?;
+    let dir = launch.runtime_dir.join(&id);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            io::Error::new(
+                e.kind(),
+                format!("a container named '{id}' exists already ({})", dir.display()),
+            )
+        } else {
+            e
+        }
+    })?;
+    match launch_in(launch, &id, &dir) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
+    let socket = launch.socket.clone().unwrap_or_else(|| dir.join("sock"));
+    let log_dir = launch.log_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&log_dir)?;
+    let log = |name: &str| -> io::Result<(PathBuf, OwnedFd)> {
+        let path = log_dir.join(if launch.log_dir.is_some() {
+            format!("{id}.{name}")
+        } else {
+            name.to_string()
+        });
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok((path, f.into()))
+    };
+    let (stdout_log, stdout_log_fd) = log("stdout.log")?;
+    let (stderr_log, stderr_log_fd) = if launch.tty {
+        (None, None)
+    } else {
+        log("stderr.log").map(|(p, f)| (Some(p), Some(f)))?
+    };
+
+    let mut cmd = Command::new(&launch.server_exe);
+    cmd.arg("serve").arg("--socket").arg(&socket);
+    cmd.arg("--log-file").arg(dir.join("switchboard.log"));
+    let mut mappings = Vec::new();
+    let io = if launch.tty {
+        let pty = crate::tty::open()?;
+        cmd.args(["--pty-fd", "3"]);
+        mappings.push(FdMapping {
+            parent_fd: pty.master,
+            child_fd: 3,
+        });
+        ContainerIo {
+            stdin: pty.slave.try_clone()?,
+            stdout: pty.slave.try_clone()?,
+            stderr: pty.slave,
+        }
+    } else {
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        for r in [&stdout_r, &stderr_r] {
+            let _ = crate::sys::grow_pipe(r, PIPE_BYTES);
+        }
+        cmd.args(["--stdin-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"]);
+        mappings.push(FdMapping {
+            parent_fd: stdin_w,
+            child_fd: 3,
+        });
+        mappings.push(FdMapping {
+            parent_fd: stdout_r,
+            child_fd: 4,
+        });
+        mappings.push(FdMapping {
+            parent_fd: stderr_r,
+            child_fd: 5,
+        });
+        ContainerIo {
+            stdin: stdin_r,
+            stdout: stdout_w,
+            stderr: stderr_w,
+        }
+    };
+    cmd.args(["--stdout-log-fd", "6", "--stderr-log-fd", "7"]);
+    mappings.push(FdMapping {
+        parent_fd: stdout_log_fd,
+        child_fd: 6,
+    });
+    // With a TTY the stderr log is never written; fd 7 is then /dev/null.
+    let stderr_log_fd = match stderr_log_fd {
+        Some(fd) => fd,
+        None => std::fs::OpenOptions::new().write(true).open("/dev/null")?.into(),
+    };
+    mappings.push(FdMapping {
+        parent_fd: stderr_log_fd,
+        child_fd: 7,
+    });
+    if launch.wait_for_connection {
+        cmd.arg("--wait-for-connection");
+    }
+    if let Some(h) = launch.heartbeat {
+        cmd.arg("--heartbeat").arg(format!("{}ms", h.as_millis()));
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.fd_mappings(mappings).map_err(|e| io::Error::other(e.to_string()))?;
+    crate::tty::new_session(&mut cmd, false);
+    let mut server = cmd.spawn()?;
+    drop(cmd);
+
+    if let Err(e) = wait_for_socket(&socket, &mut server, dir) {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(e);
+    }
+    let info = Info {
+        id: id.to_string(),
+        tty: launch.tty,
+        command: launch.command.clone(),
+        socket,
+        server_pid: server.id() as i32,
+        container_pid: None,
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        stdout_log,
+        stderr_log,
+    };
+    if let Err(e) = info.save(dir) {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(e);
+    }
+    Ok(Prepared {
+        info,
+        dir: dir.to_path_buf(),
+        server,
+        io,
+    })
+}
+
+/// Waits until the switchboard's socket appears (it is renamed into place once listening).
+fn wait_for_socket(socket: &Path, server: &mut Child, dir: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if socket.exists() {
+            return Ok(());
+        }
+        if let Some(status) = server.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("switchboard.log")).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("no diagnostics").to_string();
+            return Err(io::Error::other(format!(
+                "the switchboard exited ({status}) before listening: {last}"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the switchboard did not listen within 10 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_round_trips() {
+        let info = Info {
+            id: "abc".into(),
+            tty: true,
+            command: vec!["bash".into(), "-l".into()],
+            socket: "/run/switchboard/abc/sock".into(),
+            server_pid: 42,
+            container_pid: Some(43),
+            created: 1_790_000_000,
+            stdout_log: "/run/switchboard/abc/stdout.log".into(),
+            stderr_log: None,
+        };
+        assert_eq!(Info::from_json(&info.to_json()), Some(info));
+    }
+
+    #[test]
+    fn ids_are_hex() {
+        let id = new_id().unwrap();
+        assert_eq!(id.len(), 12);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,376 @@
+//! `switchboard attach`: this terminal on a switchboard's socket, like `docker attach`.
+//!
+//! Output records go to stdout and stderr as they say. With input, a probe request first
+//! learns whether the container has a terminal (a resize to the current window size is
+//! refused on a pipe), which also sets the size before any input. When both ends are
+//! terminals, this one goes raw (restored on every exit path, signals included), window
+//! changes are sent as they happen, and the detach keys (ctrl-p ctrl-q by default) leave
+//! the container running; a first detach key alone goes through after a short pause.
+//! End of input is an empty DATA record on a pipe and EOT (^D) on a terminal. Every input
+//! response is acknowledged, as the Mesos agent does.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use clap::Args;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::client::{self, ClientError, InputStream, OutputStream, Probe};
+use crate::tty::{self, RawMode};
+use crate::wire::message::mesos::agent::process_io;
+
+/// How long a lone first detach key waits for the rest of the sequence.
+pub const DETACH_PAUSE: Duration = Duration::from_millis(300);
+
+/// How often input heartbeats go out (as the Mesos CLI sends them).
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The switchboard's socket.
+    #[arg(value_name = "SOCKET")]
+    pub socket: PathBuf,
+    /// Only watch the output: do not attach this terminal's input.
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// The keys that detach this terminal and leave the container running, e.g.
+    /// ctrl-p,ctrl-q or ctrl-a,d; empty to have none.
+    #[arg(long, value_name = "KEYS", default_value = "ctrl-p,ctrl-q")]
+    pub detach_keys: String,
+}
+
+/// Parses detach keys: comma-separated `ctrl-<key>` or single characters.
+pub fn parse_detach_keys(spec: &str) -> Result<Vec<u8>, String> {
+    if spec.is_empty() {
+        return Ok(Vec::new());
+    }
+    spec.split(',')
+        .map(|key| {
+            let key = key.trim();
+            if let Some(k) = key.strip_prefix("ctrl-") {
+                match k.as_bytes() {
+                    [c @ (b'a'..=b'z' | b'@' | b'[' | b'\\' | b']' | b'^' | b'_')] => Ok(c & 0x1f),
+                    _ => Err(format!("'{key}' is not a control key (ctrl-a to ctrl-z, ctrl-@, ctrl-[, ctrl-\\, ctrl-], ctrl-^, ctrl-_)")),
+                }
+            } else if key.len() == 1 {
+                Ok(key.as_bytes()[0])
+            } else {
+                Err(format!("'{key}' is not a key: use ctrl-<letter> or one character"))
+            }
+        })
+        .collect()
+}
+
+/// How an attachment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The container's output ended (the switchboard is done).
+    Output,
+    /// The detach keys were typed: the container goes on.
+    Detached,
+}
+
+/// Options of an attachment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub stdin: bool,
+    pub detach_keys: Vec<u8>,
+    /// Whether the container has a terminal, when known without a probe.
+    pub tty_hint: Option<bool>,
+}
+
+/// Signals that end an attachment (the terminal is restored first).
+const FATAL: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+/// Attaches this process's stdin, stdout and stderr to the switchboard at `socket`.
+pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
+    // Signals go to one thread, which restores the terminal before dying; SIGWINCH
+    // becomes a resize record.
+    let mut mask = SigSet::empty();
+    for s in FATAL {
+        mask.add(s);
+    }
+    mask.add(Signal::SIGWINCH);
+    mask.thread_block().map_err(|e| ClientError::Io(e.into()))?;
+
+    let mut output = OutputStream::open(socket)?;
+    let output_sock = output.shutdown_handle()?;
+    let detached = Arc::new(AtomicBool::new(false));
+    let raw: Arc<Mutex<Option<RawMode>>> = Arc::new(Mutex::new(None));
+    let input = if options.stdin {
+        start_input(socket, options, &raw, &detached, output_sock)?
+    } else {
+        None
+    };
+    {
+        let raw = raw.clone();
+        let resize = input.as_ref().map(|i| i.records.clone());
+        std::thread::spawn(move || handle_signals(mask, raw, resize));
+    }
+
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    let result = loop {
+        match output.next_record() {
+            Ok(Some(pio)) => {
+                let Some(data) = pio.data else { continue };
+                let bytes = data.data.unwrap_or_default();
+                let written = if data.r#type == Some(process_io::data::Type::Stderr as i32) {
+                    let mut e = stderr.lock();
+                    e.write_all(&bytes).and_then(|_| e.flush())
+                } else {
+                    let mut o = stdout.lock();
+                    o.write_all(&bytes).and_then(|_| o.flush())
+                };
+                if let Err(e) = written {
+                    break Err(ClientError::Io(e));
+                }
+            }
+            Ok(None) => break Ok(Ended::Output),
+            Err(_) if detached.load(Ordering::SeqCst) => break Ok(Ended::Detached),
+            Err(e) => break Err(e),
+        }
+    };
+    // Restore the terminal before anything else is printed.
+    if let Some(r) = raw.lock().unwrap().take() {
+        r.restore();
+    }
+    if let Ok(Ended::Detached) = result {
+        eprintln!("\r\ndetached: the container is still running");
+    }
+    result
+}
+
+/// Messages to the input writer.
+enum ToWriter {
+    Record(crate::wire::message::mesos::agent::ProcessIo),
+    /// End the body (stdin ended, or the detach keys).
+    End,
+}
+
+struct InputSide {
+    records: mpsc::Sender<ToWriter>,
+}
+
+fn start_input(
+    socket: &Path,
+    options: &Options,
+    raw: &Arc<Mutex<Option<RawMode>>>,
+    detached: &Arc<AtomicBool>,
+    output_sock: std::os::unix::net::UnixStream,
+) -> Result<Option<InputSide>, ClientError> {
+    let stdin = io::stdin();
+    let local_tty = tty::is_terminal(stdin.as_fd());
+    let size = if local_tty {
+        tty::window_size(stdin.as_fd()).ok()
+    } else {
+        None
+    };
+    let target_tty = match client::probe(socket, size) {
+        Ok(Probe::Tty) => true,
+        Ok(Probe::Pipe) => false,
+        Ok(Probe::Free) => options.tty_hint.unwrap_or(false),
+        Err(ClientError::Refused { status: 409, .. }) => {
+            eprintln!("switchboard: another client is attached to the container's stdin; showing output only");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut input = InputStream::open(socket)?;
+    if local_tty && target_tty {
+        if let Some((rows, columns)) = size {
+            input.send(client::resize(rows, columns))?;
+        }
+        *raw.lock().unwrap() = Some(RawMode::enable(stdin.as_fd())?);
+    }
+    let (tx, rx) = mpsc::channel::<ToWriter>();
+    // The response can come before we end the body (after the container's output ended,
+    // or a refusal): read it whenever it comes, and acknowledge it at once, or the
+    // switchboard would wait for us before ending the output.
+    let mut answer = input.try_clone()?;
+    let ack_socket = socket.to_path_buf();
+    let detach_flag = detached.clone();
+    std::thread::spawn(move || {
+        let result = answer.response();
+        let _ = client::acknowledge(&ack_socket);
+        match result {
+            // A refusal is news; a connection that ends, or a 503, means the switchboard
+            // is finishing, which the output stream tells on its own.
+            Err(ClientError::Refused { status, body }) if status != 503 => {
+                let e = ClientError::Refused { status, body };
+                eprintln!("\r\nswitchboard: input: {e}");
+            }
+            _ => {}
+        }
+        if detach_flag.load(Ordering::SeqCst) {
+            // Detached: stop watching the output too.
+            let _ = output_sock.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    // The writer: records in order, then the end of the body.
+    std::thread::spawn(move || {
+        for msg in rx {
+            match msg {
+                ToWriter::Record(pio) => {
+                    if input.send(pio).is_err() {
+                        return;
+                    }
+                }
+                ToWriter::End => {
+                    let _ = input.end();
+                    return;
+                }
+            }
+        }
+    });
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            while tx.send(ToWriter::Record(client::heartbeat(HEARTBEAT))).is_ok() {
+                std::thread::sleep(HEARTBEAT);
+            }
+        });
+    }
+    {
+        let tx = tx.clone();
+        let keys = if local_tty && target_tty {
+            options.detach_keys.clone()
+        } else {
+            Vec::new()
+        };
+        let detached = detached.clone();
+        std::thread::spawn(move || read_stdin(tx, keys, target_tty, detached));
+    }
+    Ok(Some(InputSide { records: tx }))
+}
+
+/// Reads this process's stdin into STDIN records, watching for the detach keys.
+fn read_stdin(tx: mpsc::Sender<ToWriter>, keys: Vec<u8>, target_tty: bool, detached: Arc<AtomicBool>) {
+    let stdin = io::stdin();
+    let mut lock = stdin.lock();
+    let mut buf = [0u8; 4096];
+    // How much of the detach sequence the bytes held back so far match.
+    let mut matched = 0usize;
+    loop {
+        let n = if matched > 0 {
+            // A partial sequence: wait briefly for the rest, else let the keys through.
+            let mut fds = [PollFd::new(lock.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(
+                &mut fds,
+                PollTimeout::try_from(DETACH_PAUSE).unwrap_or(PollTimeout::NONE),
+            )
+            .unwrap_or(0);
+            if ready == 0 {
+                let _ = tx.send(ToWriter::Record(client::stdin(&keys[..matched])));
+                matched = 0;
+                continue;
+            }
+            lock.read(&mut buf)
+        } else {
+            lock.read(&mut buf)
+        };
+        let n = match n {
+            Ok(0) | Err(_) => {
+                // End of input: EOT on a terminal (the line discipline makes it EOF), an
+                // empty DATA record on a pipe (the switchboard closes it).
+                let end = if target_tty {
+                    client::stdin(&[4])
+                } else {
+                    client::stdin(&[])
+                };
+                let _ = tx.send(ToWriter::Record(end));
+                let _ = tx.send(ToWriter::End);
+                return;
+            }
+            Ok(n) => n,
+        };
+        let mut out = Vec::with_capacity(n + matched);
+        for &b in &buf[..n] {
+            if !keys.is_empty() && b == keys[matched] {
+                matched += 1;
+                if matched == keys.len() {
+                    if !out.is_empty() {
+                        let _ = tx.send(ToWriter::Record(client::stdin(&out)));
+                    }
+                    detached.store(true, Ordering::SeqCst);
+                    let _ = tx.send(ToWriter::End);
+                    return;
+                }
+                continue;
+            }
+            // Not the sequence after all: what was held goes through first.
+            out.extend_from_slice(&keys[..matched]);
+            matched = 0;
+            if !keys.is_empty() && b == keys[0] {
+                matched = 1;
+            } else {
+                out.push(b);
+            }
+        }
+        if !out.is_empty() && tx.send(ToWriter::Record(client::stdin(&out))).is_err() {
+            return;
+        }
+    }
+}
+
+fn handle_signals(mask: SigSet, raw: Arc<Mutex<Option<RawMode>>>, resize: Option<mpsc::Sender<ToWriter>>) {
+    loop {
+        let Ok(signal) = mask.wait() else { return };
+        if signal == Signal::SIGWINCH {
+            if let Some(tx) = &resize
+                && raw.lock().unwrap().is_some()
+                && let Ok((rows, columns)) = tty::window_size(io::stdin().as_fd())
+            {
+                let _ = tx.send(ToWriter::Record(client::resize(rows, columns)));
+            }
+            continue;
+        }
+        if let Some(r) = raw.lock().unwrap().take() {
+            r.restore();
+        }
+        std::process::exit(128 + signal as i32);
+    }
+}
+
+/// Runs `switchboard attach`; returns the exit code.
+pub fn run(args: &AttachArgs) -> std::process::ExitCode {
+    let keys = match parse_detach_keys(&args.detach_keys) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("switchboard attach: --detach-keys: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let tty_hint = crate::agent::Info::next_to_socket(&args.socket).map(|i| i.tty);
+    let options = Options {
+        stdin: !args.no_stdin,
+        detach_keys: keys,
+        tty_hint,
+    };
+    match attach(&args.socket, &options) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard attach: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_key_specs() {
+        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q"), Ok(vec![0x10, 0x11]));
+        assert_eq!(parse_detach_keys("ctrl-a,d"), Ok(vec![0x01, b'd']));
+        assert_eq!(parse_detach_keys(""), Ok(vec![]));
+        assert!(parse_detach_keys("ctrl-1").is_err());
+        assert!(parse_detach_keys("alt-x").is_err());
+    }
+}

@@ -1,0 +1,424 @@
+//! A client of the attach API on a switchboard's socket, over blocking unix sockets: the
+//! output stream, the input stream, and the acknowledgement handshake (PROTOCOL.md §2.4 -
+//! §2.6). It speaks protobuf records and works against any server of the protocol, Mesos's
+//! included.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use crate::wire::http::{ChunkedDecoder, Limits};
+use crate::wire::message::mesos::ContainerId;
+use crate::wire::message::mesos::agent::call::{AttachContainerInput, attach_container_input};
+use crate::wire::message::mesos::agent::process_io::{self, Control, Data, control};
+use crate::wire::message::mesos::agent::{Call, ProcessIo, call};
+use crate::wire::message::mesos::{DurationInfo, TtyInfo, tty_info};
+use crate::wire::message::{self, Format};
+use crate::wire::recordio;
+
+/// What went wrong talking to a switchboard.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing to connect to at the path.
+    NoServer { path: PathBuf, error: io::Error },
+    /// The server answered a request with an error status.
+    Refused { status: u16, body: String },
+    /// The connection ended in the middle of a response.
+    Gone,
+    /// An I/O error on an established connection.
+    Io(io::Error),
+    /// The server sent something that is not the protocol.
+    Protocol(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::NoServer { path, error } => {
+                write!(
+                    f,
+                    "no switchboard is listening at {}: {}",
+                    path.display(),
+                    crate::sys::strerror(error)
+                )
+            }
+            ClientError::Refused { status: 409, .. } => {
+                write!(f, "another client is attached to the container's stdin (409 Conflict)")
+            }
+            ClientError::Refused { status, body } => write!(f, "the switchboard refused the request: {status} {body}"),
+            ClientError::Gone => write!(f, "the switchboard went away (its stream ended before its end)"),
+            ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Protocol(e) => write!(f, "the switchboard spoke no protocol we know: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(socket).map_err(|error| ClientError::NoServer {
+        path: socket.to_path_buf(),
+        error,
+    })
+}
+
+/// A response head: status and headers (lower-case names).
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a response head; bytes after it stay in `buf`.
+fn read_head(sock: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Head, ClientError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf).map_err(|e| ClientError::Protocol(e.to_string()))? {
+            httparse::Status::Complete(n) => {
+                let status = resp.code.unwrap_or(0);
+                let headers = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                buf.drain(..n);
+                if status == 100 {
+                    continue;
+                }
+                return Ok(Head { status, headers });
+            }
+            httparse::Status::Partial if buf.len() > 64 * 1024 => {
+                return Err(ClientError::Protocol("response head too large".into()));
+            }
+            httparse::Status::Partial => {}
+        }
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk)? {
+            0 => return Err(ClientError::Gone),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads a fixed-length response body (errors are short texts).
+fn read_body(sock: &mut UnixStream, head: &Head, mut buf: Vec<u8>) -> Result<String, ClientError> {
+    let len: usize = head
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    while buf.len() < len {
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk)? {
+            0 => break,
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.truncate(len);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The container's output, record by record.
+pub struct OutputStream {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    chunked: ChunkedDecoder,
+    records: recordio::Decoder,
+    pending: std::collections::VecDeque<Vec<u8>>,
+    ended: bool,
+}
+
+impl OutputStream {
+    /// Attaches to the output (`ATTACH_CONTAINER_OUTPUT`, protobuf records).
+    pub fn open(socket: &Path) -> Result<OutputStream, ClientError> {
+        let mut sock = connect(socket)?;
+        let call = Call {
+            r#type: Some(call::Type::AttachContainerOutput as i32),
+            attach_container_output: Some(call::AttachContainerOutput {
+                container_id: container_id(),
+            }),
+            ..Default::default()
+        };
+        let body = message::encode(Format::Protobuf, &call);
+        let mut req = format!(
+            "POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/x-protobuf\r\nAccept: application/recordio\r\n\
+             Message-Accept: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        sock.write_all(&req)?;
+        let mut buf = Vec::new();
+        let head = read_head(&mut sock, &mut buf)?;
+        if head.status != 200 {
+            let body = read_body(&mut sock, &head, buf)?;
+            return Err(ClientError::Refused {
+                status: head.status,
+                body,
+            });
+        }
+        Ok(OutputStream {
+            sock,
+            buf,
+            chunked: ChunkedDecoder::new(&Limits::default()),
+            records: recordio::Decoder::new(16 << 20),
+            pending: Default::default(),
+            ended: false,
+        })
+    }
+
+    /// A handle to the connection, to stop the stream from another thread (shut it down:
+    /// [`OutputStream::next_record`] then fails).
+    pub fn shutdown_handle(&self) -> io::Result<UnixStream> {
+        self.sock.try_clone()
+    }
+
+    /// The next record, or `None` at the clean end of the stream.
+    pub fn next_record(&mut self) -> Result<Option<ProcessIo>, ClientError> {
+        loop {
+            if let Some(rec) = self.pending.pop_front() {
+                let pio: ProcessIo = message::decode(Format::Protobuf, &rec).map_err(ClientError::Protocol)?;
+                return Ok(Some(pio));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let mut pos = 0;
+            while pos < self.buf.len() && self.pending.is_empty() && !self.ended {
+                let d = self
+                    .chunked
+                    .decode(&self.buf[pos..])
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                pos += d.used;
+                let mut data = d.data;
+                while !data.is_empty() {
+                    let (used, rec) = self
+                        .records
+                        .decode(data)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    data = &data[used..];
+                    self.pending.extend(rec);
+                }
+                self.ended = d.done;
+            }
+            self.buf.drain(..pos);
+            if !self.pending.is_empty() || self.ended {
+                continue;
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            match self.sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return Err(ClientError::Gone),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn container_id() -> ContainerId {
+    ContainerId {
+        value: "switchboard".into(),
+        parent: None,
+    }
+}
+
+fn input_call(pio: Option<ProcessIo>) -> Call {
+    let (kind, container_id) = match pio {
+        Some(_) => (attach_container_input::Type::ProcessIo, None),
+        None => (attach_container_input::Type::ContainerId, Some(container_id())),
+    };
+    Call {
+        r#type: Some(call::Type::AttachContainerInput as i32),
+        attach_container_input: Some(AttachContainerInput {
+            r#type: Some(kind as i32),
+            container_id,
+            process_io: pio,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A STDIN record (empty data: end of input on a pipe).
+pub fn stdin(data: &[u8]) -> ProcessIo {
+    ProcessIo {
+        r#type: Some(process_io::Type::Data as i32),
+        data: Some(Data {
+            r#type: Some(process_io::data::Type::Stdin as i32),
+            data: Some(data.to_vec()),
+        }),
+        control: None,
+    }
+}
+
+/// A TTY_INFO record.
+pub fn resize(rows: u16, columns: u16) -> ProcessIo {
+    ProcessIo {
+        r#type: Some(process_io::Type::Control as i32),
+        data: None,
+        control: Some(Control {
+            r#type: Some(control::Type::TtyInfo as i32),
+            tty_info: Some(TtyInfo {
+                window_size: Some(tty_info::WindowSize {
+                    rows: u32::from(rows),
+                    columns: u32::from(columns),
+                }),
+            }),
+            heartbeat: None,
+        }),
+    }
+}
+
+/// A HEARTBEAT record.
+pub fn heartbeat(interval: std::time::Duration) -> ProcessIo {
+    ProcessIo {
+        r#type: Some(process_io::Type::Control as i32),
+        data: None,
+        control: Some(Control {
+            r#type: Some(control::Type::Heartbeat as i32),
+            tty_info: None,
+            heartbeat: Some(control::Heartbeat {
+                interval: Some(DurationInfo {
+                    nanoseconds: interval.as_nanos().min(i64::MAX as u128) as i64,
+                }),
+            }),
+        }),
+    }
+}
+
+/// An input stream (`ATTACH_CONTAINER_INPUT`): records go out as they are sent, one HTTP
+/// chunk each; [`InputStream::finish`] ends the body and reads the answer.
+pub struct InputStream {
+    sock: UnixStream,
+}
+
+impl InputStream {
+    /// Opens an input stream (its first record names the container).
+    pub fn open(socket: &Path) -> Result<InputStream, ClientError> {
+        let mut sock = connect(socket)?;
+        sock.write_all(
+            b"POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/recordio\r\n\
+              Message-Content-Type: application/x-protobuf\r\nAccept: application/json\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )?;
+        let mut stream = InputStream { sock };
+        stream.send_call(&input_call(None))?;
+        Ok(stream)
+    }
+
+    fn send_call(&mut self, call: &Call) -> io::Result<()> {
+        let rec = message::record(Format::Protobuf, call);
+        let mut chunk = format!("{:x}\r\n", rec.len()).into_bytes();
+        chunk.extend_from_slice(&rec);
+        chunk.extend_from_slice(b"\r\n");
+        self.sock.write_all(&chunk)
+    }
+
+    /// Sends one record.
+    pub fn send(&mut self, pio: ProcessIo) -> io::Result<()> {
+        self.send_call(&input_call(Some(pio)))
+    }
+
+    /// A handle to write records from another thread.
+    pub fn try_clone(&self) -> io::Result<InputStream> {
+        Ok(InputStream {
+            sock: self.sock.try_clone()?,
+        })
+    }
+
+    /// Ends the body and reads the answer: `Ok` for 200, the refusal otherwise.
+    pub fn finish(mut self) -> Result<(), ClientError> {
+        self.end()?;
+        self.response()
+    }
+
+    /// Ends the body (the answer is read by whoever reads [`InputStream::response`]).
+    pub fn end(&mut self) -> io::Result<()> {
+        self.sock.write_all(b"0\r\n\r\n")
+    }
+
+    /// Reads the answer without ending the body (a server can answer early: 409, or 200
+    /// after the container's output ended).
+    pub fn response(&mut self) -> Result<(), ClientError> {
+        let mut buf = Vec::new();
+        let head = read_head(&mut self.sock, &mut buf)?;
+        if head.status == 200 {
+            return Ok(());
+        }
+        let body = read_body(&mut self.sock, &head, buf)?;
+        Err(ClientError::Refused {
+            status: head.status,
+            body,
+        })
+    }
+
+    /// Stops sending: shuts the connection's write side without ending the body.
+    pub fn abort(&self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Acknowledges an input response (PROTOCOL.md §2.6), as the agent does after each.
+pub fn acknowledge(socket: &Path) -> Result<(), ClientError> {
+    let mut sock = connect(socket)?;
+    sock.write_all(
+        b"POST /acknowledge_container_input_response HTTP/1.1\r\nHost:\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )?;
+    let head = read_head(&mut sock, &mut Vec::new())?;
+    match head.status {
+        200 => Ok(()),
+        status => Err(ClientError::Refused {
+            status,
+            body: String::new(),
+        }),
+    }
+}
+
+/// What a probe learned about the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The input slot is free and the container has a terminal (the window size is set).
+    Tty,
+    /// The input slot is free; the container's stdin is a pipe.
+    Pipe,
+    /// The slot is free; no size was sent, so whether it is a terminal is not known.
+    Free,
+}
+
+/// A complete input request that only names the container and, with `size`, sets the
+/// window size: it tells whether stdin can be attached and whether the container has a
+/// terminal (a resize on a pipe is refused with `Inappropriate ioctl`). Acknowledged.
+pub fn probe(socket: &Path, size: Option<(u16, u16)>) -> Result<Probe, ClientError> {
+    let mut input = InputStream::open(socket)?;
+    if let Some((rows, columns)) = size {
+        input.send(resize(rows, columns))?;
+    }
+    let answer = input.finish();
+    acknowledge(socket)?;
+    match (answer, size) {
+        (Ok(()), Some(_)) => Ok(Probe::Tty),
+        (Ok(()), None) => Ok(Probe::Free),
+        (Err(ClientError::Refused { status: 400, body }), Some(_))
+            if body.starts_with("Unable to set the window size") =>
+        {
+            Ok(Probe::Pipe)
+        }
+        (Err(e), _) => Err(e),
+    }
+}

@@ -1,0 +1,300 @@
+//! `switchboard run` and `switchboard attach` on real terminals (issue 6): a shell under
+//! `run --tty`, typed input echoed, resizes seen by `stty size`, detach and attach again,
+//! a lone detach key passed through, exit statuses, separate stdout and stderr without a
+//! terminal, a dozen attachers at once, and clear messages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::sb::temp_dir;
+use common::term::Term;
+use common::within;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// `switchboard` with its own runtime directory.
+fn switchboard(runtime: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("XDG_RUNTIME_DIR", runtime)
+        .env("TERM", "dumb")
+        .env("PS1", "sb$ ");
+    cmd
+}
+
+/// The only container directory under `runtime`.
+fn container_dir(runtime: &Path) -> PathBuf {
+    let dir = runtime.join("switchboard");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.pop().unwrap()
+}
+
+fn info(runtime: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(container_dir(runtime).join("info.json")).unwrap()).unwrap()
+}
+
+/// Ends a container that was left running, by its pid.
+fn kill_container(runtime: &Path) {
+    if let Some(pid) = info(runtime)["container_pid"].as_i64() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_shell_under_run_tty_echoes_resizes_and_exits_with_its_status() {
+    within(60, || {
+        let runtime = temp_dir("run-tty");
+        let mut cmd = switchboard(&runtime);
+        cmd.args(["run", "--tty", "--", "sh"]);
+        let mut t = Term::spawn(cmd, 24, 80);
+        t.expect("sb$ ", 20);
+        t.type_bytes(b"echo hel''lo $((6*7))\r");
+        let at = t.expect("hello 42", 20);
+        // The window size was set before any input; changes follow.
+        t.type_bytes(b"stty size\r");
+        let at = t.expect_from(at, "24 80", 10);
+        t.resize(33, 91);
+        std::thread::sleep(Duration::from_millis(300));
+        t.type_bytes(b"stty size\r");
+        t.expect_from(at, "33 91", 10);
+        t.type_bytes(b"exit 5\r");
+        assert_eq!(t.wait(20).code(), Some(5));
+        // Both streams were logged, merged, as stdout.
+        let log = std::fs::read_to_string(container_dir(&runtime).join("stdout.log")).unwrap();
+        assert!(log.contains("hello 42"), "{log}");
+        let _ = std::fs::remove_dir_all(runtime);
+    });
+}
+
+#[test]
+fn detach_leaves_it_running_and_a_second_attach_sees_new_output() {
+    within(60, || {
+        let runtime = temp_dir("run-detach");
+        let mut cmd = switchboard(&runtime);
+        cmd.args(["run", "--tty", "--", "sh"]);
+        let mut t = Term::spawn(cmd, 24, 80);
+        // The prompt shows once the attachment streams (and this terminal is raw).
+        let at = t.expect("sb$ ", 20);
+        t.type_bytes(b"echo fi''rst\r");
+        t.expect_from(at, "first", 20);
+        t.type_bytes(&[0x10, 0x11]); // ctrl-p ctrl-q
+        assert_eq!(t.wait(20).code(), Some(0));
+        assert!(t.text().contains("detached"), "{}", t.text());
+        let socket = info(&runtime)["socket"].as_str().unwrap().to_string();
+        let pid = info(&runtime)["container_pid"].as_i64().unwrap() as i32;
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+            "the shell must still run"
+        );
+
+        let mut cmd = switchboard(&runtime);
+        cmd.args(["attach", &socket]);
+        let mut again = Term::spawn(cmd, 24, 80);
+        std::thread::sleep(Duration::from_millis(500));
+        again.type_bytes(b"echo se''cond\r");
+        again.expect("second", 20);
+        again.type_bytes(b"exit\r");
+        assert_eq!(again.wait(20).code(), Some(0));
+        let _ = std::fs::remove_dir_all(runtime);
+    });
+}
+
+#[test]
+fn a_lone_ctrl_p_reaches_the_program_after_a_pause() {
+    within(60, || {
+        let runtime = temp_dir("run-ctrlp");
+        let mut cmd = switchboard(&runtime);
+        cmd.args([
+            "run",
+            "--tty",
+            "--",
+            "sh",
+            "-c",
+            "stty raw -echo; dd bs=1 count=2 2>/dev/null | od -An -tx1",
+        ]);
+        let mut t = Term::spawn(cmd, 24, 80);
+        std::thread::sleep(Duration::from_millis(700));
+        t.type_bytes(&[0x10]);
+        std::thread::sleep(Duration::from_millis(800));
+        t.type_bytes(b"x");
+        t.expect("10 78", 20);
+        assert_eq!(t.wait(20).code(), Some(0));
+        let _ = std::fs::remove_dir_all(runtime);
+    });
+}
+
+#[test]
+fn without_a_terminal_stdout_and_stderr_stay_apart() {
+    within(60, || {
+        let runtime = temp_dir("run-pipes");
+        let out = switchboard(&runtime)
+            .args(["run", "--", "sh", "-c", "read x; echo \"out $x\"; echo err >&2; exit 3"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b"typed\n")?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out typed\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("\nerr\n"), "{err}");
+        let dir = container_dir(&runtime);
+        assert_eq!(std::fs::read_to_string(dir.join("stdout.log")).unwrap(), "out typed\n");
+        assert_eq!(std::fs::read_to_string(dir.join("stderr.log")).unwrap(), "err\n");
+        let _ = std::fs::remove_dir_all(runtime);
+    });
+}
+
+#[test]
+fn a_dozen_attachers_see_the_same_output() {
+    within(90, || {
+        let runtime = temp_dir("run-dozen");
+        let out = switchboard(&runtime)
+            .args([
+                "run",
+                "--detach",
+                "--",
+                "sh",
+                "-c",
+                "sleep 2; i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let socket = info(&runtime)["socket"].as_str().unwrap().to_string();
+        let attachers: Vec<_> = (0..12)
+            .map(|_| {
+                switchboard(&runtime)
+                    .args(["attach", "--no-stdin", &socket])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<_> = attachers.into_iter().map(|a| a.wait_with_output().unwrap()).collect();
+        let expected: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        for o in outputs {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert_eq!(String::from_utf8_lossy(&o.stdout), expected);
+        }
+        let _ = std::fs::remove_dir_all(runtime);
+    });
+}
+
+#[test]
+fn clear_messages_for_a_missing_socket_and_a_taken_stdin() {
+    within(60, || {
+        let runtime = temp_dir("run-msgs");
+        let out = switchboard(&runtime)
+            .args(["attach", "/nonexistent/sock"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "switchboard attach: no switchboard is listening at /nonexistent/sock: No such file or directory\n"
+        );
+        let out = switchboard(&runtime)
+            .args(["run", "--detach", "--", "cat"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let socket = info(&runtime)["socket"].as_str().unwrap().to_string();
+        // The first attacher holds stdin (its input stays open: it never ends). Its line
+        // coming back from cat (after the terminal's own echo) shows it is attached.
+        let mut cmd = switchboard(&runtime);
+        cmd.args(["attach", &socket]);
+        let mut holder = Term::spawn(cmd, 24, 80);
+        std::thread::sleep(Duration::from_millis(300));
+        holder.type_bytes(b"ping\r");
+        let at = holder.expect("ping", 20);
+        holder.expect_from(at, "ping", 20);
+        let mut second = switchboard(&runtime)
+            .args(["attach", &socket])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = Vec::new();
+        wait_for(|| {
+            let path = format!("/proc/{}/fd/2", second.id());
+            std::fs::metadata(path).is_ok()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = second.kill();
+        let _ = second.wait();
+        std::io::Read::read_to_end(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(
+            String::from_utf8_lossy(&err)
+                .contains("another client is attached to the container's stdin; showing output only"),
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
+        drop(holder);
+        kill_container(&runtime);
+        let _ = std::fs::remove_dir_all(runtime);
+    });
+}
+
+#[test]
+fn the_terminal_is_restored_when_attach_is_killed_and_a_vanished_server_is_reported() {
+    within(60, || {
+        let runtime = temp_dir("run-restore");
+        let out = switchboard(&runtime)
+            .args(["run", "--detach", "--tty", "--", "sh"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let socket = info(&runtime)["socket"].as_str().unwrap().to_string();
+        let mut cmd = switchboard(&runtime);
+        cmd.args(["attach", &socket]);
+        let mut t = Term::spawn(cmd, 24, 80);
+        t.type_bytes(b"echo up''now\r");
+        t.expect("upnow", 20);
+        assert!(!t.is_cooked(), "attach puts the terminal in raw mode");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(t.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert_eq!(t.wait(20).code(), Some(128 + 15));
+        assert!(t.is_cooked(), "the terminal settings must be restored");
+
+        // The switchboard dies under an attached client: the client says so.
+        let mut cmd = switchboard(&runtime);
+        cmd.args(["attach", &socket]);
+        let mut t = Term::spawn(cmd, 24, 80);
+        t.type_bytes(b"echo up''again\r");
+        t.expect("upagain", 20);
+        let server = info(&runtime)["server_pid"].as_i64().unwrap() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert_eq!(t.wait(20).code(), Some(1));
+        assert!(t.text().contains("the switchboard went away"), "{}", t.text());
+        assert!(t.is_cooked());
+        kill_container(&runtime);
+        let _ = std::fs::remove_dir_all(runtime);
+    });
+}

@@ -837,3 +837,50 @@ fn the_waited_for_client_cannot_hold_the_container_back_for_ever() {
         drop(stuck);
     });
 }
+
+#[test]
+fn an_input_client_that_vanishes_does_not_hold_the_exit() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        let mut s = sb.connect();
+        let mut req = input_head(false);
+        req.extend(record(FIRST_RECORD));
+        s.write_all(&req).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // Killed mid-request: it will never acknowledge anything.
+        drop(s);
+        std::thread::sleep(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        sb.close_output();
+        assert!(sb.wait(30).success());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "exit waited {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn acknowledgements_are_awaited_for_ack_timeout_at_most() {
+    within(60, || {
+        let extra = vec!["--ack_timeout=1secs".to_string()];
+        let mut sb = Sb::start(Opts {
+            extra,
+            ..Opts::default()
+        });
+        let mut req = input_head(false);
+        req.extend(record(FIRST_RECORD));
+        req.extend_from_slice(LAST_CHUNK);
+        // Answered, and never acknowledged.
+        assert_eq!(exchange(&sb.socket, &req).unwrap().status, 200);
+        let started = std::time::Instant::now();
+        sb.close_output();
+        assert!(sb.wait(30).success());
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    });
+}

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             eprint!("{text}");
             return ExitCode::FAILURE;
         }
-        Parsed::Run(flags) => flags,
+        Parsed::Run(flags) => *flags,
     };
     let log_file = flags
         .log_file

@@ -113,6 +113,12 @@ pub const SPECS: &[Spec] = &[
                (default: 30secs).",
     },
     Spec {
+        name: "ack_timeout",
+        kind: Kind::Duration,
+        help: "How long, once the container's output ended, input acknowledgements\n\
+               are waited for before exiting anyway (default: 10secs).",
+    },
+    Spec {
         name: "drain_timeout",
         kind: Kind::Duration,
         help: "How long clients get to take the end of their streams at exit\n\
@@ -141,6 +147,7 @@ pub struct Tuning {
     pub lag_limit: Option<usize>,
     pub buffer_bytes: Option<usize>,
     pub block_timeout: Option<Duration>,
+    pub ack_timeout: Option<Duration>,
     pub drain_timeout: Option<Duration>,
     pub head_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
@@ -172,7 +179,7 @@ pub enum Parsed {
     Help(String),
     /// Print this to stderr and exit 1.
     Usage(String),
-    Run(Flags),
+    Run(Box<Flags>),
 }
 
 /// The full usage text, optionally preceded by a message.
@@ -226,6 +233,7 @@ pub fn parse(args: &[String]) -> Parsed {
                 lag_limit: positive(f, "lag_limit")?,
                 buffer_bytes: positive(f, "buffer_bytes")?,
                 block_timeout: f.duration("block_timeout"),
+                ack_timeout: f.duration("ack_timeout"),
                 drain_timeout: f.duration("drain_timeout"),
                 head_timeout: f.duration("head_timeout"),
                 max_connections: positive(f, "max_connections")?,
@@ -234,7 +242,7 @@ pub fn parse(args: &[String]) -> Parsed {
         })
     })();
     match flags {
-        Ok(flags) => Parsed::Run(flags),
+        Ok(flags) => Parsed::Run(Box::new(flags)),
         Err(text) => Parsed::Usage(text),
     }
 }
@@ -266,7 +274,7 @@ mod tests {
         );
         assert_eq!(
             parse(&argv),
-            Parsed::Run(Flags {
+            Parsed::Run(Box::new(Flags {
                 tty: false,
                 stdin_to_fd: 27,
                 stdout_from_fd: 29,
@@ -279,7 +287,7 @@ mod tests {
                 log_file: None,
                 log_level: None,
                 tuning: Tuning::default(),
-            })
+            }))
         );
         let tty = args(
             "--help=false --socket_address=/s --stderr_from_fd=27 --stderr_to_fd=2 --stdin_to_fd=27 --stdout_from_fd=27 --stdout_to_fd=1 --tty=true --wait_for_connection=true",

@@ -132,6 +132,23 @@ struct Conn {
     state: State,
     /// The peer shut its side (we read EOF).
     eof: bool,
+    /// Where this connection's input request stands with its acknowledgement.
+    ack: Ack,
+}
+
+/// An input request that got past its first record is acknowledged by its client once
+/// the client has the response (PROTOCOL.md §2.6). A client that vanishes before it got
+/// the response will never acknowledge it, so the count forgets it (Mesos would wait for
+/// ever, and its server would never exit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    None,
+    /// Counted; the response is not out yet.
+    Owed,
+    /// Its response is queued.
+    Answered,
+    /// Its response went out: the client acknowledges it.
+    Delivered,
 }
 
 /// The container's stdin, written by one request at a time. A write keeps going when its
@@ -224,6 +241,7 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd) {
         timer: None,
         state: State::Idle,
         eof: false,
+        ack: Ack::None,
     });
     ctx.conns.count += 1;
     start_timer(ctx, i, ctx.config.limits.head_timeout);
@@ -302,6 +320,9 @@ fn respond(ctx: &mut Ctx<'_>, i: u32, status: u16, body: &str, close: bool) {
     }
     release_input(ctx, i);
     let c = conn(ctx, i);
+    if c.ack == Ack::Owed {
+        c.ack = Ack::Answered;
+    }
     c.sendq.push_back(http::fixed_response(status, body, close));
     if close {
         c.state = State::Closing;
@@ -720,11 +741,13 @@ fn first_record(ctx: &mut Ctx<'_>, i: u32, format: Format, record: &[u8]) {
     }
     // Counted even if the request is refused below: the agent acknowledges every one.
     *ctx.acks_outstanding += 1;
+    conn(ctx, i).ack = Ack::Owed;
     if ctx.conns.input_owner.is_some() {
         let keep_alive = match &conn(ctx, i).state {
             State::Input(input) => input.keep_alive,
             _ => false,
         };
+        conn(ctx, i).ack = Ack::Answered;
         conn(ctx, i).sendq.push_back(http::fixed_response(
             409,
             "Multiple input connections are not allowed",
@@ -858,6 +881,8 @@ fn on_send(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     let sent = res as usize;
     if sent < buf.len() {
         c.sendq.push_front(buf[sent..].to_vec());
+    } else if c.sendq.is_empty() && c.ack == Ack::Answered {
+        c.ack = Ack::Delivered;
     }
     drive(ctx, i);
 }
@@ -933,6 +958,10 @@ fn close(ctx: &mut Ctx<'_>, i: u32) {
         .expect("closing a connection that exists");
     ctx.conns.free.push(i);
     ctx.conns.count -= 1;
+    if matches!(c.ack, Ack::Owed | Ack::Answered) && *ctx.acks_outstanding > 0 {
+        tracing::info!("connection {i} closed before it got its input response: no acknowledgement will come");
+        *ctx.acks_outstanding -= 1;
+    }
     let _ = shutdown(ctx.ring.raw(c.fd), Shutdown::Both);
     for op in [c.recv, c.send, c.timer].into_iter().flatten() {
         ctx.ring.cancel(op, true);

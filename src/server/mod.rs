@@ -49,6 +49,8 @@ pub struct Limits {
     pub head_timeout: Duration,
     /// How long a blocking client may hold the container back without reading.
     pub block_timeout: Duration,
+    /// How long, once output ended, acknowledgements are waited for before exiting.
+    pub ack_timeout: Duration,
     /// The listen backlog.
     pub backlog: i32,
 }
@@ -64,6 +66,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(30),
             block_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(10),
             backlog: 1024,
         }
     }
@@ -98,6 +101,7 @@ impl Config {
         limits.drain_timeout = t.drain_timeout.unwrap_or(limits.drain_timeout);
         limits.head_timeout = t.head_timeout.unwrap_or(limits.head_timeout);
         limits.block_timeout = t.block_timeout.unwrap_or(limits.block_timeout);
+        limits.ack_timeout = t.ack_timeout.unwrap_or(limits.ack_timeout);
         let mut relay = relay::Config::default();
         relay.buffer_bytes = t.buffer_bytes.unwrap_or(relay.buffer_bytes);
         relay.lag_limit = t
@@ -148,6 +152,7 @@ pub(crate) struct Server {
     signals: Fd,
     heartbeat: Option<OpId>,
     drain: Option<OpId>,
+    ack_timer: Option<OpId>,
     /// Input requests that got past their first record, not yet acknowledged.
     acks_outstanding: u64,
     /// Output ended (and reached the logger); input requests are answered 1 s later.
@@ -241,6 +246,7 @@ impl Server {
             signals,
             heartbeat: None,
             drain: None,
+            ack_timer: None,
             acks_outstanding: 0,
             redirect_finished: false,
             terminating: false,
@@ -291,6 +297,16 @@ impl Server {
             Token::Signal => self.on_signal(c),
             Token::Heartbeat => self.on_heartbeat(),
             Token::Drain => self.on_drain(),
+            Token::AckTimeout => {
+                if !self.terminating && self.acks_outstanding > 0 {
+                    tracing::warn!(
+                        "{} input acknowledgement(s) did not come within {:?} of the end of output; exiting anyway",
+                        self.acks_outstanding,
+                        self.config.limits.ack_timeout
+                    );
+                    self.terminate();
+                }
+            }
             Token::ConnRecv(_) | Token::ConnSend(_) | Token::ConnTimer(_) | Token::Stdin | Token::StdinPoll => {
                 let mut ctx = self.ctx();
                 conn::handle(&mut ctx, token, c);
@@ -329,6 +345,9 @@ impl Server {
         }
         if self.redirect_finished && self.acks_outstanding == 0 {
             self.terminate();
+        } else if self.redirect_finished && self.ack_timer.is_none() {
+            let after = self.config.limits.ack_timeout;
+            self.ack_timer = Some(self.ring.submit(Op::Timeout { after }, Token::AckTimeout.encode()));
         }
     }
 

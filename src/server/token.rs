@@ -32,6 +32,8 @@ pub(crate) enum Token {
     Drain,
     /// Reading waits for a blocking client: is it still making progress?
     BlockCheck,
+    /// Output ended long enough ago: stop waiting for acknowledgements.
+    AckTimeout,
 }
 
 impl Token {
@@ -54,6 +56,7 @@ impl Token {
             Token::Drain => (15, 0),
             Token::AcceptRetry => (16, 0),
             Token::BlockCheck => (17, 0),
+            Token::AckTimeout => (18, 0),
         };
         (kind << 32) | u64::from(n)
     }
@@ -78,6 +81,7 @@ impl Token {
             15 => Token::Drain,
             16 => Token::AcceptRetry,
             17 => Token::BlockCheck,
+            18 => Token::AckTimeout,
             _ => panic!("unknown token {data:#x}"),
         }
     }

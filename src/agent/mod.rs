@@ -15,6 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use command_fds::{CommandFdExt, FdMapping};
 use serde_json::{Value, json};
 
+pub mod supervisor;
+
+pub use supervisor::{Ended, ProcessId, Recovery, Supervisor, SupervisorError, Timeouts, boot_id};
+
 /// The runtime directory: `$XDG_RUNTIME_DIR/switchboard` when that is set, else
 /// `/run/switchboard` for root and `/tmp/switchboard-$UID` for others.
 pub fn default_runtime_dir() -> PathBuf {
@@ -39,7 +43,12 @@ pub struct Info {
     pub command: Vec<String>,
     pub socket: PathBuf,
     pub server_pid: i32,
+    /// The server's start time (clock ticks after boot) and the boot: with its pid, they
+    /// name the process even after the pid is reused.
+    pub server_start: Option<u64>,
+    pub boot_id: String,
     pub container_pid: Option<i32>,
+    pub container_start: Option<u64>,
     /// Seconds since the epoch.
     pub created: u64,
     pub stdout_log: PathBuf,
@@ -55,7 +64,10 @@ impl Info {
             "command": self.command,
             "socket": self.socket,
             "server_pid": self.server_pid,
+            "server_start": self.server_start,
+            "boot_id": self.boot_id,
             "container_pid": self.container_pid,
+            "container_start": self.container_start,
             "created": self.created,
             "stdout_log": self.stdout_log,
             "stderr_log": self.stderr_log,
@@ -75,13 +87,32 @@ impl Info {
                 .collect(),
             socket: path("socket")?,
             server_pid: i32::try_from(v.get("server_pid")?.as_i64()?).ok()?,
+            server_start: v.get("server_start").and_then(Value::as_u64),
+            boot_id: v.get("boot_id").and_then(Value::as_str).unwrap_or_default().to_string(),
             container_pid: v
                 .get("container_pid")
                 .and_then(Value::as_i64)
                 .and_then(|p| i32::try_from(p).ok()),
+            container_start: v.get("container_start").and_then(Value::as_u64),
             created: v.get("created")?.as_u64()?,
             stdout_log: path("stdout_log")?,
             stderr_log: path("stderr_log"),
+        })
+    }
+
+    /// The switchboard process, if it was recorded in this boot.
+    pub fn server(&self) -> Option<ProcessId> {
+        (self.boot_id == boot_id()).then_some(ProcessId {
+            pid: self.server_pid,
+            start_time: self.server_start?,
+        })
+    }
+
+    /// The container process, if it was recorded in this boot.
+    pub fn container(&self) -> Option<ProcessId> {
+        (self.boot_id == boot_id()).then_some(ProcessId {
+            pid: self.container_pid?,
+            start_time: self.container_start?,
         })
     }
 
@@ -313,7 +344,10 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
         command: launch.command.clone(),
         socket,
         server_pid: server.id() as i32,
+        server_start: supervisor::start_time(server.id() as i32),
+        boot_id: boot_id(),
         container_pid: None,
+        container_start: None,
         created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         stdout_log,
         stderr_log,
@@ -367,7 +401,10 @@ mod tests {
             command: vec!["bash".into(), "-l".into()],
             socket: "/run/switchboard/abc/sock".into(),
             server_pid: 42,
+            server_start: Some(1234),
+            boot_id: "b".into(),
             container_pid: Some(43),
+            container_start: Some(1235),
             created: 1_790_000_000,
             stdout_log: "/run/switchboard/abc/stdout.log".into(),
             stderr_log: None,

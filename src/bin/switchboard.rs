@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::cli::attach::AttachArgs;
+use switchboard::cli::manage::{PsArgs, StopArgs};
 use switchboard::cli::run::RunArgs;
 use switchboard::cli::serve::ServeArgs;
 use switchboard::server::{self, Exit};
@@ -27,6 +28,11 @@ enum Command {
     /// Attach this terminal to a switchboard's container (like `docker attach`): its
     /// output here, your input to it; the detach keys leave it running.
     Attach(AttachArgs),
+    /// List the containers under the runtime directory: id, switchboard pid, whether it is
+    /// alive, its socket, and the command.
+    Ps(PsArgs),
+    /// Stop a container and clean up its switchboard, socket and records.
+    Stop(StopArgs),
     /// Serve the attach API for a container whose descriptors you hold (its stdout and
     /// stderr are logged to this process's stdout and stderr unless told otherwise).
     Serve(ServeArgs),
@@ -37,6 +43,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => switchboard::cli::run::run(&args),
         Command::Attach(args) => switchboard::cli::attach::run(&args),
+        Command::Ps(args) => switchboard::cli::manage::ps(&args),
+        Command::Stop(args) => switchboard::cli::manage::stop(&args),
         Command::Serve(args) => serve(args),
     }
 }

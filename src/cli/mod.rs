@@ -1,7 +1,8 @@
 //! Command lines: the stout flag grammar of the Mesos drop-in ([`stout`], [`mesos`]), and
-//! the `switchboard` command's verbs ([`run`], [`attach`], [`serve`]).
+//! the `switchboard` command's verbs ([`run`], [`attach`], [`serve`], and `ps`/`stop` in [`manage`]).
 
 pub mod attach;
+pub mod manage;
 pub mod mesos;
 pub mod run;
 pub mod serve;

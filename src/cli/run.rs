@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use clap::Args;
 
-use crate::agent::{self, Launch};
+use crate::agent::{self, Launch, Supervisor, Timeouts};
 use crate::cli::attach::{self, Ended};
 
 #[derive(Debug, Args)]
@@ -64,10 +64,19 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let id = match args.name.clone().map_or_else(agent::new_id, Ok) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("switchboard run: cannot make an id: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime_dir = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
+    let mut supervisor = Supervisor::new(runtime_dir.clone(), server_exe.clone(), Timeouts::default());
     let launch = Launch {
-        id: args.name.clone(),
+        id: Some(id.clone()),
         tty: args.tty,
-        runtime_dir: args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir),
+        runtime_dir,
         socket: args.socket.clone(),
         log_dir: args.log_dir.clone(),
         // When attaching, this terminal is the first client and sees every byte.
@@ -76,19 +85,13 @@ pub fn run(args: &RunArgs) -> ExitCode {
         command: args.command.clone(),
         server_exe,
     };
-    let prepared = match agent::prepare(&launch) {
-        Ok(p) => p,
+    let io = match supervisor.prepare(&id, launch) {
+        Ok(io) => io,
         Err(e) => {
             eprintln!("switchboard run: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let agent::Prepared {
-        mut info,
-        dir,
-        mut server,
-        io,
-    } = prepared;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .stdin(Stdio::from(io.stdin))
@@ -99,19 +102,18 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchboard run: cannot start {}: {e}", args.command[0]);
-            // The switchboard sees its container's output end and exits by itself.
+            // Its switchboard sees the output end at once and exits; its records go.
             drop(cmd);
-            let _ = server.wait();
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = supervisor.cleanup(&id);
             return ExitCode::from(127);
         }
     };
     // Only the command holds its ends of the pipes or the terminal now.
     drop(cmd);
-    info.container_pid = Some(child.id() as i32);
-    if let Err(e) = info.save(&dir) {
+    if let Err(e) = supervisor.set_container(&id, child.id() as i32) {
         eprintln!("switchboard run: cannot record the container: {e}");
     }
+    let info = supervisor.info(&id).expect("prepared above").clone();
     let logs = match &info.stderr_log {
         Some(err) => format!("{} and {}", info.stdout_log.display(), err.display()),
         None => info.stdout_log.display().to_string(),
@@ -147,7 +149,8 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
         Ok(Ended::Output) => {
             let status = child.wait();
-            let _ = server.wait();
+            // Reap the switchboard, which exits once its output is over.
+            let _ = supervisor.watch(&id, std::time::Duration::from_secs(10));
             match status {
                 Ok(s) => ExitCode::from(exit_code(s)),
                 Err(e) => {

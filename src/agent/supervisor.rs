@@ -1,0 +1,462 @@
+//! The supervisor: what a container agent does with switchboards (PROTOCOL.md §5), as a
+//! library. It launches one per container, finds them again after the agent restarts,
+//! tells when one dies, and cleans up.
+//!
+//! A process is identified by its pid *and* its start time (and the boot), both recorded
+//! in `info.json`, so a pid the kernel gave to another process meanwhile is never adopted
+//! or signalled.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{ContainerIo, Info, Launch};
+
+/// What failed, and for which container.
+#[derive(Debug)]
+pub enum SupervisorError {
+    /// The container is not known to this supervisor.
+    Unknown(String),
+    /// Launching its switchboard failed (nothing was left behind).
+    Prepare { id: String, error: io::Error },
+    /// Its socket did not accept a connection in time.
+    Connect { id: String, error: io::Error },
+    /// Reading or writing its state under the runtime directory failed.
+    State { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for SupervisorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SupervisorError::Unknown(id) => write!(f, "no switchboard is known for container '{id}'"),
+            SupervisorError::Prepare { id, error } => write!(f, "cannot launch a switchboard for '{id}': {error}"),
+            SupervisorError::Connect { id, error } => write!(f, "cannot connect to the switchboard of '{id}': {error}"),
+            SupervisorError::State { path, error } => write!(f, "{}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for SupervisorError {}
+
+/// A process as recorded: pid, start time (clock ticks after boot) and boot id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// The boot id, which changes at every boot (so pids from before a reboot never match).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The start time of `pid` (field 22 of `/proc/<pid>/stat`), if it is running.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // `rest` starts at field 3 (state); the start time is field 22.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+impl ProcessId {
+    /// The identity of a running process.
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        Some(ProcessId {
+            pid,
+            start_time: start_time(pid)?,
+        })
+    }
+
+    /// Whether this very process still runs (not a zombie, not a reused pid).
+    pub fn is_alive(&self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
+        let state = stat.rfind(')').and_then(|i| stat.as_bytes().get(i + 2)).copied();
+        state != Some(b'Z') && start_time(self.pid) == Some(self.start_time)
+    }
+
+    /// Sends `signal` if this very process still runs.
+    pub fn signal(&self, signal: Signal) -> bool {
+        self.is_alive() && kill(Pid::from_raw(self.pid), signal).is_ok()
+    }
+}
+
+/// How a cleanup ended the switchboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited by itself within the grace period (its status, when it is our child).
+    Exited(Option<ExitStatus>),
+    /// It needed SIGTERM.
+    Terminated,
+    /// It needed SIGKILL.
+    Killed,
+    /// It was not running any more.
+    AlreadyGone,
+}
+
+/// What a recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Known containers whose switchboard runs: adopted.
+    pub adopted: Vec<String>,
+    /// Known containers whose switchboard is gone.
+    pub gone: Vec<String>,
+    /// Switchboards of containers the caller does not know: cleaned up.
+    pub orphans: Vec<String>,
+}
+
+/// The timing of cleanups (PROTOCOL.md §5.7: 5 s, then SIGTERM, then 60 s, then SIGKILL).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// How long a switchboard gets to exit by itself once its container is gone.
+    pub grace: Duration,
+    /// How long it gets after SIGTERM before SIGKILL.
+    pub terminate: Duration,
+    /// How long `connect` waits for the socket.
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            grace: Duration::from_secs(5),
+            terminate: Duration::from_secs(60),
+            connect: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Tracked {
+    dir: PathBuf,
+    info: Info,
+    server: ProcessId,
+    /// The server, when we launched it (then its exit status is ours to collect).
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+}
+
+/// Switchboards under one runtime directory.
+pub struct Supervisor {
+    runtime_dir: PathBuf,
+    server_exe: PathBuf,
+    timeouts: Timeouts,
+    tracked: HashMap<String, Tracked>,
+}
+
+/// One container under a runtime directory, as `ps` shows it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub dir: PathBuf,
+    pub info: Info,
+    pub alive: bool,
+}
+
+/// Every container recorded under `runtime_dir`, by id.
+pub fn list(runtime_dir: &Path) -> Vec<Entry> {
+    let Ok(dirs) = std::fs::read_dir(runtime_dir) else { return Vec::new() };
+    let mut entries: Vec<Entry> = dirs
+        .flatten()
+        .filter_map(|d| {
+            let dir = d.path();
+            let info = Info::load(&dir).ok()?;
+            let alive = info.server().is_some_and(|p| p.is_alive());
+            Some(Entry { dir, info, alive })
+        })
+        .collect();
+    entries.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+    entries
+}
+
+impl Supervisor {
+    pub fn new(runtime_dir: PathBuf, server_exe: PathBuf, timeouts: Timeouts) -> Supervisor {
+        Supervisor {
+            runtime_dir,
+            server_exe,
+            timeouts,
+            tracked: HashMap::new(),
+        }
+    }
+
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
+    fn tracked(&mut self, id: &str) -> Result<&mut Tracked, SupervisorError> {
+        self.tracked
+            .get_mut(id)
+            .ok_or_else(|| SupervisorError::Unknown(id.to_string()))
+    }
+
+    /// Launches a switchboard for container `id` and returns the container's side of its
+    /// stdio (for the container's stdin, stdout and stderr). A failure leaves nothing.
+    pub fn prepare(&mut self, id: &str, mut launch: Launch) -> Result<ContainerIo, SupervisorError> {
+        launch.id = Some(id.to_string());
+        launch.runtime_dir = self.runtime_dir.clone();
+        launch.server_exe = self.server_exe.clone();
+        let prepared = super::prepare(&launch).map_err(|error| SupervisorError::Prepare {
+            id: id.to_string(),
+            error,
+        })?;
+        let server = ProcessId::of(prepared.server.id() as i32).ok_or_else(|| SupervisorError::Prepare {
+            id: id.to_string(),
+            error: io::Error::other("the switchboard exited at once"),
+        })?;
+        self.tracked.insert(
+            id.to_string(),
+            Tracked {
+                dir: prepared.dir,
+                info: prepared.info,
+                server,
+                child: Some(prepared.server),
+                status: None,
+            },
+        );
+        Ok(prepared.io)
+    }
+
+    /// Records the container's process (shown by `ps`, stopped by `stop`).
+    pub fn set_container(&mut self, id: &str, pid: i32) -> Result<(), SupervisorError> {
+        let t = self.tracked(id)?;
+        t.info.container_pid = Some(pid);
+        t.info.container_start = start_time(pid);
+        t.info.save(&t.dir).map_err(|error| SupervisorError::State {
+            path: t.dir.clone(),
+            error,
+        })
+    }
+
+    /// The container's info.
+    pub fn info(&self, id: &str) -> Option<&Info> {
+        self.tracked.get(id).map(|t| &t.info)
+    }
+
+    /// Connects to the container's switchboard, waiting for its socket up to the connect
+    /// timeout (it appears once the switchboard listens).
+    pub fn connect(&mut self, id: &str) -> Result<UnixStream, SupervisorError> {
+        let deadline = Instant::now() + self.timeouts.connect;
+        let socket = self.tracked(id)?.info.socket.clone();
+        loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => return Ok(s),
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(SupervisorError::Connect {
+                        id: id.to_string(),
+                        error,
+                    });
+                }
+                Err(_) => {
+                    if !self.is_running(id) {
+                        let error = io::Error::new(io::ErrorKind::NotConnected, "the switchboard is not running");
+                        return Err(SupervisorError::Connect {
+                            id: id.to_string(),
+                            error,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// Whether the container's switchboard runs (collecting its status if it ended).
+    pub fn is_running(&mut self, id: &str) -> bool {
+        let Some(t) = self.tracked.get_mut(id) else { return false };
+        if t.status.is_some() {
+            return false;
+        }
+        if let Some(child) = &mut t.child {
+            return match child.try_wait() {
+                Ok(Some(status)) => {
+                    t.status = Some(status);
+                    false
+                }
+                _ => true,
+            };
+        }
+        t.server.is_alive()
+    }
+
+    /// Waits until the switchboard exits (or `timeout` passes: then `Ok(None)`). Gives its
+    /// status when it was our child; after a restart the status cannot be known (`None`
+    /// inside), as with Mesos.
+    pub fn watch(&mut self, id: &str, timeout: Duration) -> Result<Option<Option<ExitStatus>>, SupervisorError> {
+        let deadline = Instant::now() + timeout;
+        self.tracked(id)?;
+        loop {
+            if !self.is_running(id) {
+                return Ok(Some(self.tracked(id)?.status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Ends the container's switchboard (its container is gone): it gets the grace period
+    /// to exit by itself, then SIGTERM, then SIGKILL; then its socket and state go.
+    pub fn cleanup(&mut self, id: &str) -> Result<Ended, SupervisorError> {
+        let (grace, terminate) = (self.timeouts.grace, self.timeouts.terminate);
+        let ended = if !self.is_running(id) {
+            match self.tracked(id)?.status {
+                Some(status) => Ended::Exited(Some(status)),
+                None => Ended::AlreadyGone,
+            }
+        } else if let Some(status) = self.watch(id, grace)? {
+            Ended::Exited(status)
+        } else {
+            let server = self.tracked(id)?.server;
+            tracing::info!("sending SIGTERM to the switchboard of '{id}' (pid {})", server.pid);
+            server.signal(Signal::SIGTERM);
+            if self.watch(id, terminate)?.is_some() {
+                Ended::Terminated
+            } else {
+                tracing::error!("sending SIGKILL to the switchboard of '{id}' (pid {})", server.pid);
+                server.signal(Signal::SIGKILL);
+                self.watch(id, Duration::from_secs(10))?;
+                Ended::Killed
+            }
+        };
+        let t = self.tracked.remove(id).expect("tracked above");
+        remove_state(&t.dir, &t.info);
+        Ok(ended)
+    }
+
+    /// After a restart: adopts the switchboards of the `known` containers that still run,
+    /// reports those that are gone, and cleans up switchboards of containers the caller
+    /// does not know (orphans).
+    pub fn recover(&mut self, known: &[&str]) -> Recovery {
+        let mut recovery = Recovery::default();
+        let Ok(dirs) = std::fs::read_dir(&self.runtime_dir) else { return recovery };
+        for d in dirs.flatten() {
+            let dir = d.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let name = d.file_name().to_string_lossy().into_owned();
+            let info = match Info::load(&dir) {
+                Ok(info) => info,
+                Err(_) => {
+                    // A launch that died before it recorded anything.
+                    if !known.contains(&name.as_str()) {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        recovery.orphans.push(name);
+                    }
+                    continue;
+                }
+            };
+            let server = info.server().filter(ProcessId::is_alive);
+            if known.contains(&info.id.as_str()) {
+                match server {
+                    Some(server) => {
+                        recovery.adopted.push(info.id.clone());
+                        self.tracked.insert(
+                            info.id.clone(),
+                            Tracked {
+                                dir,
+                                info,
+                                server,
+                                child: None,
+                                status: None,
+                            },
+                        );
+                    }
+                    None => recovery.gone.push(info.id.clone()),
+                }
+                continue;
+            }
+            // An orphan: its container is stopped first (it has nobody to serve it), then
+            // its switchboard, as a cleanup does.
+            if let Some(container) = info.container() {
+                container.signal(Signal::SIGKILL);
+            }
+            if let Some(server) = server {
+                let id = info.id.clone();
+                self.tracked.insert(
+                    id.clone(),
+                    Tracked {
+                        dir,
+                        info,
+                        server,
+                        child: None,
+                        status: None,
+                    },
+                );
+                let _ = self.cleanup(&id);
+            } else {
+                remove_state(&dir, &info);
+            }
+            recovery.orphans.push(name);
+        }
+        recovery.adopted.sort();
+        recovery.gone.sort();
+        recovery.orphans.sort();
+        recovery
+    }
+
+    /// Stops a container and its switchboard: the container gets SIGTERM, then SIGKILL
+    /// after the grace period; then its switchboard is cleaned up.
+    pub fn stop(&mut self, id: &str) -> Result<Ended, SupervisorError> {
+        let t = self.tracked(id)?;
+        if let Some(container) = t.info.container() {
+            container.signal(Signal::SIGTERM);
+            let deadline = Instant::now() + self.timeouts.grace;
+            while container.is_alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            container.signal(Signal::SIGKILL);
+        }
+        self.cleanup(id)
+    }
+
+    /// Takes charge of one recorded container (`stop` from another process does this).
+    pub fn adopt(&mut self, dir: &Path) -> Result<String, SupervisorError> {
+        let info = Info::load(dir).map_err(|error| SupervisorError::State {
+            path: dir.to_path_buf(),
+            error,
+        })?;
+        let id = info.id.clone();
+        // A switchboard that no longer runs (or a pid now someone else's) never matches.
+        let server = info.server().unwrap_or(ProcessId {
+            pid: info.server_pid,
+            start_time: u64::MAX,
+        });
+        self.tracked.insert(
+            id.clone(),
+            Tracked {
+                dir: dir.to_path_buf(),
+                info,
+                server,
+                child: None,
+                status: None,
+            },
+        );
+        Ok(id)
+    }
+}
+
+impl Drop for Supervisor {
+    /// Switchboards we launched outlive us (they are in sessions of their own), but a
+    /// child that already exited is reaped so no zombie stays behind.
+    fn drop(&mut self) {
+        for t in self.tracked.values_mut() {
+            if let Some(child) = &mut t.child {
+                let _ = child.try_wait();
+            }
+        }
+    }
+}
+
+fn remove_state(dir: &Path, info: &Info) {
+    let _ = std::fs::remove_file(&info.socket);
+    let _ = std::fs::remove_dir_all(dir);
+}

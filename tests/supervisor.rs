@@ -1,0 +1,335 @@
+//! The agent-side supervisor (issue 7) with real processes: a supervisor process launches
+//! containers and is SIGKILLed; a new one recovers them, attaches again, and finds the
+//! logs complete; orphans are cleaned up, dead switchboards reported, reused pids not
+//! adopted, a switchboard that ignores SIGTERM ends with SIGKILL in time, and nothing is
+//! left behind.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sb::temp_dir;
+use common::within;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use switchboard::agent::{self, Ended, Launch, ProcessId, Supervisor, Timeouts};
+use switchboard::client::OutputStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// A container printing numbered lines until it is killed.
+const TICKER: &str = "i=0; while :; do echo \"tick $i\"; i=$((i+1)); sleep 0.02; done";
+
+fn launch(command: &[&str]) -> Launch {
+    Launch {
+        id: None,
+        tty: false,
+        runtime_dir: PathBuf::new(),
+        socket: None,
+        log_dir: None,
+        wait_for_connection: false,
+        heartbeat: None,
+        command: command.iter().map(|s| s.to_string()).collect(),
+        server_exe: PathBuf::new(),
+    }
+}
+
+/// Starts a container under `sup`: its command on the container's side of the stdio.
+fn start(sup: &mut Supervisor, id: &str, command: &[&str]) -> i32 {
+    let io = sup.prepare(id, launch(command)).unwrap();
+    let child = Command::new(command[0])
+        .args(&command[1..])
+        .stdin(Stdio::from(io.stdin))
+        .stdout(Stdio::from(io.stdout))
+        .stderr(Stdio::from(io.stderr))
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    sup.set_container(id, pid).unwrap();
+    // The container is reaped by whoever inherits it; its pid is recorded.
+    std::mem::forget(child);
+    pid
+}
+
+/// Ends, by pid, every switchboard and container recorded under a runtime directory, and
+/// removes it: a test that fails half-way leaves no process behind.
+struct Runtime(PathBuf);
+
+impl Runtime {
+    fn new(tag: &str) -> Runtime {
+        Runtime(temp_dir(tag))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for entry in agent::supervisor::list(&self.0) {
+            for process in [entry.info.container(), entry.info.server()].into_iter().flatten() {
+                process.signal(Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (by pid) and reaped when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        grace: Duration::from_millis(300),
+        terminate: Duration::from_millis(500),
+        connect: Duration::from_secs(5),
+    }
+}
+
+/// The supervisor process of `recovery_after_the_supervisor_is_killed`: this test binary,
+/// run again with SB_SUPERVISOR set to a runtime directory.
+#[test]
+fn supervisor_process() {
+    let Some(runtime) = std::env::var_os("SB_SUPERVISOR") else { return };
+    let mut sup = Supervisor::new(runtime.into(), BIN.into(), timeouts());
+    for id in ["kept", "orphan", "dead"] {
+        start(&mut sup, id, &["sh", "-c", TICKER]);
+    }
+    println!("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn tick_numbers(log: &str) -> Vec<u64> {
+    log.lines()
+        .map(|l| l.strip_prefix("tick ").unwrap().parse().unwrap())
+        .collect()
+}
+
+fn container_pid(runtime: &Path, id: &str) -> i32 {
+    agent::Info::load(&runtime.join(id)).unwrap().container_pid.unwrap()
+}
+
+#[test]
+fn recovery_after_the_supervisor_is_killed() {
+    within(120, || {
+        let guard = Runtime::new("supervisor");
+        let runtime = guard.0.clone();
+        let mut first = Reaped(
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "supervisor_process", "--nocapture", "--test-threads=1"])
+                .env("SB_SUPERVISOR", &runtime)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // libtest writes "test supervisor_process ... " before the test's own output.
+        let mut lines = BufReader::new(first.0.stdout.take().unwrap()).lines();
+        while !lines
+            .next()
+            .expect("the supervisor process ended early")
+            .unwrap()
+            .ends_with("ready")
+        {}
+        let kept_container = container_pid(&runtime, "kept");
+        let orphan_container = container_pid(&runtime, "orphan");
+        let dead_server = agent::Info::load(&runtime.join("dead")).unwrap().server_pid;
+        std::thread::sleep(Duration::from_millis(300));
+        // The agent dies; the switchboards live on (sessions of their own).
+        drop(first);
+        kill(Pid::from_raw(dead_server), Signal::SIGKILL).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+
+        let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
+        let recovery = sup.recover(&["kept", "dead"]);
+        assert_eq!(recovery.adopted, ["kept"]);
+        assert_eq!(recovery.gone, ["dead"]);
+        assert_eq!(recovery.orphans, ["orphan"]);
+        // The orphan's container and switchboard are gone, with their records.
+        assert!(!runtime.join("orphan").exists());
+        assert!(kill(Pid::from_raw(orphan_container), None).is_err() || is_zombie(orphan_container));
+
+        // Attach again: the output goes on.
+        let socket = sup.info("kept").unwrap().socket.clone();
+        let mut output = OutputStream::open(&socket).unwrap();
+        let mut seen = 0;
+        while seen < 5 {
+            let record = output.next_record().unwrap().unwrap();
+            if record.data.is_some() {
+                seen += 1;
+            }
+        }
+        drop(output);
+
+        // Its container ends: the switchboard exits by itself at the end of the output, and
+        // the log, written across the supervisor's death, holds every tick, none missing.
+        let log_path = sup.info("kept").unwrap().stdout_log.clone();
+        kill(Pid::from_raw(kept_container), Signal::SIGKILL).unwrap();
+        assert!(
+            sup.watch("kept", Duration::from_secs(5)).unwrap().is_some(),
+            "it exits at the end of output"
+        );
+        let ticks = tick_numbers(&std::fs::read_to_string(&log_path).unwrap());
+        assert!(ticks.len() > 10);
+        assert_eq!(
+            ticks,
+            (0..ticks.len() as u64).collect::<Vec<_>>(),
+            "the log has every line, in order"
+        );
+        assert_eq!(sup.cleanup("kept").unwrap(), Ended::AlreadyGone);
+        assert!(!runtime.join("kept").exists());
+    });
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+#[test]
+fn the_log_is_complete_across_a_restart() {
+    within(60, || {
+        let guard = Runtime::new("supervisor-log");
+        let runtime = guard.0.clone();
+        let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
+        let container = start(&mut sup, "c", &["sh", "-c", TICKER]);
+        std::thread::sleep(Duration::from_millis(300));
+        // A new supervisor (the old one is dropped, as after a crash) adopts it.
+        drop(sup);
+        let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
+        assert_eq!(sup.recover(&["c"]).adopted, ["c"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let log_path = sup.info("c").unwrap().stdout_log.clone();
+        kill(Pid::from_raw(container), Signal::SIGKILL).unwrap();
+        // Wait until the switchboard has the end of the output and exits.
+        assert!(sup.watch("c", Duration::from_secs(10)).unwrap().is_some());
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        let ticks = tick_numbers(&log);
+        assert!(ticks.len() > 10);
+        assert_eq!(
+            ticks,
+            (0..ticks.len() as u64).collect::<Vec<_>>(),
+            "the log has every line, in order"
+        );
+        assert!(matches!(
+            sup.cleanup("c").unwrap(),
+            Ended::AlreadyGone | Ended::Exited(_)
+        ));
+        assert!(!runtime.join("c").exists());
+    });
+}
+
+#[test]
+fn a_reused_pid_is_not_adopted() {
+    within(30, || {
+        let guard = Runtime::new("supervisor-pid");
+        let runtime = guard.0.clone();
+        let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
+        let container = start(&mut sup, "c", &["sleep", "1000"]);
+        // Pretend the switchboard's pid now belongs to another process: a live process
+        // with a different start time (start times count clock ticks: one passes first).
+        std::thread::sleep(Duration::from_millis(50));
+        let mut imposter = Reaped(Command::new("sleep").arg("1000").spawn().unwrap());
+        let mut info = agent::Info::load(&runtime.join("c")).unwrap();
+        let real = ProcessId::of(info.server_pid).unwrap();
+        info.server_pid = imposter.0.id() as i32;
+        info.save(&runtime.join("c")).unwrap();
+        drop(sup);
+        let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
+        let recovery = sup.recover(&["c"]);
+        assert!(recovery.adopted.is_empty());
+        assert_eq!(recovery.gone, ["c"]);
+        assert!(
+            imposter.0.try_wait().unwrap().is_none(),
+            "the imposter must not be signalled"
+        );
+        real.signal(Signal::SIGKILL);
+        kill(Pid::from_raw(container), Signal::SIGKILL).unwrap();
+    });
+}
+
+#[test]
+fn a_switchboard_that_ignores_sigterm_is_killed_in_time_and_nothing_leaks() {
+    within(30, || {
+        let guard = Runtime::new("supervisor-kill");
+        let runtime = guard.0.clone();
+        let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
+        // Its container still runs, so its output never ends: SIGTERM only "unblocks" it.
+        let container = start(&mut sup, "c", &["sleep", "1000"]);
+        // The container's pipes, which this process must not hold once it is cleaned up.
+        let pipes: Vec<PathBuf> = (0..3)
+            .map(|fd| std::fs::read_link(format!("/proc/{container}/fd/{fd}")).unwrap())
+            .collect();
+        let server = ProcessId::of(sup.info("c").unwrap().server_pid).unwrap();
+        let started = Instant::now();
+        assert_eq!(sup.cleanup("c").unwrap(), Ended::Killed);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert!(!server.is_alive());
+        assert!(!runtime.join("c").exists());
+        // The switchboard was our child: it was reaped, and none of the pipes stayed open.
+        assert!(!is_zombie(server.pid));
+        for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                assert!(!pipes.contains(&target), "{target:?} stayed open");
+            }
+        }
+        kill(Pid::from_raw(container), Signal::SIGKILL).unwrap();
+    });
+}
+
+#[test]
+fn ps_lists_and_stop_cleans_up() {
+    within(60, || {
+        let guard = Runtime::new("supervisor-cli");
+        let runtime = guard.0.clone();
+        let out = Command::new(BIN)
+            .args(["run", "--detach", "--name", "web", "--runtime-dir"])
+            .arg(&runtime)
+            .args(["--", "sleep", "1000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "web\n");
+        let ps = Command::new(BIN)
+            .args(["ps", "--runtime-dir"])
+            .arg(&runtime)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&ps.stdout);
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("ID  "));
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(row[0], "web");
+        assert_eq!(row[2], "alive");
+        assert!(row[3].ends_with("/web/sock"));
+        assert_eq!(&row[4..], ["sleep", "1000"]);
+        let container = container_pid(&runtime, "web");
+        let stop = Command::new(BIN)
+            .args(["stop", "web", "--grace", "1s", "--timeout", "2s", "--runtime-dir"])
+            .arg(&runtime)
+            .output()
+            .unwrap();
+        assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+        assert!(!runtime.join("web").exists());
+        assert!(kill(Pid::from_raw(container), None).is_err() || is_zombie(container));
+        let ps = Command::new(BIN)
+            .args(["ps", "--runtime-dir"])
+            .arg(&runtime)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&ps.stdout).lines().count(), 1);
+    });
+}

@@ -15,7 +15,7 @@ use common::sb::temp_dir;
 use common::within;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use switchboard::agent::{self, Ended, Launch, ProcessId, Supervisor, Timeouts};
+use switchboard::agent::{self, Ended, Launch, ProcessId, Supervisor, SupervisorError, Timeouts};
 use switchboard::client::OutputStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -332,4 +332,79 @@ fn ps_lists_and_stop_cleans_up() {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&ps.stdout).lines().count(), 1);
     });
+}
+
+/// Runs test `name` alone in a process of its own (this test binary again), so that no
+/// other test's descriptors or children come and go while it counts its own. Returns
+/// whether the caller is that process.
+fn alone(name: &str) -> bool {
+    if std::env::var_os("SB_ALONE").is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env("SB_ALONE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && report.contains("1 passed"), "{report}");
+    false
+}
+
+fn children() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+fn a_failed_prepare_leaves_no_descriptor_process_or_file() {
+    if !alone("a_failed_prepare_leaves_no_descriptor_process_or_file") {
+        return;
+    }
+    let guard = Runtime::new("supervisor-fail");
+    let runtime = guard.0.clone();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    // No such program; a program that exits at once instead of serving; a bad id.
+    for (exe, id) in [("/nonexistent/switchboard", "c"), ("/bin/false", "c"), (BIN, "../c")] {
+        for tty in [false, true] {
+            let mut sup = Supervisor::new(runtime.clone(), exe.into(), timeouts());
+            let err = sup
+                .prepare(
+                    id,
+                    Launch {
+                        tty,
+                        ..launch(&["true"])
+                    },
+                )
+                .unwrap_err();
+            assert!(matches!(err, SupervisorError::Prepare { .. }), "{err:?}");
+            assert!(err.to_string().contains(&format!("'{id}'")), "{err}");
+            assert!(sup.info(id).is_none());
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&runtime).unwrap().count(),
+        0,
+        "nothing under the runtime directory"
+    );
+    assert_eq!(fds(), before, "no descriptor left open");
+    assert_eq!(
+        children(),
+        Vec::<String>::new(),
+        "no child process left, not even a zombie"
+    );
+    // The id of a running container is not taken twice, and the first is untouched.
+    let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
+    let container = start(&mut sup, "c", &["sleep", "1000"]);
+    let err = sup.prepare("c", launch(&["true"])).unwrap_err();
+    assert!(err.to_string().contains("exists already"), "{err}");
+    assert!(sup.is_running("c"));
+    kill(Pid::from_raw(container), Signal::SIGKILL).unwrap();
+    assert!(matches!(sup.cleanup("c").unwrap(), Ended::Exited(Some(_))));
 }

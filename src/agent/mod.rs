@@ -179,6 +179,7 @@ pub struct Launch {
 }
 
 /// The container's ends of its stdio (the same PTY slave three times with a TTY).
+#[derive(Debug)]
 pub struct ContainerIo {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,

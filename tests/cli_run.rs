@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sb::temp_dir;
+use common::sb::Runtime;
 use common::term::Term;
 use common::within;
 
@@ -57,7 +57,8 @@ fn wait_for(cond: impl Fn() -> bool) {
 #[test]
 fn a_shell_under_run_tty_echoes_resizes_and_exits_with_its_status() {
     within(60, || {
-        let runtime = temp_dir("run-tty");
+        let guard = Runtime::new("run-tty");
+        let runtime = guard.path.clone();
         let mut cmd = switchboard(&runtime);
         cmd.args(["run", "--tty", "--", "sh"]);
         let mut t = Term::spawn(cmd, 24, 80);
@@ -76,14 +77,14 @@ fn a_shell_under_run_tty_echoes_resizes_and_exits_with_its_status() {
         // Both streams were logged, merged, as stdout.
         let log = std::fs::read_to_string(container_dir(&runtime).join("stdout.log")).unwrap();
         assert!(log.contains("hello 42"), "{log}");
-        let _ = std::fs::remove_dir_all(runtime);
     });
 }
 
 #[test]
 fn detach_leaves_it_running_and_a_second_attach_sees_new_output() {
     within(60, || {
-        let runtime = temp_dir("run-detach");
+        let guard = Runtime::new("run-detach");
+        let runtime = guard.path.clone();
         let mut cmd = switchboard(&runtime);
         cmd.args(["run", "--tty", "--", "sh"]);
         let mut t = Term::spawn(cmd, 24, 80);
@@ -109,14 +110,14 @@ fn detach_leaves_it_running_and_a_second_attach_sees_new_output() {
         again.expect("second", 20);
         again.type_bytes(b"exit\r");
         assert_eq!(again.wait(20).code(), Some(0));
-        let _ = std::fs::remove_dir_all(runtime);
     });
 }
 
 #[test]
 fn a_lone_ctrl_p_reaches_the_program_after_a_pause() {
     within(60, || {
-        let runtime = temp_dir("run-ctrlp");
+        let guard = Runtime::new("run-ctrlp");
+        let runtime = guard.path.clone();
         let mut cmd = switchboard(&runtime);
         cmd.args([
             "run",
@@ -133,14 +134,14 @@ fn a_lone_ctrl_p_reaches_the_program_after_a_pause() {
         t.type_bytes(b"x");
         t.expect("10 78", 20);
         assert_eq!(t.wait(20).code(), Some(0));
-        let _ = std::fs::remove_dir_all(runtime);
     });
 }
 
 #[test]
 fn without_a_terminal_stdout_and_stderr_stay_apart() {
     within(60, || {
-        let runtime = temp_dir("run-pipes");
+        let guard = Runtime::new("run-pipes");
+        let runtime = guard.path.clone();
         let out = switchboard(&runtime)
             .args(["run", "--", "sh", "-c", "read x; echo \"out $x\"; echo err >&2; exit 3"])
             .stdin(Stdio::piped())
@@ -160,14 +161,14 @@ fn without_a_terminal_stdout_and_stderr_stay_apart() {
         let dir = container_dir(&runtime);
         assert_eq!(std::fs::read_to_string(dir.join("stdout.log")).unwrap(), "out typed\n");
         assert_eq!(std::fs::read_to_string(dir.join("stderr.log")).unwrap(), "err\n");
-        let _ = std::fs::remove_dir_all(runtime);
     });
 }
 
 #[test]
 fn a_dozen_attachers_see_the_same_output() {
     within(90, || {
-        let runtime = temp_dir("run-dozen");
+        let guard = Runtime::new("run-dozen");
+        let runtime = guard.path.clone();
         let out = switchboard(&runtime)
             .args([
                 "run",
@@ -198,14 +199,14 @@ fn a_dozen_attachers_see_the_same_output() {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             assert_eq!(String::from_utf8_lossy(&o.stdout), expected);
         }
-        let _ = std::fs::remove_dir_all(runtime);
     });
 }
 
 #[test]
 fn clear_messages_for_a_missing_socket_and_a_taken_stdin() {
     within(60, || {
-        let runtime = temp_dir("run-msgs");
+        let guard = Runtime::new("run-msgs");
+        let runtime = guard.path.clone();
         let out = switchboard(&runtime)
             .args(["attach", "/nonexistent/sock"])
             .stdin(Stdio::null())
@@ -255,14 +256,14 @@ fn clear_messages_for_a_missing_socket_and_a_taken_stdin() {
         );
         drop(holder);
         kill_container(&runtime);
-        let _ = std::fs::remove_dir_all(runtime);
     });
 }
 
 #[test]
 fn the_terminal_is_restored_when_attach_is_killed_and_a_vanished_server_is_reported() {
     within(60, || {
-        let runtime = temp_dir("run-restore");
+        let guard = Runtime::new("run-restore");
+        let runtime = guard.path.clone();
         let out = switchboard(&runtime)
             .args(["run", "--detach", "--tty", "--", "sh"])
             .output()
@@ -295,6 +296,5 @@ fn the_terminal_is_restored_when_attach_is_killed_and_a_vanished_server_is_repor
         assert!(t.text().contains("the switchboard went away"), "{}", t.text());
         assert!(t.is_cooked());
         kill_container(&runtime);
-        let _ = std::fs::remove_dir_all(runtime);
     });
 }

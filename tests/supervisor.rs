@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sb::temp_dir;
+use common::sb::Runtime;
 use common::within;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -52,27 +52,6 @@ fn start(sup: &mut Supervisor, id: &str, command: &[&str]) -> i32 {
     // The container is reaped by whoever inherits it; its pid is recorded.
     std::mem::forget(child);
     pid
-}
-
-/// Ends, by pid, every switchboard and container recorded under a runtime directory, and
-/// removes it: a test that fails half-way leaves no process behind.
-struct Runtime(PathBuf);
-
-impl Runtime {
-    fn new(tag: &str) -> Runtime {
-        Runtime(temp_dir(tag))
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        for entry in agent::supervisor::list(&self.0) {
-            for process in [entry.info.container(), entry.info.server()].into_iter().flatten() {
-                process.signal(Signal::SIGKILL);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A child process killed (by pid) and reaped when the test ends, however it ends.
@@ -122,7 +101,7 @@ fn container_pid(runtime: &Path, id: &str) -> i32 {
 fn recovery_after_the_supervisor_is_killed() {
     within(120, || {
         let guard = Runtime::new("supervisor");
-        let runtime = guard.0.clone();
+        let runtime = guard.path.clone();
         let mut first = Reaped(
             Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "supervisor_process", "--nocapture", "--test-threads=1"])
@@ -199,7 +178,7 @@ fn is_zombie(pid: i32) -> bool {
 fn the_log_is_complete_across_a_restart() {
     within(60, || {
         let guard = Runtime::new("supervisor-log");
-        let runtime = guard.0.clone();
+        let runtime = guard.path.clone();
         let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
         let container = start(&mut sup, "c", &["sh", "-c", TICKER]);
         std::thread::sleep(Duration::from_millis(300));
@@ -232,7 +211,7 @@ fn the_log_is_complete_across_a_restart() {
 fn a_reused_pid_is_not_adopted() {
     within(30, || {
         let guard = Runtime::new("supervisor-pid");
-        let runtime = guard.0.clone();
+        let runtime = guard.path.clone();
         let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
         let container = start(&mut sup, "c", &["sleep", "1000"]);
         // Pretend the switchboard's pid now belongs to another process: a live process
@@ -261,7 +240,7 @@ fn a_reused_pid_is_not_adopted() {
 fn a_switchboard_that_ignores_sigterm_is_killed_in_time_and_nothing_leaks() {
     within(30, || {
         let guard = Runtime::new("supervisor-kill");
-        let runtime = guard.0.clone();
+        let runtime = guard.path.clone();
         let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
         // Its container still runs, so its output never ends: SIGTERM only "unblocks" it.
         let container = start(&mut sup, "c", &["sleep", "1000"]);
@@ -294,7 +273,7 @@ fn a_switchboard_that_ignores_sigterm_is_killed_in_time_and_nothing_leaks() {
 fn ps_lists_and_stop_cleans_up() {
     within(60, || {
         let guard = Runtime::new("supervisor-cli");
-        let runtime = guard.0.clone();
+        let runtime = guard.path.clone();
         let out = Command::new(BIN)
             .args(["run", "--detach", "--name", "web", "--runtime-dir"])
             .arg(&runtime)
@@ -367,7 +346,7 @@ fn a_failed_prepare_leaves_no_descriptor_process_or_file() {
         return;
     }
     let guard = Runtime::new("supervisor-fail");
-    let runtime = guard.0.clone();
+    let runtime = guard.path.clone();
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let before = fds();
     // No such program; a program that exits at once instead of serving; a bad id.

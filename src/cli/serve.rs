@@ -84,12 +84,7 @@ impl ServeArgs {
         };
         let mut limits = Limits::default();
         limits.drain_timeout = self.drain_timeout.unwrap_or(limits.drain_timeout);
-        let mut relay = crate::relay::Config::default();
-        relay.buffer_bytes = self.buffer_bytes.unwrap_or(relay.buffer_bytes);
-        relay.lag_limit = self
-            .lag_limit
-            .unwrap_or_else(|| relay.buffer_bytes.saturating_sub(relay.max_read));
-        relay.validate()?;
+        let relay = crate::relay::Config::sized(self.buffer_bytes, self.lag_limit)?;
         Ok(Config {
             tty,
             stdin_to_fd: stdin,

@@ -13,7 +13,7 @@ use crate::wire::message::mesos::ContainerId;
 use crate::wire::message::mesos::agent::call::{AttachContainerInput, attach_container_input};
 use crate::wire::message::mesos::agent::process_io::{self, Control, Data, control};
 use crate::wire::message::mesos::agent::{Call, ProcessIo, call};
-use crate::wire::message::mesos::{DurationInfo, TtyInfo, tty_info};
+use crate::wire::message::mesos::{TtyInfo, tty_info};
 use crate::wire::message::{self, Format};
 use crate::wire::recordio;
 
@@ -70,19 +70,20 @@ fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
 }
 
 /// A response head: status and headers (lower-case names).
-struct Head {
-    status: u16,
-    headers: Vec<(String, String)>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
-/// Reads a response head; bytes after it stay in `buf`.
-fn read_head(sock: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Head, ClientError> {
+/// Reads a response head, skipping interim 100 responses; bytes after it stay in `buf`.
+pub fn read_head(sock: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Head, ClientError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
@@ -287,19 +288,7 @@ pub fn resize(rows: u16, columns: u16) -> ProcessIo {
 
 /// A HEARTBEAT record.
 pub fn heartbeat(interval: std::time::Duration) -> ProcessIo {
-    ProcessIo {
-        r#type: Some(process_io::Type::Control as i32),
-        data: None,
-        control: Some(Control {
-            r#type: Some(control::Type::Heartbeat as i32),
-            tty_info: None,
-            heartbeat: Some(control::Heartbeat {
-                interval: Some(DurationInfo {
-                    nanoseconds: interval.as_nanos().min(i64::MAX as u128) as i64,
-                }),
-            }),
-        }),
-    }
+    crate::wire::message::heartbeat_message(interval.as_nanos().min(i64::MAX as u128) as i64)
 }
 
 /// An input stream (`ATTACH_CONTAINER_INPUT`): records go out as they are sent, one HTTP
@@ -342,10 +331,18 @@ impl InputStream {
         })
     }
 
-    /// Ends the body and reads the answer: `Ok` for 200, the refusal otherwise.
+    /// Ends the body and reads the answer: `Ok` for 200, the refusal otherwise. A server
+    /// that answered early (a refusal) may have closed the connection already: its answer
+    /// is read all the same.
     pub fn finish(mut self) -> Result<(), ClientError> {
-        self.end()?;
-        self.response()
+        match self.end() {
+            Ok(()) => self.response(),
+            Err(e) if closed_early(&e) => self.response().map_err(|r| match r {
+                ClientError::Gone | ClientError::Io(_) => ClientError::Io(e),
+                refused => refused,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ends the body (the answer is read by whoever reads [`InputStream::response`]).
@@ -372,6 +369,11 @@ impl InputStream {
     pub fn abort(&self) {
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// Whether a write failed because the server closed the connection (after answering).
+fn closed_early(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
 }
 
 /// Acknowledges an input response (PROTOCOL.md §2.6), as the agent does after each.
@@ -406,8 +408,11 @@ pub enum Probe {
 /// terminal (a resize on a pipe is refused with `Inappropriate ioctl`). Acknowledged.
 pub fn probe(socket: &Path, size: Option<(u16, u16)>) -> Result<Probe, ClientError> {
     let mut input = InputStream::open(socket)?;
-    if let Some((rows, columns)) = size {
-        input.send(resize(rows, columns))?;
+    if let Some((rows, columns)) = size
+        && let Err(e) = input.send(resize(rows, columns))
+        && !closed_early(&e)
+    {
+        return Err(e.into());
     }
     let answer = input.finish();
     acknowledge(socket)?;

@@ -60,6 +60,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The defaults with the given buffer size and lag limit (by default, one read less
+    /// than the buffer), checked.
+    pub fn sized(buffer_bytes: Option<usize>, lag_limit: Option<usize>) -> Result<Config, String> {
+        let mut c = Config::default();
+        c.buffer_bytes = buffer_bytes.unwrap_or(c.buffer_bytes);
+        c.lag_limit = lag_limit.unwrap_or_else(|| c.buffer_bytes.saturating_sub(c.max_read));
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Checks that the limits fit together.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_read == 0 || self.max_record == 0 || self.max_records == 0 || self.max_send_segments < 4 {

@@ -102,12 +102,7 @@ impl Config {
         limits.head_timeout = t.head_timeout.unwrap_or(limits.head_timeout);
         limits.block_timeout = t.block_timeout.unwrap_or(limits.block_timeout);
         limits.ack_timeout = t.ack_timeout.unwrap_or(limits.ack_timeout);
-        let mut relay = relay::Config::default();
-        relay.buffer_bytes = t.buffer_bytes.unwrap_or(relay.buffer_bytes);
-        relay.lag_limit = t
-            .lag_limit
-            .unwrap_or_else(|| relay.buffer_bytes.saturating_sub(relay.max_read));
-        relay.validate()?;
+        let relay = relay::Config::sized(t.buffer_bytes, t.lag_limit)?;
         Ok(Config {
             tty: f.tty,
             stdin_to_fd: f.stdin_to_fd,

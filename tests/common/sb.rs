@@ -71,6 +71,33 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A temporary runtime directory that, when the test ends however it ends, SIGKILLs
+/// every switchboard and container recorded under it (directly, or under the
+/// `switchboard/` directory `run` makes in `$XDG_RUNTIME_DIR`), by pid and start time,
+/// and is removed.
+pub struct Runtime {
+    pub path: PathBuf,
+}
+
+impl Runtime {
+    pub fn new(tag: &str) -> Runtime {
+        Runtime { path: temp_dir(tag) }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for dir in [self.path.clone(), self.path.join("switchboard")] {
+            for entry in switchboard::agent::supervisor::list(&dir) {
+                for process in [entry.info.container(), entry.info.server()].into_iter().flatten() {
+                    process.signal(nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 impl Sb {
     pub fn start(opts: Opts) -> Sb {
         let dir = temp_dir("server");
@@ -279,36 +306,9 @@ impl Response {
 
 /// Reads one response head from `s` (bytes after it stay in `rest`).
 pub fn read_head(s: &mut UnixStream, rest: &mut Vec<u8>) -> Option<(u16, Vec<(String, String)>)> {
-    let mut buf = std::mem::take(rest);
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(n) = resp.parse(&buf).unwrap() {
-            let status = resp.code.unwrap();
-            let hs = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            *rest = buf[n..].to_vec();
-            // Skip interim 100 Continue responses.
-            if status == 100 {
-                buf = std::mem::take(rest);
-                continue;
-            }
-            return Some((status, hs));
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    switchboard::client::read_head(s, rest)
+        .ok()
+        .map(|h| (h.status, h.headers))
 }
 
 /// Reads a whole response: fixed (`Content-Length`) or chunked to its end.

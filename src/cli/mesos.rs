@@ -135,6 +135,13 @@ pub const SPECS: &[Spec] = &[
         help: "Open connections at most; more are closed at once (default: 4096).",
     },
     Spec {
+        name: "allowed_uids",
+        kind: Kind::String,
+        help: "Comma-separated user ids that may connect besides this process's own\n\
+               user; others are answered 403. The socket is then created with mode\n\
+               0666 instead of 0600. Off by default.",
+    },
+    Spec {
         name: "max_record",
         kind: Kind::Int,
         help: "Largest record of an input stream, in bytes (default: 1048576).",
@@ -152,6 +159,7 @@ pub struct Tuning {
     pub head_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_record: Option<usize>,
+    pub allowed_uids: Option<Vec<u32>>,
 }
 
 /// The validated flags of one server.
@@ -238,6 +246,7 @@ pub fn parse(args: &[String]) -> Parsed {
                 head_timeout: f.duration("head_timeout"),
                 max_connections: positive(f, "max_connections")?,
                 max_record: positive(f, "max_record")?,
+                allowed_uids: f.string("allowed_uids").map(parse_uids).transpose()?,
             },
         })
     })();
@@ -248,6 +257,18 @@ pub fn parse(args: &[String]) -> Parsed {
 }
 
 /// A limit flag, which must be positive when given.
+/// A comma-separated list of numeric user ids.
+fn parse_uids(list: &str) -> Result<Vec<u32>, String> {
+    list.split(',')
+        .map(|u| u.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            usage(Some(&format!(
+                "Flag 'allowed_uids' must be user ids separated by commas, not '{list}'"
+            ))) + "\n"
+        })
+}
+
 fn positive(f: &stout::Loaded, name: &str) -> Result<Option<usize>, String> {
     match f.int(name) {
         None => Ok(None),

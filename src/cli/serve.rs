@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// How long clients get to take the end of their streams at exit.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Users (numeric ids, comma-separated) who may connect besides this process's own;
+    /// others are answered 403. The socket is then created with mode 0666, not 0600.
+    #[arg(long, value_name = "UID,...", value_delimiter = ',')]
+    pub allowed_uids: Option<Vec<u32>>,
     /// Write diagnostics to this file (never to stdout or stderr).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
@@ -95,6 +99,7 @@ impl ServeArgs {
             wait_for_connection: self.wait_for_connection,
             socket: self.socket.clone(),
             heartbeat_interval: self.heartbeat,
+            allowed_uids: self.allowed_uids.clone(),
             limits,
             relay,
             lag_policy: Default::default(),

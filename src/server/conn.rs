@@ -134,6 +134,8 @@ struct Conn {
     eof: bool,
     /// Where this connection's input request stands with its acknowledgement.
     ack: Ack,
+    /// Its peer is not among `--allowed_uids`: its request is answered 403.
+    forbidden: bool,
 }
 
 /// An input request that got past its first record is acknowledged by its client once
@@ -222,8 +224,9 @@ fn conn<'a>(ctx: &'a mut Ctx<'_>, i: u32) -> &'a mut Conn {
         .expect("an operation completed for a connection that exists")
 }
 
-/// A new connection.
-pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd) {
+/// A new connection; the request of one whose peer is not `allowed` is answered 403 once
+/// its head is in (answering at once would race the client's sending).
+pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
     let i = match ctx.conns.free.pop() {
         Some(i) => i,
         None => {
@@ -242,6 +245,7 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd) {
         state: State::Idle,
         eof: false,
         ack: Ack::None,
+        forbidden: !allowed,
     });
     ctx.conns.count += 1;
     start_timer(ctx, i, ctx.config.limits.head_timeout);
@@ -451,6 +455,9 @@ fn at_eof(ctx: &mut Ctx<'_>, i: u32) -> bool {
 fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
     stop_timer(ctx, i);
     tracing::debug!("{} {} on connection {i}", head.method, head.target);
+    if conn(ctx, i).forbidden {
+        return respond(ctx, i, 403, "This user may not use the io switchboard", true);
+    }
     let route = match media::route(&head) {
         Ok(r) => r,
         Err(e) => return refuse(ctx, i, e),
@@ -458,6 +465,19 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
     let keep_alive = head.keep_alive;
     let has_body = head.body != http::BodyLength::Length(0);
     let max_record = ctx.config.limits.max_record;
+    let limit = ctx.config.limits.max_call_body;
+    if let (
+        Route::Call {
+            body: BodyFormat::Single(_),
+            ..
+        },
+        http::BodyLength::Length(n),
+    ) = (&route, head.body)
+        && n > limit as u64
+    {
+        // Refused before a byte of it is read.
+        return respond(ctx, i, 413, &format!("The request body exceeds {limit} bytes"), true);
+    }
     let c = conn(ctx, i);
     if head.expect_continue && has_body {
         c.sendq.push_back(http::CONTINUE.to_vec());
@@ -612,6 +632,11 @@ fn process_input(ctx: &mut Ctx<'_>, i: u32) -> bool {
         return apply(ctx, i, action);
     }
     let record = match input.records.decode(input.body.data()) {
+        // A record past our limit is not malformed, only too large (Mesos has no limit).
+        Err(e @ recordio::Error::TooLarge { .. }) => {
+            respond(ctx, i, 413, &e.to_string(), true);
+            return true;
+        }
         Err(e) => {
             respond(ctx, i, 500, &format!("Decoder failure: {e}"), true);
             return true;

@@ -84,6 +84,9 @@ pub struct Config {
     pub wait_for_connection: bool,
     pub socket: PathBuf,
     pub heartbeat_interval: Option<Duration>,
+    /// Users who may connect besides our own (SO_PEERCRED); others get 403. With a list,
+    /// the socket is created with mode 0666 instead of 0600 (the check is ours, then).
+    pub allowed_uids: Option<Vec<u32>>,
     pub limits: Limits,
     pub relay: relay::Config,
     pub lag_policy: LagPolicy,
@@ -113,6 +116,7 @@ impl Config {
             wait_for_connection: f.wait_for_connection,
             socket: f.socket_address.clone(),
             heartbeat_interval: f.heartbeat_interval,
+            allowed_uids: t.allowed_uids.clone(),
             limits,
             relay,
             lag_policy: LagPolicy::default(),
@@ -128,6 +132,22 @@ pub enum Exit {
     Done,
     /// A stream or logger failed: exit 1, with Mesos's message.
     Failed(String),
+}
+
+/// Raises the soft limit on open descriptors towards the hard one, enough for
+/// `connections` clients besides our own descriptors (the usual soft limit of 1024 is
+/// below the default of 4096 connections). Best effort: a lower limit only means accept
+/// fails with EMFILE sooner, which is handled.
+fn raise_fd_limit(connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let want = (connections as u64).saturating_add(64).min(hard);
+    if want > soft {
+        match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            Ok(()) => tracing::debug!("raised the descriptor limit from {soft} to {want}"),
+            Err(e) => tracing::warn!("cannot raise the descriptor limit from {soft}: {e}"),
+        }
+    }
 }
 
 /// The size container pipes are raised to.
@@ -227,7 +247,9 @@ impl Server {
         let output = Output::new(config.relay, sources, loggers, options)?;
         // The socket comes last: once its path exists, the agent connects, so everything
         // that could still fail has been checked.
-        let listener = socket::listen_at(&config.socket, config.limits.backlog)
+        raise_fd_limit(config.limits.max_connections);
+        let mode = if config.allowed_uids.is_some() { 0o666 } else { 0o600 };
+        let listener = socket::listen_at(&config.socket, config.limits.backlog, mode)
             .map_err(|e| format!("Failed to create the io switchboard server: {e}"))?;
         let listener = ring.adopt(listener);
         let conns = Conns::new(stdin, config.tty);
@@ -400,9 +422,10 @@ impl Server {
                     tracing::warn!("refusing a connection: {count} are open");
                     drop(fd);
                 } else {
+                    let allowed = self.peer_allowed(&fd);
                     let fd = self.ring.adopt(fd);
                     let mut ctx = self.ctx();
-                    conn::accepted(&mut ctx, fd);
+                    conn::accepted(&mut ctx, fd, allowed);
                 }
             }
             _ if c.res == -libc::ECANCELED || self.terminating => {}
@@ -423,6 +446,26 @@ impl Server {
         }
         if !c.more {
             self.arm_accept();
+        }
+    }
+
+    /// Whether the peer of a new connection may use it: always without `allowed_uids`;
+    /// with it, our own user and the listed ones (by SO_PEERCRED, taken at connect time).
+    fn peer_allowed(&self, fd: &OwnedFd) -> bool {
+        let Some(allowed) = &self.config.allowed_uids else { return true };
+        match nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(cred) => {
+                let uid = cred.uid();
+                let ok = uid == nix::unistd::geteuid().as_raw() || allowed.contains(&uid);
+                if !ok {
+                    tracing::warn!("refusing a connection from uid {uid} (pid {})", cred.pid());
+                }
+                ok
+            }
+            Err(e) => {
+                tracing::warn!("refusing a connection whose peer is unknown: {e}");
+                false
+            }
         }
     }
 

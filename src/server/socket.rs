@@ -2,7 +2,7 @@
 //! then rename to `<path>`, so the final path appears only once connections work. Unlike
 //! Mesos we remove a stale provisional file first, and create the socket with mode 0600
 //! (umask 0177 around the bind), so it is never reachable by other users, not even for a
-//! moment.
+//! moment. With `--allowed_uids` it is born 0666 and the server checks each peer instead.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -22,7 +22,7 @@ pub fn provisional(path: &Path) -> PathBuf {
 }
 
 /// Creates the listening socket at `path`; errors carry Mesos's texts where it has them.
-pub fn listen_at(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
+pub fn listen_at(path: &Path, backlog: i32, mode: u32) -> io::Result<OwnedFd> {
     let temp = provisional(path);
     if temp.as_os_str().len() >= SUN_PATH {
         return Err(io::Error::new(
@@ -37,7 +37,7 @@ pub fn listen_at(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let old = umask(Mode::from_bits_truncate(0o177));
+    let old = umask(Mode::from_bits_truncate(!mode & 0o777));
     let bound = bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr);
     umask(old);
     bound.map_err(|e| {
@@ -69,14 +69,14 @@ mod tests {
         let path = dir.join("s");
         // A stale provisional file does not stop us.
         std::fs::write(provisional(&path), b"stale").unwrap();
-        let _fd = listen_at(&path, 16).unwrap();
+        let _fd = listen_at(&path, 16, 0o600).unwrap();
         assert!(!provisional(&path).exists());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         std::os::unix::net::UnixStream::connect(&path).unwrap();
         let long = dir.join("x".repeat(100));
         assert_eq!(
-            listen_at(&long, 16).unwrap_err().to_string(),
+            listen_at(&long, 16, 0o600).unwrap_err().to_string(),
             "Path too long, must be less than 108 bytes"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -252,7 +252,11 @@ enum ChunkState {
         size: u64,
         digits: u8,
     },
-    /// After the size: optional whitespace and extensions up to CR.
+    /// Whitespace after the size: then `;` (extensions) or CR.
+    SizeWs {
+        size: u64,
+    },
+    /// Extensions, up to CR.
     Extension {
         size: u64,
     },
@@ -337,10 +341,24 @@ impl ChunkedDecoder {
                         return Err(bad("missing chunk size"));
                     } else if b == b'\r' {
                         ChunkState::SizeLf { size }
-                    } else if b == b';' || b == b' ' || b == b'\t' {
+                    } else if b == b';' {
                         ChunkState::Extension { size }
+                    } else if b == b' ' || b == b'\t' {
+                        ChunkState::SizeWs { size }
                     } else {
                         return Err(bad("invalid chunk size"));
+                    }
+                }
+                ChunkState::SizeWs { size } => {
+                    self.line += 1;
+                    if self.line > self.max_line {
+                        return Err(bad("chunk size line too long"));
+                    }
+                    match b {
+                        b' ' | b'\t' => ChunkState::SizeWs { size },
+                        b';' => ChunkState::Extension { size },
+                        b'\r' => ChunkState::SizeLf { size },
+                        _ => return Err(bad("invalid chunk size")),
                     }
                 }
                 ChunkState::Extension { size } => {
@@ -733,6 +751,9 @@ mod tests {
         assert_eq!(bad(b"4\r\nWikiXX"), 400);
         assert_eq!(bad(b"11111111111111111\r\n"), 400);
         assert_eq!(bad(b"0\r\nX: 1\n"), 400);
+        assert_eq!(bad(b"1 0\r\n"), 400, "whitespace inside the size");
+        // Whitespace before the extensions or the line end is allowed (BWS).
+        assert_eq!(decode_chunked(b"2 \t;a=b\r\nhi\r\n0 \r\n\r\n", &l).unwrap().0, b"hi");
         let tight = Limits {
             max_chunk_line: 8,
             max_trailer_bytes: 8,

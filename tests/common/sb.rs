@@ -3,14 +3,17 @@
 //! on fds 1 and 2, and the agent's sorted `--name=value` argv including `--help=false`.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use switchboard::wire::http::{ChunkedDecoder, Limits};
 
 use super::pipe;
@@ -28,6 +31,8 @@ pub struct Opts {
     /// stdin_to_fd is a regular file (Mesos's AttachInput test).
     pub stdin_file: bool,
     pub extra: Vec<String>,
+    /// Start it under `prlimit --nofile=N:N` (a soft and hard limit on descriptors).
+    pub nofile: Option<u64>,
 }
 
 /// A running switchboard and the container side of its fds.
@@ -43,17 +48,35 @@ pub struct Sb {
     pub stdout_log: Arc<Mutex<Vec<u8>>>,
     pub stderr_log: Arc<Mutex<Vec<u8>>>,
     loggers: Vec<std::thread::JoinHandle<()>>,
+    /// What the logger does (`LOGGER_*`).
+    pub logger: Arc<AtomicU8>,
     pub stdin_path: Option<PathBuf>,
 }
 
-fn collect(fd: OwnedFd) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+/// What the logger (the reader of fds 1 and 2) does: reads, pauses, or closes its pipes.
+pub const LOGGER_READS: u8 = 0;
+pub const LOGGER_PAUSED: u8 = 1;
+pub const LOGGER_CLOSED: u8 = 2;
+
+fn collect(fd: OwnedFd, control: Arc<AtomicU8>) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = out.clone();
     let h = std::thread::spawn(move || {
-        let mut f = std::fs::File::from(fd);
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            match f.read(&mut buf) {
+            match control.load(Ordering::SeqCst) {
+                LOGGER_CLOSED => break,
+                LOGGER_PAUSED => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                _ => {}
+            }
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(20u8)).unwrap_or(0) == 0 {
+                continue;
+            }
+            match nix::unistd::read(&fd, &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
             }
@@ -182,7 +205,14 @@ impl Sb {
             args.push(format!("--log_file={}", dir.join("diagnostics.log").display()));
             args.push("--log_level=debug".into());
         }
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_w))
@@ -190,8 +220,9 @@ impl Sb {
         cmd.fd_mappings(mappings).unwrap();
         let child = cmd.spawn().unwrap();
         drop(cmd);
-        let (stdout_log, h1) = collect(out_r);
-        let (stderr_log, h2) = collect(err_r);
+        let logger = Arc::new(AtomicU8::new(LOGGER_READS));
+        let (stdout_log, h1) = collect(out_r, logger.clone());
+        let (stderr_log, h2) = collect(err_r, logger.clone());
         let sb = Sb {
             child,
             dir,
@@ -202,6 +233,7 @@ impl Sb {
             stdout_log,
             stderr_log,
             loggers: vec![h1, h2],
+            logger,
             stdin_path,
         };
         sb.wait_for_socket();
@@ -260,6 +292,42 @@ impl Sb {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
 
+    /// The logger stops reading (`LOGGER_PAUSED`), reads again, or closes its pipes.
+    pub fn set_logger(&self, state: u8) {
+        self.logger.store(state, Ordering::SeqCst);
+    }
+
+    /// Whether both logger readers have stopped (and closed their pipes).
+    pub fn logger_closed(&self) -> bool {
+        self.loggers.iter().all(|h| h.is_finished())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// How many descriptors the server holds.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
+    /// CPU time the server used so far (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// The server's resident set size, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -267,6 +335,7 @@ impl Sb {
 
 impl Drop for Sb {
     fn drop(&mut self) {
+        self.set_logger(LOGGER_CLOSED);
         // A test that starts a process ends it, by its pid.
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();

@@ -551,3 +551,77 @@ fn a_bad_allowed_uids_list_is_a_usage_error() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Every limit has a flag.
+
+#[test]
+fn limit_flags_take_effect() {
+    within(60, || {
+        let limits = [
+            "--max_head_bytes=512",
+            "--max_headers=8",
+            "--max_chunk_line=16",
+            "--max_trailer_bytes=16",
+            "--max_call_body=100",
+            "--max_record=300",
+            "--input_buffer=65536",
+        ];
+        let mut sb = Sb::start(Opts {
+            extra: limits.iter().map(|s| s.to_string()).collect(),
+            ..Opts::default()
+        });
+        let status = |bytes: Vec<u8>| exchange(&sb.socket, &bytes).map(|r| r.status);
+        let head = |extra: &str| format!("POST / HTTP/1.1\r\n{JSON}\r\n{extra}Content-Length: 0\r\n\r\n").into_bytes();
+        assert_eq!(status(head(&format!("X: {}\r\n", "a".repeat(500)))), Some(431));
+        assert_eq!(
+            status(head(&(0..7).map(|i| format!("X{i}: 1\r\n")).collect::<String>())),
+            Some(431)
+        );
+        assert_eq!(status(post("/", &[JSON], &[b' '; 101])), Some(413));
+        assert_eq!(
+            status([input_head(false), b"5;aaaaaaaaaaaaaaaaaaaa\r\n".to_vec()].concat()),
+            Some(400)
+        );
+        assert_eq!(
+            status([input_head(false), b"0\r\nT: aaaaaaaaaaaaaaaaaaaa\r\n\r\n".to_vec()].concat()),
+            Some(400)
+        );
+        assert_eq!(status(later(&stdin_record(&[b'x'; 300]))), Some(413));
+        assert_eq!(status(ack_request(false)), Some(200));
+        // Under the limits: served.
+        assert_eq!(status(later(&stdin_record(b"fits\n"))), Some(200));
+        let mut got = [0u8; 5];
+        nix::unistd::read(sb.stdin.as_ref().unwrap(), &mut got).unwrap();
+        assert_eq!(&got, b"fits\n");
+        // A container that does not read its stdin: the server reads at most 64 KiB of
+        // input ahead, so the client's writes stall well under 1 MiB (socket buffers and
+        // the 64 KiB pipe included).
+        let mut s = sb.connect();
+        s.write_all(&input_head(false)).unwrap();
+        s.write_all(&record(FIRST_RECORD)).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+        let rec = record(&stdin_record(&[b'y'; 64]));
+        let mut sent = 0;
+        while sent < 8 << 20 {
+            match s.write(&rec) {
+                Ok(n) => sent += n,
+                // Stalled: the server stopped reading.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("writing input: {e}"),
+            }
+        }
+        eprintln!("{sent} bytes of input taken while the container reads nothing");
+        assert!(
+            sent < 1 << 20,
+            "{sent} bytes of input taken while the container reads nothing"
+        );
+        drop(s);
+        // The two input requests answered above are acknowledged.
+        for _ in 0..2 {
+            assert_eq!(status(ack_request(false)), Some(200));
+        }
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}

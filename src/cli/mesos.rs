@@ -135,6 +135,41 @@ pub const SPECS: &[Spec] = &[
         help: "Open connections at most; more are closed at once (default: 4096).",
     },
     Spec {
+        name: "max_head_bytes",
+        kind: Kind::Int,
+        help: "Largest request head (request line and headers), in bytes; larger\n\
+               heads get 431 (default: 16384).",
+    },
+    Spec {
+        name: "max_headers",
+        kind: Kind::Int,
+        help: "Most header fields in a request head; more get 431 (default: 64).",
+    },
+    Spec {
+        name: "max_chunk_line",
+        kind: Kind::Int,
+        help: "Longest chunk-size line of a chunked body, extensions included, in\n\
+               bytes; longer ones get 400 (default: 1024).",
+    },
+    Spec {
+        name: "max_trailer_bytes",
+        kind: Kind::Int,
+        help: "Largest trailer section of a chunked body, in bytes; larger ones get\n\
+               400 (default: 8192).",
+    },
+    Spec {
+        name: "max_call_body",
+        kind: Kind::Int,
+        help: "Largest body of an ATTACH_CONTAINER_OUTPUT call, in bytes; larger ones\n\
+               get 413 (default: 65536).",
+    },
+    Spec {
+        name: "input_buffer",
+        kind: Kind::Int,
+        help: "Input bytes read ahead of a container that is slow to read its stdin;\n\
+               past it the input connection is not read (default: 1048576).",
+    },
+    Spec {
         name: "allowed_uids",
         kind: Kind::String,
         help: "Comma-separated user ids that may connect besides this process's own\n\
@@ -159,6 +194,12 @@ pub struct Tuning {
     pub head_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_record: Option<usize>,
+    pub max_head_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_chunk_line: Option<usize>,
+    pub max_trailer_bytes: Option<usize>,
+    pub max_call_body: Option<usize>,
+    pub input_buffer: Option<usize>,
     pub allowed_uids: Option<Vec<u32>>,
 }
 
@@ -246,6 +287,12 @@ pub fn parse(args: &[String]) -> Parsed {
                 head_timeout: f.duration("head_timeout"),
                 max_connections: positive(f, "max_connections")?,
                 max_record: positive(f, "max_record")?,
+                max_head_bytes: positive(f, "max_head_bytes")?,
+                max_headers: positive(f, "max_headers")?,
+                max_chunk_line: positive(f, "max_chunk_line")?,
+                max_trailer_bytes: positive(f, "max_trailer_bytes")?,
+                max_call_body: positive(f, "max_call_body")?,
+                input_buffer: positive(f, "input_buffer")?,
                 allowed_uids: f.string("allowed_uids").map(parse_uids).transpose()?,
             },
         })

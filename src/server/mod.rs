@@ -105,6 +105,13 @@ impl Config {
         limits.head_timeout = t.head_timeout.unwrap_or(limits.head_timeout);
         limits.block_timeout = t.block_timeout.unwrap_or(limits.block_timeout);
         limits.ack_timeout = t.ack_timeout.unwrap_or(limits.ack_timeout);
+        limits.max_call_body = t.max_call_body.unwrap_or(limits.max_call_body);
+        limits.input_buffer = t.input_buffer.unwrap_or(limits.input_buffer);
+        let http = &mut limits.http;
+        http.max_head_bytes = t.max_head_bytes.unwrap_or(http.max_head_bytes);
+        http.max_headers = t.max_headers.unwrap_or(http.max_headers);
+        http.max_chunk_line = t.max_chunk_line.unwrap_or(http.max_chunk_line);
+        http.max_trailer_bytes = t.max_trailer_bytes.unwrap_or(http.max_trailer_bytes);
         let relay = relay::Config::sized(t.buffer_bytes, t.lag_limit)?;
         Ok(Config {
             tty: f.tty,

@@ -625,3 +625,71 @@ fn limit_flags_take_effect() {
         assert!(sb.wait(30).success());
     });
 }
+
+/// Run as another user by `refused_peers_cannot_lock_out_allowed_ones`: holds 200
+/// connections to the socket in SB_HOLD until killed.
+#[test]
+fn hold_connections() {
+    let Some(socket) = std::env::var_os("SB_HOLD") else { return };
+    let held: Vec<UnixStream> = (0..200).filter_map(|_| UnixStream::connect(&socket).ok()).collect();
+    println!("held {}", held.len());
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A child process killed and reaped (by pid) however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn refused_peers_cannot_lock_out_allowed_ones() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        // Connecting as another user needs root; without it only our own user connects.
+        return;
+    }
+    within(60, || {
+        let extra = vec!["--allowed_uids=4242".to_string(), "--max_connections=20".to_string()];
+        let mut sb = Sb::start(Opts {
+            extra,
+            ..Opts::default()
+        });
+        std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let baseline = sb.fd_count();
+        let mut holder = Reaped(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "hold_connections", "--nocapture", "--test-threads=1"])
+                .env("SB_HOLD", &sb.socket)
+                .uid(65534)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = std::io::BufReader::new(holder.0.stdout.take().unwrap()).lines();
+        let held = loop {
+            let line = lines.next().expect("the holder ended early").unwrap();
+            if let Some(n) = line.split("held ").nth(1) {
+                break n.trim().parse::<usize>().unwrap();
+            }
+        };
+        assert_eq!(held, 200, "the backlog takes them all");
+        // At most 64 of them are kept (to be told 403), none for long, and our own user
+        // is served all along, though max_connections is 20.
+        for _ in 0..5 {
+            assert_eq!(exchange(&sb.socket, &ack_request(false)).map(|r| r.status), Some(200));
+            assert!(sb.fd_count() <= baseline + 64 + 2, "{} descriptors", sb.fd_count());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        drop(holder);
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}

@@ -129,6 +129,8 @@ fn recovery_after_the_supervisor_is_killed() {
         kill(Pid::from_raw(dead_server), Signal::SIGKILL).unwrap();
         std::thread::sleep(Duration::from_millis(200));
 
+        // A launch still starting (no record yet) is left alone.
+        std::fs::create_dir(runtime.join("starting")).unwrap();
         let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
         let recovery = sup.recover(&["kept", "dead"]);
         assert_eq!(recovery.adopted, ["kept"]);
@@ -137,6 +139,10 @@ fn recovery_after_the_supervisor_is_killed() {
         // The orphan's container and switchboard are gone, with their records.
         assert!(!runtime.join("orphan").exists());
         assert!(kill(Pid::from_raw(orphan_container), None).is_err() || is_zombie(orphan_container));
+        assert!(runtime.join("starting").exists());
+        // The dead one's records can be cleaned up.
+        assert_eq!(sup.cleanup("dead").unwrap(), Ended::AlreadyGone);
+        assert!(!runtime.join("dead").exists());
 
         // Attach again: the output goes on.
         let socket = sup.info("kept").unwrap().socket.clone();
@@ -386,4 +392,62 @@ fn a_failed_prepare_leaves_no_descriptor_process_or_file() {
     assert!(sup.is_running("c"));
     kill(Pid::from_raw(container), Signal::SIGKILL).unwrap();
     assert!(matches!(sup.cleanup("c").unwrap(), Ended::Exited(Some(_))));
+}
+
+#[test]
+fn stop_ends_the_containers_children_too() {
+    within(60, || {
+        let guard = Runtime::new("supervisor-group");
+        let runtime = guard.path.clone();
+        // The container's child holds its stdout as well.
+        let out = Command::new(BIN)
+            .args(["run", "--detach", "--name", "tree", "--runtime-dir"])
+            .arg(&runtime)
+            .args(["--", "sh", "-c", "sleep 1000 & wait"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let container = container_pid(&runtime, "tree");
+        let mut child = None;
+        for _ in 0..200 {
+            let children = std::fs::read_to_string(format!("/proc/{container}/task/{container}/children")).unwrap();
+            if let Some(pid) = children.split_whitespace().next() {
+                child = Some(pid.parse::<i32>().unwrap());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let child = ProcessId::of(child.expect("the container's child")).unwrap();
+        let started = Instant::now();
+        let stop = Command::new(BIN)
+            .args(["stop", "tree", "--grace", "2s", "--timeout", "2s", "--runtime-dir"])
+            .arg(&runtime)
+            .output()
+            .unwrap();
+        assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+        // The whole group went at SIGTERM: the switchboard saw the end of the output and
+        // exited by itself, well within the grace periods.
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(!child.is_alive(), "the container's child outlived stop");
+        assert!(!runtime.join("tree").exists());
+    });
+}
+
+#[test]
+fn a_command_that_cannot_start_fails_at_once() {
+    within(30, || {
+        let guard = Runtime::new("supervisor-nocmd");
+        let started = Instant::now();
+        let out = Command::new(BIN)
+            .args(["run", "--runtime-dir"])
+            .arg(&guard.path)
+            .args(["--", "/nonexistent/command"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(127));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start /nonexistent/command"));
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(agent::supervisor::list(&guard.path).is_empty(), "nothing left behind");
+    });
 }

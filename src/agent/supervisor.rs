@@ -59,13 +59,22 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// The start time of `pid` (field 22 of `/proc/<pid>/stat`), if it is running.
+/// The state and start time of `pid` (fields 3 and 22 of `/proc/<pid>/stat`), if it
+/// exists. The command name before them is in parentheses and may hold spaces, or bytes
+/// that are not UTF-8: fields are counted after the last ')'.
+fn stat(pid: i32) -> Option<(u8, u64)> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.iter().rposition(|&b| b == b')')? + 2..)?;
+    let rest = std::str::from_utf8(rest).ok()?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.bytes().next()?;
+    // `fields` now starts at field 4; the start time is field 22.
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
+/// The start time of `pid` (clock ticks after boot), if it is running.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // `rest` starts at field 3 (state); the start time is field 22.
-    rest.split(' ').nth(19)?.parse().ok()
+    stat(pid).map(|(_, start)| start)
 }
 
 impl ProcessId {
@@ -79,14 +88,27 @@ impl ProcessId {
 
     /// Whether this very process still runs (not a zombie, not a reused pid).
     pub fn is_alive(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
-        let state = stat.rfind(')').and_then(|i| stat.as_bytes().get(i + 2)).copied();
-        state != Some(b'Z') && start_time(self.pid) == Some(self.start_time)
+        stat(self.pid).is_some_and(|(state, start)| state != b'Z' && start == self.start_time)
     }
 
     /// Sends `signal` if this very process still runs.
     pub fn signal(&self, signal: Signal) -> bool {
         self.is_alive() && kill(Pid::from_raw(self.pid), signal).is_ok()
+    }
+
+    /// Sends `signal` to this process's group if it leads one (a container started in a
+    /// session of its own, whose children hold its stdio too), else to the process; only
+    /// if this very process still runs.
+    pub fn signal_group(&self, signal: Signal) -> bool {
+        if !self.is_alive() {
+            return false;
+        }
+        let pid = Pid::from_raw(self.pid);
+        if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
+            nix::sys::signal::killpg(pid, signal).is_ok()
+        } else {
+            kill(pid, signal).is_ok()
+        }
     }
 }
 
@@ -206,10 +228,17 @@ impl Supervisor {
             id: id.to_string(),
             error,
         })?;
-        let server = ProcessId::of(prepared.server.id() as i32).ok_or_else(|| SupervisorError::Prepare {
-            id: id.to_string(),
-            error: io::Error::other("the switchboard exited at once"),
-        })?;
+        let Some(server) = ProcessId::of(prepared.server.id() as i32) else {
+            // It exited at once: nothing of it may stay behind.
+            let mut prepared = prepared;
+            let _ = prepared.server.kill();
+            let _ = prepared.server.wait();
+            remove_state(&prepared.dir, &prepared.info);
+            return Err(SupervisorError::Prepare {
+                id: id.to_string(),
+                error: io::Error::other("the switchboard exited at once"),
+            });
+        };
         self.tracked.insert(
             id.to_string(),
             Tracked {
@@ -346,8 +375,13 @@ impl Supervisor {
             let info = match Info::load(&dir) {
                 Ok(info) => info,
                 Err(_) => {
-                    // A launch that died before it recorded anything.
-                    if !known.contains(&name.as_str()) {
+                    // A launch that died before it recorded anything (one still starting,
+                    // younger than a minute, is left alone).
+                    let young = d
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().map_or(true, |age| age < Duration::from_secs(60)));
+                    if !young && !known.contains(&name.as_str()) {
                         let _ = std::fs::remove_dir_all(&dir);
                         recovery.orphans.push(name);
                     }
@@ -370,14 +404,29 @@ impl Supervisor {
                             },
                         );
                     }
-                    None => recovery.gone.push(info.id.clone()),
+                    None => {
+                        // Tracked without a process, so that `cleanup` removes its state.
+                        recovery.gone.push(info.id.clone());
+                        let server = ProcessId {
+                            pid: info.server_pid,
+                            start_time: u64::MAX,
+                        };
+                        let t = Tracked {
+                            dir,
+                            info,
+                            server,
+                            child: None,
+                            status: None,
+                        };
+                        self.tracked.insert(t.info.id.clone(), t);
+                    }
                 }
                 continue;
             }
             // An orphan: its container is stopped first (it has nobody to serve it), then
             // its switchboard, as a cleanup does.
             if let Some(container) = info.container() {
-                container.signal(Signal::SIGKILL);
+                container.signal_group(Signal::SIGKILL);
             }
             if let Some(server) = server {
                 let id = info.id.clone();
@@ -408,14 +457,24 @@ impl Supervisor {
     pub fn stop(&mut self, id: &str) -> Result<Ended, SupervisorError> {
         let t = self.tracked(id)?;
         if let Some(container) = t.info.container() {
-            container.signal(Signal::SIGTERM);
+            container.signal_group(Signal::SIGTERM);
             let deadline = Instant::now() + self.timeouts.grace;
             while container.is_alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            container.signal(Signal::SIGKILL);
+            container.signal_group(Signal::SIGKILL);
         }
         self.cleanup(id)
+    }
+
+    /// Cleans up a switchboard whose container never started: no grace period (it may
+    /// be waiting for a first client that will not come), SIGTERM at once.
+    pub fn discard(&mut self, id: &str) -> Result<Ended, SupervisorError> {
+        let timeouts = self.timeouts;
+        self.timeouts.grace = Duration::ZERO;
+        let ended = self.cleanup(id);
+        self.timeouts = timeouts;
+        ended
     }
 
     /// Takes charge of one recorded container (`stop` from another process does this).
@@ -425,6 +484,19 @@ impl Supervisor {
             error,
         })?;
         let id = info.id.clone();
+        if info.boot_id == boot_id()
+            && info.server_start.is_none()
+            && kill(Pid::from_raw(info.server_pid), None).is_ok()
+        {
+            // Its pid runs, but whether it is still this switchboard cannot be told.
+            return Err(SupervisorError::State {
+                path: dir.to_path_buf(),
+                error: io::Error::other(format!(
+                    "pid {} runs, but its start time was not recorded: it cannot be told to be this switchboard",
+                    info.server_pid
+                )),
+            });
+        }
         // A switchboard that no longer runs (or a pid now someone else's) never matches.
         let server = info.server().unwrap_or(ProcessId {
             pid: info.server_pid,

@@ -91,12 +91,16 @@ pub fn stop(args: &StopArgs) -> ExitCode {
     let mut sup = Supervisor::new(runtime.clone(), PathBuf::new(), timeouts);
     let id = match sup.adopt(&dir) {
         Ok(id) => id,
-        Err(_) => {
+        Err(_) if !dir.join("info.json").exists() => {
             eprintln!(
                 "switchboard stop: no container '{}' under {}",
                 args.target,
                 runtime.display()
             );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("switchboard stop: {e}");
             return ExitCode::FAILURE;
         }
     };

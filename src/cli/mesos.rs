@@ -115,8 +115,9 @@ pub const SPECS: &[Spec] = &[
     Spec {
         name: "ack_timeout",
         kind: Kind::Duration,
-        help: "How long, once the container's output ended, input acknowledgements\n\
-               are waited for before exiting anyway (default: 10secs).",
+        help: "How long, once the input requests open at the end of output were\n\
+               answered, their acknowledgements are waited for before exiting\n\
+               anyway (default: 10secs).",
     },
     Spec {
         name: "drain_timeout",
@@ -279,20 +280,20 @@ pub fn parse(args: &[String]) -> Parsed {
             log_file: f.string("log_file").map(PathBuf::from),
             log_level: f.string("log_level").map(String::from),
             tuning: Tuning {
-                lag_limit: positive(f, "lag_limit")?,
-                buffer_bytes: positive(f, "buffer_bytes")?,
+                lag_limit: positive(f, "lag_limit", 1 << 30)?,
+                buffer_bytes: positive(f, "buffer_bytes", 1 << 30)?,
                 block_timeout: f.duration("block_timeout"),
                 ack_timeout: f.duration("ack_timeout"),
                 drain_timeout: f.duration("drain_timeout"),
                 head_timeout: f.duration("head_timeout"),
-                max_connections: positive(f, "max_connections")?,
-                max_record: positive(f, "max_record")?,
-                max_head_bytes: positive(f, "max_head_bytes")?,
-                max_headers: positive(f, "max_headers")?,
-                max_chunk_line: positive(f, "max_chunk_line")?,
-                max_trailer_bytes: positive(f, "max_trailer_bytes")?,
-                max_call_body: positive(f, "max_call_body")?,
-                input_buffer: positive(f, "input_buffer")?,
+                max_connections: positive(f, "max_connections", 1 << 20)?,
+                max_record: positive(f, "max_record", 1 << 30)?,
+                max_head_bytes: positive(f, "max_head_bytes", 1 << 20)?,
+                max_headers: positive(f, "max_headers", 1024)?,
+                max_chunk_line: positive(f, "max_chunk_line", 64 << 10)?,
+                max_trailer_bytes: positive(f, "max_trailer_bytes", 1 << 20)?,
+                max_call_body: positive(f, "max_call_body", 64 << 20)?,
+                input_buffer: positive(f, "input_buffer", 1 << 30)?,
                 allowed_uids: f.string("allowed_uids").map(parse_uids).transpose()?,
             },
         })
@@ -303,7 +304,6 @@ pub fn parse(args: &[String]) -> Parsed {
     }
 }
 
-/// A limit flag, which must be positive when given.
 /// A comma-separated list of numeric user ids.
 fn parse_uids(list: &str) -> Result<Vec<u32>, String> {
     list.split(',')
@@ -316,11 +316,13 @@ fn parse_uids(list: &str) -> Result<Vec<u32>, String> {
         })
 }
 
-fn positive(f: &stout::Loaded, name: &str) -> Result<Option<usize>, String> {
+/// A limit flag, which must be positive and at most `max` when given (past the bounds a
+/// limit stops protecting anything, or costs memory at once).
+fn positive(f: &stout::Loaded, name: &str, max: usize) -> Result<Option<usize>, String> {
     match f.int(name) {
         None => Ok(None),
-        Some(v) if v > 0 => Ok(Some(v as usize)),
-        Some(v) => Err(usage(Some(&format!("Flag '{name}' must be positive, not {v}"))) + "\n"),
+        Some(v) if v > 0 && v as u64 <= max as u64 => Ok(Some(v as usize)),
+        Some(v) => Err(usage(Some(&format!("Flag '{name}' must be between 1 and {max}, not {v}"))) + "\n"),
     }
 }
 
@@ -383,6 +385,32 @@ mod tests {
         assert!(text.starts_with("Usage: mesos-io-switchboard [options]\nThe io switchboard server"));
         let Parsed::Usage(e) = parse(&args("--foo")) else { panic!() };
         assert_eq!(e, format!("Failed to load unknown flag 'foo'\n\n{text}"));
+    }
+
+    #[test]
+    fn limits_are_bounded_and_uids_numeric() {
+        let base = "--socket_address=/s --stdin_to_fd=0 --stdout_from_fd=3 --stdout_to_fd=1 --stderr_from_fd=4 --stderr_to_fd=2";
+        let first_line = |extra: &str| match parse(&args(&format!("{base} {extra}"))) {
+            Parsed::Usage(u) => u.lines().next().unwrap().to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            first_line("--max_headers=5000"),
+            "Flag 'max_headers' must be between 1 and 1024, not 5000"
+        );
+        assert_eq!(
+            first_line("--lag_limit=0"),
+            "Flag 'lag_limit' must be between 1 and 1073741824, not 0"
+        );
+        assert_eq!(
+            first_line("--allowed_uids=1,x"),
+            "Flag 'allowed_uids' must be user ids separated by commas, not '1,x'"
+        );
+        let Parsed::Run(f) = parse(&args(&format!("{base} --max_headers=1024 --allowed_uids=7,8"))) else {
+            panic!()
+        };
+        assert_eq!(f.tuning.max_headers, Some(1024));
+        assert_eq!(f.tuning.allowed_uids, Some(vec![7, 8]));
     }
 
     #[test]

@@ -102,9 +102,10 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchboard run: cannot start {}: {e}", args.command[0]);
-            // Its switchboard sees the output end at once and exits; its records go.
+            // Its switchboard (waiting for this terminal, or for output) goes, with its
+            // records.
             drop(cmd);
-            let _ = supervisor.cleanup(&id);
+            let _ = supervisor.discard(&id);
             return ExitCode::from(127);
         }
     };

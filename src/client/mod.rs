@@ -300,15 +300,25 @@ pub struct InputStream {
 impl InputStream {
     /// Opens an input stream (its first record names the container).
     pub fn open(socket: &Path) -> Result<InputStream, ClientError> {
-        let mut sock = connect(socket)?;
-        sock.write_all(
-            b"POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/recordio\r\n\
-              Message-Content-Type: application/x-protobuf\r\nAccept: application/json\r\n\
-              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-        )?;
+        let sock = connect(socket)?;
         let mut stream = InputStream { sock };
-        stream.send_call(&input_call(None))?;
-        Ok(stream)
+        let sent = stream
+            .sock
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/recordio\r\n\
+                  Message-Content-Type: application/x-protobuf\r\nAccept: application/json\r\n\
+                  Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            )
+            .and_then(|()| stream.send_call(&input_call(None)));
+        match sent {
+            Ok(()) => Ok(stream),
+            // Refused before we were done (403, 503): the answer says why.
+            Err(e) if closed_early(&e) => Err(match stream.response() {
+                Err(refused @ ClientError::Refused { .. }) => refused,
+                _ => ClientError::Io(e),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn send_call(&mut self, call: &Call) -> io::Result<()> {

@@ -132,25 +132,8 @@ struct Conn {
     state: State,
     /// The peer shut its side (we read EOF).
     eof: bool,
-    /// Where this connection's input request stands with its acknowledgement.
-    ack: Ack,
     /// Its peer is not among `--allowed_uids`: its request is answered 403.
     forbidden: bool,
-}
-
-/// An input request that got past its first record is acknowledged by its client once
-/// the client has the response (PROTOCOL.md §2.6). A client that vanishes before it got
-/// the response will never acknowledge it, so the count forgets it (Mesos would wait for
-/// ever, and its server would never exit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ack {
-    None,
-    /// Counted; the response is not out yet.
-    Owed,
-    /// Its response is queued.
-    Answered,
-    /// Its response went out: the client acknowledges it.
-    Delivered,
 }
 
 /// The container's stdin, written by one request at a time. A write keeps going when its
@@ -180,6 +163,9 @@ pub(crate) struct Conns {
     slots: Vec<Option<Conn>>,
     free: Vec<u32>,
     count: usize,
+    /// Open connections of peers not among `--allowed_uids` (they do not count towards
+    /// `max_connections`, so they cannot lock allowed users out).
+    forbidden: usize,
     stdin: Stdin,
     /// The connection holding the input slot.
     input_owner: Option<u32>,
@@ -192,6 +178,7 @@ impl Conns {
             slots: Vec::new(),
             free: Vec::new(),
             count: 0,
+            forbidden: 0,
             stdin: Stdin {
                 fd: stdin,
                 op: None,
@@ -205,8 +192,14 @@ impl Conns {
         }
     }
 
+    /// Open connections of allowed peers.
     pub fn len(&self) -> usize {
-        self.count
+        self.count - self.forbidden
+    }
+
+    /// Open connections of peers that are refused.
+    pub fn forbidden(&self) -> usize {
+        self.forbidden
     }
 
     pub fn is_empty(&self) -> bool {
@@ -244,11 +237,17 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
         timer: None,
         state: State::Idle,
         eof: false,
-        ack: Ack::None,
         forbidden: !allowed,
     });
     ctx.conns.count += 1;
-    start_timer(ctx, i, ctx.config.limits.head_timeout);
+    // A refused peer gets a second to send its request head, to be told 403.
+    let timeout = if allowed {
+        ctx.config.limits.head_timeout
+    } else {
+        ctx.conns.forbidden += 1;
+        std::time::Duration::from_secs(1)
+    };
+    start_timer(ctx, i, timeout);
     drive(ctx, i);
 }
 
@@ -324,9 +323,6 @@ fn respond(ctx: &mut Ctx<'_>, i: u32, status: u16, body: &str, close: bool) {
     }
     release_input(ctx, i);
     let c = conn(ctx, i);
-    if c.ack == Ack::Owed {
-        c.ack = Ack::Answered;
-    }
     c.sendq.push_back(http::fixed_response(status, body, close));
     if close {
         c.state = State::Closing;
@@ -595,6 +591,9 @@ fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     let c = ctx.conns.slots[i as usize].take().expect("checked by the caller");
     ctx.conns.free.push(i);
     ctx.conns.count -= 1;
+    if c.forbidden {
+        ctx.conns.forbidden -= 1;
+    }
     // Nothing of this connection's may complete here any more: a receive armed while an
     // earlier response was going out (the client pipelined this request behind another)
     // and the head timer are forgotten. Mesos never answers requests behind an output
@@ -766,13 +765,11 @@ fn first_record(ctx: &mut Ctx<'_>, i: u32, format: Format, record: &[u8]) {
     }
     // Counted even if the request is refused below: the agent acknowledges every one.
     *ctx.acks_outstanding += 1;
-    conn(ctx, i).ack = Ack::Owed;
     if ctx.conns.input_owner.is_some() {
         let keep_alive = match &conn(ctx, i).state {
             State::Input(input) => input.keep_alive,
             _ => false,
         };
-        conn(ctx, i).ack = Ack::Answered;
         conn(ctx, i).sendq.push_back(http::fixed_response(
             409,
             "Multiple input connections are not allowed",
@@ -906,8 +903,6 @@ fn on_send(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     let sent = res as usize;
     if sent < buf.len() {
         c.sendq.push_front(buf[sent..].to_vec());
-    } else if c.sendq.is_empty() && c.ack == Ack::Answered {
-        c.ack = Ack::Delivered;
     }
     drive(ctx, i);
 }
@@ -983,9 +978,8 @@ fn close(ctx: &mut Ctx<'_>, i: u32) {
         .expect("closing a connection that exists");
     ctx.conns.free.push(i);
     ctx.conns.count -= 1;
-    if matches!(c.ack, Ack::Owed | Ack::Answered) && *ctx.acks_outstanding > 0 {
-        tracing::info!("connection {i} closed before it got its input response: no acknowledgement will come");
-        *ctx.acks_outstanding -= 1;
+    if c.forbidden {
+        ctx.conns.forbidden -= 1;
     }
     let _ = shutdown(ctx.ring.raw(c.fd), Shutdown::Both);
     for op in [c.recv, c.send, c.timer].into_iter().flatten() {

@@ -157,6 +157,10 @@ fn raise_fd_limit(connections: usize) {
     }
 }
 
+/// Connections of refused peers (`--allowed_uids`) held at once to tell them 403; more
+/// are closed without an answer.
+const MAX_FORBIDDEN: usize = 64;
+
 /// The size container pipes are raised to.
 pub const PIPE_BYTES: usize = 1 << 20;
 
@@ -370,7 +374,11 @@ impl Server {
         if self.redirect_finished && self.acks_outstanding == 0 {
             self.terminate();
         } else if self.redirect_finished && self.ack_timer.is_none() {
-            let after = self.config.limits.ack_timeout;
+            // Open input requests are answered a second after the output ended; their
+            // clients get ack_timeout from then (the agent acknowledges even a request
+            // whose response it did not get, so only a client that breaks the protocol
+            // is waited for this long).
+            let after = self.config.limits.ack_timeout + Duration::from_secs(1);
             self.ack_timer = Some(self.ring.submit(Op::Timeout { after }, Token::AckTimeout.encode()));
         }
     }
@@ -425,11 +433,14 @@ impl Server {
         match c.output {
             crate::ring::Output::Accepted(fd) => {
                 let count = self.conns.len() + self.output.client_count();
+                let allowed = self.peer_allowed(&fd);
                 if count >= self.config.limits.max_connections || self.terminating {
                     tracing::warn!("refusing a connection: {count} are open");
                     drop(fd);
+                } else if !allowed && self.conns.forbidden() >= MAX_FORBIDDEN {
+                    tracing::warn!("closing a refused peer's connection at once: {MAX_FORBIDDEN} are open");
+                    drop(fd);
                 } else {
-                    let allowed = self.peer_allowed(&fd);
                     let fd = self.ring.adopt(fd);
                     let mut ctx = self.ctx();
                     conn::accepted(&mut ctx, fd, allowed);

@@ -322,3 +322,28 @@ fn a_container_killed_mid_write_ends_the_stream_cleanly() {
         assert!(log.chunks(11).all(|l| l == b"0123456789\n"));
     });
 }
+
+#[test]
+fn connections_past_max_connections_are_closed_at_once() {
+    within(60, || {
+        let mut sb = Sb::start(Opts {
+            extra: vec!["--max_connections=5".into()],
+            ..Opts::default()
+        });
+        let baseline = sb.fd_count();
+        let held: Vec<UnixStream> = (0..5).map(|_| sb.connect()).collect();
+        eventually(10, "accepting five", || sb.fd_count() == baseline + 5);
+        // The sixth is closed without an answer.
+        let mut sixth = sb.connect();
+        let _ = sixth.write_all(&ack_request(false));
+        assert!(read_response(&mut sixth, &mut Vec::new()).is_none());
+        assert_eq!(sb.fd_count(), baseline + 5);
+        // They go: new ones are served.
+        drop(held);
+        eventually(10, "serving again", || {
+            exchange(&sb.socket, &ack_request(false)).is_some_and(|r| r.status == 200)
+        });
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}

@@ -451,3 +451,44 @@ fn a_command_that_cannot_start_fails_at_once() {
         assert!(agent::supervisor::list(&guard.path).is_empty(), "nothing left behind");
     });
 }
+
+#[test]
+fn leaked_descriptors_reach_neither_switchboard_nor_container() {
+    if !alone("leaked_descriptors_reach_neither_switchboard_nor_container") {
+        return;
+    }
+    let guard = Runtime::new("supervisor-leak");
+    let runtime = guard.path.clone();
+    // A descriptor this process holds without close-on-exec, as a careless parent leaks.
+    let marker = runtime.join("leaked-marker");
+    std::fs::write(&marker, b"x").unwrap();
+    let leaked = nix::fcntl::open(&marker, nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--detach", "--name", "c", "--runtime-dir"])
+        .arg(&runtime)
+        .args(["--", "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info = agent::Info::load(&runtime.join("c")).unwrap();
+    let holds_marker = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == marker))
+    };
+    assert!(
+        !holds_marker(info.server_pid),
+        "the switchboard inherited the leaked descriptor"
+    );
+    assert!(
+        !holds_marker(info.container_pid.unwrap()),
+        "the container inherited the leaked descriptor"
+    );
+    // The container has its three standard descriptors and nothing else.
+    let count = std::fs::read_dir(format!("/proc/{}/fd", info.container_pid.unwrap()))
+        .unwrap()
+        .count();
+    assert_eq!(count, 3);
+    drop(leaked);
+}

@@ -329,8 +329,9 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
         cmd.arg("--heartbeat").arg(format!("{}ms", h.as_millis()));
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let last_fd = mappings.iter().map(|m| m.child_fd).max().unwrap_or(2);
     cmd.fd_mappings(mappings).map_err(|e| io::Error::other(e.to_string()))?;
-    crate::tty::new_session(&mut cmd, false);
+    crate::tty::new_session(&mut cmd, false, last_fd);
     let mut server = cmd.spawn()?;
     drop(cmd);
 

@@ -97,7 +97,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         .stdin(Stdio::from(io.stdin))
         .stdout(Stdio::from(io.stdout))
         .stderr(Stdio::from(io.stderr));
-    crate::tty::new_session(&mut cmd, args.tty);
+    crate::tty::new_session(&mut cmd, args.tty, 2);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

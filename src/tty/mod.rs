@@ -2,7 +2,7 @@
 //! `unsafe` outside the ring room.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::pty::{Winsize, openpty};
 
@@ -60,18 +60,27 @@ pub fn window_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
 
 /// Makes the command's process start a new session (so it outlives our terminal and
 /// process group) and, with `controlling_terminal`, take its stdin (a PTY slave) as its
-/// controlling terminal, so that a shell in it gets job control and `^C` signals.
-pub fn new_session(cmd: &mut std::process::Command, controlling_terminal: bool) {
+/// controlling terminal, so that a shell in it gets job control and `^C` signals. Only
+/// descriptors up to `last_fd` are inherited: any other the parent holds without
+/// close-on-exec (leaked to it by its own parent) is closed at exec.
+pub fn new_session(cmd: &mut std::process::Command, controlling_terminal: bool, last_fd: RawFd) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the hook runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: setsid(2) and ioctl(2) are, and nothing here
-    // allocates or takes a lock.
+    // async-signal-safe calls are allowed: setsid(2), ioctl(2) and close_range(2) are, and
+    // nothing here allocates or takes a lock. It runs after the standard descriptors and
+    // earlier hooks (such as descriptor mappings) were set up.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
             if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Descriptors the parent leaked (not close-on-exec) end at exec. Marked rather
+            // than closed, so the spawn's own error-reporting pipe keeps working.
+            let first = (last_fd + 1) as libc::c_uint;
+            if libc::close_range(first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -25,7 +25,7 @@ impl Term {
         cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
             .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
             .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
-        switchboard::tty::new_session(&mut cmd, true);
+        switchboard::tty::new_session(&mut cmd, true, 2);
         let child = cmd.spawn().unwrap();
         drop(cmd);
         Term {

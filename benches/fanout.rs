@@ -147,6 +147,7 @@ fn run(case: &Case) -> Sample {
                 clients,
                 hangup_polls: true,
                 policy: LagPolicy::Block,
+                zero_copy: false,
             };
             let report = fanout::run(spec, RingConfig::default()).expect("relay");
             assert!(report.failure.is_none() && report.stats.clients_cut == 0, "{report:?}");

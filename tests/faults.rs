@@ -114,9 +114,11 @@ fn hundreds_of_clients_killed_mid_stream_disturb_no_one() {
             assert!(sb.is_running());
         }
         assert_eq!(killed, 200);
-        // Every dead client's connection is closed again.
+        // Every dead client's connection is closed again. (The count may be below the
+        // baseline: the zero-copy path closes a stream's staging pipe end once the
+        // stream, here stderr, has ended.)
         eventually(10, "closing the dead clients' connections", || {
-            sb.fd_count() == baseline
+            sb.fd_count() <= baseline
         });
         stop.store(true, Ordering::SeqCst);
         let len = producer.join().unwrap();

@@ -19,7 +19,7 @@ fn a_relay_run_closes_every_descriptor() {
         // Warm up lazily opened descriptors (the test pattern, thread machinery).
         fill_pattern(1, 0, &mut [0u8; 16]);
         let before = open_fds();
-        for _ in 0..3 {
+        for round in 0..4 {
             let (src_r, src_w) = pipe(1 << 20);
             let (log_r, log_w) = pipe(1 << 20);
             let mut clients = Vec::new();
@@ -40,6 +40,8 @@ fn a_relay_run_closes_every_descriptor() {
                 clients,
                 hangup_polls: true,
                 policy: relay::LagPolicy::Disconnect,
+                // By copies, then by pipe pages (each client has a pipe of its own).
+                zero_copy: round % 2 == 1,
             };
             let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
             let producer = std::thread::spawn(move || produce(vec![(src_w, 5)], 1 << 20, 65536, 1, None));

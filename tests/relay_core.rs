@@ -27,6 +27,8 @@ struct Setup {
     /// Clients whose connection closes before they read anything.
     closed: Vec<usize>,
     relay: relay::Config,
+    /// Protobuf and raw clients by tee and splice.
+    zero_copy: bool,
 }
 
 impl Setup {
@@ -39,6 +41,7 @@ impl Setup {
             stalled: Vec::new(),
             closed: Vec::new(),
             relay: relay::Config::default(),
+            zero_copy: false,
         }
     }
 }
@@ -101,6 +104,7 @@ fn run(setup: Setup) -> (FanoutReport, Vec<Box<dyn Checker>>) {
         clients,
         hangup_polls: true,
         policy: relay::LagPolicy::Disconnect,
+        zero_copy: setup.zero_copy,
     };
     let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
     let (len, max_chunk) = (setup.len, setup.max_chunk);
@@ -127,17 +131,22 @@ fn run(setup: Setup) -> (FanoutReport, Vec<Box<dyn Checker>>) {
 #[test]
 fn one_client_each_framing() {
     within(120, || {
-        let clients = vec![Framing::Chunked(Format::Json), Framing::Chunked(Format::Protobuf)];
-        let (report, _) = run(Setup::new(clients, 4 << 20));
-        assert_eq!(report.stats.clients_cut, 0);
-        assert_eq!(report.stats.bytes_read, 8 << 20);
+        for zero_copy in [false, true] {
+            let clients = vec![Framing::Chunked(Format::Json), Framing::Chunked(Format::Protobuf)];
+            let (report, _) = run(Setup {
+                zero_copy,
+                ..Setup::new(clients, 4 << 20)
+            });
+            assert_eq!(report.stats.clients_cut, 0);
+            assert_eq!(report.stats.bytes_read, 8 << 20);
+        }
     });
 }
 
 #[test]
 fn sixty_four_clients_get_identical_streams() {
     within(120, || {
-        let clients = (0..64)
+        let clients: Vec<Framing> = (0..64)
             .map(|i| {
                 if i % 2 == 0 {
                     Framing::Chunked(Format::Protobuf)
@@ -146,109 +155,136 @@ fn sixty_four_clients_get_identical_streams() {
                 }
             })
             .collect();
-        let (report, _) = run(Setup::new(clients, 2 << 20));
-        assert_eq!(report.stats.clients_cut, 0);
+        // Zero copy mixes: the protobuf half by pipe pages, the JSON half by copies.
+        for zero_copy in [false, true] {
+            let (report, _) = run(Setup {
+                zero_copy,
+                ..Setup::new(clients.clone(), 2 << 20)
+            });
+            assert_eq!(report.stats.clients_cut, 0);
+        }
     });
 }
 
 #[test]
 fn two_hundred_fifty_six_raw_clients() {
     within(120, || {
-        let mut setup = Setup::new(vec![Framing::Raw; 256], 1 << 20);
-        setup.streams = 1;
-        setup.max_chunk = 4096;
-        let (report, _) = run(setup);
-        assert_eq!(report.stats.clients_cut, 0);
+        for zero_copy in [false, true] {
+            let mut setup = Setup::new(vec![Framing::Raw; 256], 1 << 20);
+            setup.streams = 1;
+            setup.max_chunk = 4096;
+            setup.zero_copy = zero_copy;
+            let (report, _) = run(setup);
+            assert_eq!(report.stats.clients_cut, 0);
+        }
     });
 }
 
 #[test]
 fn a_client_that_stops_reading_is_cut_and_holds_no_one_up() {
     within(120, || {
-        let before = rss_kib();
-        let clients = vec![Framing::Chunked(Format::Protobuf); 4];
-        let mut setup = Setup::new(clients, 64 << 20);
-        setup.stalled = vec![0];
-        let (report, checkers) = run(setup);
-        assert_eq!(report.stats.clients_cut, 1);
-        assert!(report.stats.bytes_lost > relay::Config::default().lag_limit as u64);
-        drop(checkers);
-        // 128 MiB went through; memory stays bounded by the buffers, not by the backlog.
-        let grown = rss_kib().saturating_sub(before);
-        assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+        for zero_copy in [false, true] {
+            let before = rss_kib();
+            let clients = vec![Framing::Chunked(Format::Protobuf); 4];
+            let mut setup = Setup::new(clients, 64 << 20);
+            setup.stalled = vec![0];
+            setup.zero_copy = zero_copy;
+            let (report, checkers) = run(setup);
+            assert_eq!(report.stats.clients_cut, 1);
+            assert!(report.stats.bytes_lost > relay::Config::default().lag_limit as u64);
+            drop(checkers);
+            // 128 MiB went through; memory stays bounded by the buffers, not by the backlog.
+            let grown = rss_kib().saturating_sub(before);
+            assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+        }
     });
 }
 
 #[test]
 fn a_client_that_leaves_disturbs_no_one() {
     within(120, || {
-        let mut setup = Setup::new(vec![Framing::Chunked(Format::Json); 3], 8 << 20);
-        setup.closed = vec![1];
-        let (report, _) = run(setup);
-        // A departure is not a lag cut.
-        assert_eq!(report.stats.clients_cut, 0);
+        for zero_copy in [false, true] {
+            let clients = vec![
+                Framing::Chunked(Format::Json),
+                Framing::Chunked(Format::Protobuf),
+                Framing::Chunked(Format::Protobuf),
+            ];
+            let mut setup = Setup::new(clients, 8 << 20);
+            setup.closed = vec![1];
+            setup.zero_copy = zero_copy;
+            let (report, _) = run(setup);
+            // A departure is not a lag cut.
+            assert_eq!(report.stats.clients_cut, 0);
+        }
     });
 }
 
 #[test]
 fn small_writes_and_tiny_records() {
     within(120, || {
-        let mut setup = Setup::new(
-            vec![Framing::Chunked(Format::Json), Framing::Chunked(Format::Protobuf)],
-            200_000,
-        );
-        setup.max_chunk = 7;
-        setup.relay = relay::Config {
-            max_record: 5,
-            max_read: 4096,
-            max_send_segments: 16,
-            ..relay::Config::default()
-        };
-        let (report, _) = run(setup);
-        assert_eq!(report.stats.clients_cut, 0);
+        for zero_copy in [false, true] {
+            let mut setup = Setup::new(
+                vec![Framing::Chunked(Format::Json), Framing::Chunked(Format::Protobuf)],
+                200_000,
+            );
+            setup.max_chunk = 7;
+            setup.relay = relay::Config {
+                max_record: 5,
+                max_read: 4096,
+                max_send_segments: 16,
+                ..relay::Config::default()
+            };
+            setup.zero_copy = zero_copy;
+            let (report, _) = run(setup);
+            assert_eq!(report.stats.clients_cut, 0);
+        }
     });
 }
 
 #[test]
 fn pty_output_ends_when_the_child_exits() {
     within(60, || {
-        let pty = switchboard::tty::open().unwrap();
-        let mut child = Command::new("sh")
-            .args(["-c", "printf Hello; printf World 1>&2; exit 3"])
-            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave))
-            .spawn()
-            .unwrap();
-        let (log_r, log_w) = pipe(1 << 16);
-        let (ours, theirs) = socket_pair();
-        let spec = FanoutSpec {
-            relay: relay::Config::default(),
-            sources: vec![(pty.master, true)],
-            loggers: vec![log_w],
-            clients: vec![(ours, Framing::Chunked(Format::Json), Vec::new())],
-            hangup_polls: true,
-            policy: relay::LagPolicy::Disconnect,
-        };
-        let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
-        let (collector, collected) = Collector::new(Format::Json);
-        read_all(vec![(theirs, Box::new(collector) as Box<dyn Checker>)], &[]);
-        let report = relay.join().unwrap();
-        assert_eq!(report.failure, None, "EIO at the end of a PTY is not a failure");
-        assert_eq!(child.wait().unwrap().code(), Some(3));
-        let mut log = Vec::new();
-        let mut buf = [0u8; 64];
-        loop {
-            let n = nix::unistd::read(&log_r, &mut buf).unwrap();
-            if n == 0 {
-                break;
+        // By copies (JSON) and by pipe pages (protobuf: the PTY is spliced into a pipe).
+        for (zero_copy, format) in [(false, Format::Json), (true, Format::Protobuf)] {
+            let pty = switchboard::tty::open().unwrap();
+            let mut child = Command::new("sh")
+                .args(["-c", "printf Hello; printf World 1>&2; exit 3"])
+                .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+                .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+                .stderr(Stdio::from(pty.slave))
+                .spawn()
+                .unwrap();
+            let (log_r, log_w) = pipe(1 << 16);
+            let (ours, theirs) = socket_pair();
+            let spec = FanoutSpec {
+                relay: relay::Config::default(),
+                sources: vec![(pty.master, true)],
+                loggers: vec![log_w],
+                clients: vec![(ours, Framing::Chunked(format), Vec::new())],
+                hangup_polls: true,
+                policy: relay::LagPolicy::Disconnect,
+                zero_copy,
+            };
+            let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
+            let (collector, collected) = Collector::new(format);
+            read_all(vec![(theirs, Box::new(collector) as Box<dyn Checker>)], &[]);
+            let report = relay.join().unwrap();
+            assert_eq!(report.failure, None, "EIO at the end of a PTY is not a failure");
+            assert_eq!(child.wait().unwrap().code(), Some(3));
+            let mut log = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = nix::unistd::read(&log_r, &mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                log.extend_from_slice(&buf[..n]);
             }
-            log.extend_from_slice(&buf[..n]);
+            // Both streams arrive merged on the PTY, and are logged and sent as stdout.
+            assert_eq!(log, b"HelloWorld");
+            let collected = collected.lock().unwrap();
+            assert_eq!(collected.stdout, b"HelloWorld");
+            assert!(collected.stderr.is_empty() && collected.ended);
         }
-        // Both streams arrive merged on the PTY, and are logged and sent as stdout.
-        assert_eq!(log, b"HelloWorld");
-        let collected = collected.lock().unwrap();
-        assert_eq!(collected.stdout, b"HelloWorld");
-        assert!(collected.stderr.is_empty() && collected.ended);
     });
 }

@@ -171,6 +171,12 @@ pub const SPECS: &[Spec] = &[
                past it the input connection is not read (default: 1048576).",
     },
     Spec {
+        name: "zero_copy",
+        kind: Kind::Bool { default: true },
+        help: "Serve protobuf output clients by tee and splice of pipe pages rather\n\
+               than by copies (JSON clients are always served by copies).",
+    },
+    Spec {
         name: "allowed_uids",
         kind: Kind::String,
         help: "Comma-separated user ids that may connect besides this process's own\n\
@@ -202,6 +208,7 @@ pub struct Tuning {
     pub max_call_body: Option<usize>,
     pub input_buffer: Option<usize>,
     pub allowed_uids: Option<Vec<u32>>,
+    pub zero_copy: Option<bool>,
 }
 
 /// The validated flags of one server.
@@ -295,6 +302,8 @@ pub fn parse(args: &[String]) -> Parsed {
                 max_call_body: positive(f, "max_call_body", 64 << 20)?,
                 input_buffer: positive(f, "input_buffer", 1 << 30)?,
                 allowed_uids: f.string("allowed_uids").map(parse_uids).transpose()?,
+                // `None` is the default (on).
+                zero_copy: (!f.bool("zero_copy")).then_some(false),
             },
         })
     })();

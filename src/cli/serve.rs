@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// others are answered 403. The socket is then created with mode 0666, not 0600.
     #[arg(long, value_name = "UID,...", value_delimiter = ',')]
     pub allowed_uids: Option<Vec<u32>>,
+    /// Serve every client by copies, not by tee and splice of pipe pages.
+    #[arg(long)]
+    pub no_zero_copy: bool,
     /// Write diagnostics to this file (never to stdout or stderr).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
@@ -100,6 +103,7 @@ impl ServeArgs {
             socket: self.socket.clone(),
             heartbeat_interval: self.heartbeat,
             allowed_uids: self.allowed_uids.clone(),
+            zero_copy: !self.no_zero_copy,
             limits,
             relay,
             lag_policy: Default::default(),

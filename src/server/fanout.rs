@@ -25,6 +25,8 @@ pub struct FanoutSpec {
     pub policy: LagPolicy,
     /// Watch idle clients for hang-ups.
     pub hangup_polls: bool,
+    /// Serve protobuf and raw clients by tee and splice (zero copy).
+    pub zero_copy: bool,
 }
 
 /// How it went.
@@ -43,6 +45,7 @@ pub struct FanoutReport {
 /// has its whole stream (or was cut off).
 pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     let mut ring = Ring::new(ring)?;
+    let spec_zero_copy = spec.zero_copy;
     let mut sources = Vec::new();
     for (fd, pty) in spec.sources {
         crate::sys::set_nonblocking(&fd)?;
@@ -54,15 +57,17 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     let loggers = spec.loggers.into_iter().map(|fd| ring.adopt(fd)).collect();
     let options = Options {
         hangup_polls: spec.hangup_polls,
+        zero_copy: spec.zero_copy,
         ..Options::default()
     };
-    let mut output = Output::new(spec.relay, sources, loggers, options)
+    let mut output = Output::new(&mut ring, spec.relay, sources, loggers, options)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    output.start(&mut ring);
+    // The clients are there before the first byte is read: they get every one.
     for (fd, framing, front) in spec.clients {
         let fd = ring.adopt(fd);
         output.add_client(&mut ring, fd, framing, spec.policy, front);
     }
+    output.start(&mut ring);
     let mut finishing = false;
     loop {
         if !finishing && (output.redirect_finished() || output.failure().is_some()) {
@@ -81,9 +86,11 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     }
     // The sources and loggers are still held (the ring closes them when dropped); every
     // client must be closed by now.
-    let leaked_fds = ring.live_fds() - output.relay().streams() * 2;
+    // (With zero copy, the ring also has an alias of each stream's staged payload.)
+    let per_stream = if spec_zero_copy { 3 } else { 2 };
+    let leaked_fds = ring.live_fds() - output.relay().streams() * per_stream;
     Ok(FanoutReport {
-        stats: output.relay().stats(),
+        stats: output.stats(),
         failure: output.failure().map(|f| f.0.clone()),
         registered: ring.arena_registered(),
         leaked_fds,

@@ -14,6 +14,7 @@ pub mod fanout;
 pub(crate) mod output;
 pub mod socket;
 mod token;
+mod zerocopy;
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -87,6 +88,8 @@ pub struct Config {
     /// Users who may connect besides our own (SO_PEERCRED); others get 403. With a list,
     /// the socket is created with mode 0666 instead of 0600 (the check is ours, then).
     pub allowed_uids: Option<Vec<u32>>,
+    /// Serve protobuf clients by tee and splice (pipe pages) rather than by copies.
+    pub zero_copy: bool,
     pub limits: Limits,
     pub relay: relay::Config,
     pub lag_policy: LagPolicy,
@@ -124,6 +127,7 @@ impl Config {
             socket: f.socket_address.clone(),
             heartbeat_interval: f.heartbeat_interval,
             allowed_uids: t.allowed_uids.clone(),
+            zero_copy: t.zero_copy.unwrap_or(true),
             limits,
             relay,
             lag_policy: LagPolicy::default(),
@@ -254,8 +258,10 @@ impl Server {
         let options = output::Options {
             hangup_polls: true,
             block_timeout: config.limits.block_timeout,
+            zero_copy: config.zero_copy,
+            ..output::Options::default()
         };
-        let output = Output::new(config.relay, sources, loggers, options)?;
+        let output = Output::new(&mut ring, config.relay, sources, loggers, options)?;
         // The socket comes last: once its path exists, the agent connects, so everything
         // that could still fail has been checked.
         raise_fd_limit(config.limits.max_connections);
@@ -319,7 +325,12 @@ impl Server {
             | Token::LogPoll(_)
             | Token::ClientSend(_)
             | Token::ClientPoll(_)
-            | Token::BlockCheck => self.output.handle(&mut self.ring, token, c),
+            | Token::BlockCheck
+            | Token::StagePoll(_)
+            | Token::StageLogPoll(_)
+            | Token::ZcOut(_)
+            | Token::ZcHup(_)
+            | Token::ZcBlockCheck => self.output.handle(&mut self.ring, token, c),
             Token::Accept => self.on_accept(c),
             Token::AcceptRetry => self.arm_accept(),
             Token::Signal => self.on_signal(c),

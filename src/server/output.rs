@@ -5,6 +5,11 @@
 //! Each logger has one write in flight, from the relay's logger range. Each client has
 //! at most one SENDMSG in flight, built by the relay from shared arena memory, and a POLL
 //! that notices when the client hangs up while no data flows.
+//!
+//! With zero copy on, the streams are staged first (see [`super::zerocopy`]): protobuf
+//! and raw clients get pipe pages, the copy engine reads the staged payload for JSON
+//! clients, and when no client needs the bytes in memory the payload moves straight into
+//! the logger.
 
 use std::ops::Range;
 use std::rc::Rc;
@@ -14,10 +19,11 @@ use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::relay::{ClientId, CutReason, Framing, LagPolicy, Relay};
 use crate::ring::{Completion, Fd, Msg, Op, OpId, Output as OpOutput, Ring};
-use crate::wire::http::{CHUNK_END, write_chunk_size};
+use crate::wire::http::{CHUNK_END, LAST_CHUNK, write_chunk_size};
 use crate::wire::message::{self, Format};
 
 use super::token::Token;
+use super::zerocopy::{Consume, Gone, Offer, Stage, Staged, ZcClient};
 use crate::sys::strerror_res as strerror;
 
 /// A container output stream: the fd we read, and whether it is a PTY master (where
@@ -64,6 +70,10 @@ pub struct Options {
     /// How long a blocking client may hold reading back without making progress before it
     /// is cut off (then the logger and the container go on).
     pub block_timeout: Duration,
+    /// Serve protobuf and raw clients through pipes (tee and splice) instead of copies.
+    pub zero_copy: bool,
+    /// The pipe of each zero-copy client (its lag bound).
+    pub client_pipe: usize,
 }
 
 impl Default for Options {
@@ -71,6 +81,8 @@ impl Default for Options {
         Options {
             hangup_polls: true,
             block_timeout: Duration::from_secs(30),
+            zero_copy: true,
+            client_pipe: 1 << 20,
         }
     }
 }
@@ -86,6 +98,17 @@ pub struct Output {
     options: Options,
     /// The blocking client (and its position) a progress check is armed for.
     block_check: Option<(ClientId, u64)>,
+    /// Zero copy: one stage per stream (empty when it is off), and the zero-copy clients.
+    stages: Vec<Stage>,
+    zc: Vec<Option<ZcClient>>,
+    /// The blocking zero-copy client (and its progress) a check is armed for.
+    zc_block_check: Option<(usize, u64)>,
+    /// Payload bytes staged, all streams; zero-copy clients cut and what they missed.
+    staged: u64,
+    zc_cut: u64,
+    zc_lost: u64,
+    /// Whether each logger can take a splice without blocking us (a pipe or a file).
+    logger_spliceable: Vec<bool>,
 }
 
 const POLLIN: u32 = libc::POLLIN as u32;
@@ -98,6 +121,7 @@ impl Output {
     /// source). `hangup_polls` watches idle clients for hang-ups (the server wants it; a
     /// benchmark of raw fan-out can do without).
     pub fn new(
+        ring: &mut Ring,
         config: crate::relay::Config,
         sources: Vec<Source>,
         loggers: Vec<Fd>,
@@ -106,20 +130,45 @@ impl Output {
         assert_eq!(sources.len(), loggers.len(), "one logger per source");
         let relay = Relay::new(config, sources.len())?;
         let names = ["stdout", "stderr"];
+        let mut stages = Vec::new();
+        let mut states = Vec::new();
+        for (i, s) in sources.into_iter().enumerate() {
+            let (fd, pty) = if options.zero_copy {
+                let stage = Stage::new(s.fd, s.pty, Relay::stream_kind(i), config.max_read, config.max_record)
+                    .map_err(|e| format!("Failed to stage {}: {e}", names[i]))?;
+                // The copy engine reads the staged payload (a pipe: its end is a read of 0).
+                let alias = ring.borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stage.payload_r));
+                stages.push(stage);
+                (alias, false)
+            } else {
+                (s.fd, s.pty)
+            };
+            states.push(SourceState {
+                fd,
+                pty,
+                name: names[i],
+                op: None,
+                window: 0..0,
+                waiting: false,
+            });
+        }
+        let logger_spliceable = loggers
+            .iter()
+            .map(|&fd| {
+                // splice(2) refuses (EINVAL) a target opened for appending, as log files
+                // usually are; those take the copy engine's writes.
+                let appending = nix::fcntl::fcntl(ring.borrow(fd), nix::fcntl::FcntlArg::F_GETFL)
+                    .map_or(true, |fl| fl & libc::O_APPEND != 0);
+                !appending
+                    && nix::sys::stat::fstat(ring.borrow(fd)).is_ok_and(|st| {
+                        let kind = st.st_mode & libc::S_IFMT;
+                        kind == libc::S_IFIFO || kind == libc::S_IFREG
+                    })
+            })
+            .collect();
         Ok(Output {
             relay,
-            sources: sources
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| SourceState {
-                    fd: s.fd,
-                    pty: s.pty,
-                    name: names[i],
-                    op: None,
-                    window: 0..0,
-                    waiting: false,
-                })
-                .collect(),
+            sources: states,
             loggers: loggers
                 .into_iter()
                 .map(|fd| LoggerState {
@@ -133,6 +182,13 @@ impl Output {
             failure: None,
             options,
             block_check: None,
+            stages,
+            zc: Vec::new(),
+            zc_block_check: None,
+            staged: 0,
+            zc_cut: 0,
+            zc_lost: 0,
+            logger_spliceable,
         })
     }
 
@@ -169,28 +225,75 @@ impl Output {
 
     /// No client is attached any more (every stream ended, failed or was cut).
     pub fn clients_gone(&self) -> bool {
-        self.clients.iter().all(Option::is_none)
+        self.clients.iter().all(Option::is_none) && self.zc.iter().all(Option::is_none)
     }
 
     pub fn client_count(&self) -> usize {
-        self.clients.iter().flatten().count()
+        self.clients.iter().flatten().count() + self.zc.iter().flatten().count()
+    }
+
+    /// What went through, and what clients cut off missed (zero-copy ones included).
+    pub fn stats(&self) -> crate::relay::Stats {
+        let mut stats = self.relay.stats();
+        if !self.stages.is_empty() {
+            stats.bytes_read = self.staged;
+        }
+        stats.clients_cut += self.zc_cut;
+        stats.bytes_lost += self.zc_lost;
+        stats
     }
 
     /// Clients get the end of their stream once they have every record.
     pub fn finish_clients(&mut self, ring: &mut Ring) {
         self.relay.finish();
+        for i in 0..self.zc.len() {
+            let Some(c) = self.zc[i].as_mut() else { continue };
+            if c.finished || c.closing {
+                continue;
+            }
+            let ended = match c.framing {
+                Framing::Chunked(_) => c.put(LAST_CHUNK),
+                Framing::Raw => true,
+            };
+            if ended {
+                c.finished = true;
+            } else if c.policy == LagPolicy::Disconnect {
+                self.zc_cut(ring, i, Gone::Lagging);
+                continue;
+            }
+            // A blocking client whose pipe is full gets its end once it drained.
+            self.zc_flush(ring, i);
+        }
         self.pump(ring);
     }
 
     /// Attaches a client connection: it gets `front`, then every record from now on.
-    pub fn add_client(
-        &mut self,
-        ring: &mut Ring,
-        fd: Fd,
-        framing: Framing,
-        policy: LagPolicy,
-        front: Vec<u8>,
-    ) -> ClientId {
+    /// Protobuf and raw clients take the zero-copy path when it is on (and their pipe can
+    /// be sized: past the per-user pipe budget they are served by copies).
+    pub fn add_client(&mut self, ring: &mut Ring, fd: Fd, framing: Framing, policy: LagPolicy, front: Vec<u8>) {
+        if !self.stages.is_empty() && framing != Framing::Chunked(Format::Json) {
+            let min = 2 * (self.relay.config().max_read + 4096);
+            match ZcClient::new(ring, fd, framing, policy, &front, self.options.client_pipe, min) {
+                Ok(Some(mut c)) => {
+                    let i = match self.zc.iter().position(Option::is_none) {
+                        Some(i) => i,
+                        None => {
+                            self.zc.push(None);
+                            self.zc.len() - 1
+                        }
+                    };
+                    if self.options.hangup_polls {
+                        c.hup_poll =
+                            Some(ring.submit(Op::Poll { fd, events: POLLHUP }, Token::ZcHup(i as u32).encode()));
+                    }
+                    self.zc[i] = Some(c);
+                    self.zc_flush(ring, i);
+                    return;
+                }
+                Ok(None) => tracing::info!("a client's pipe cannot be sized: it is served by copies"),
+                Err(e) => tracing::warn!("a client cannot take the zero-copy path: {e}"),
+            }
+        }
         let id = self.relay.add_client(framing, policy, front);
         let i = id.index() as usize;
         if self.clients.len() <= i {
@@ -209,7 +312,6 @@ impl Output {
             self.clients[i].as_mut().expect("just added").poll = Some(poll);
         }
         self.send_to(ring, i);
-        id
     }
 
     /// Appends a heartbeat for every attached client.
@@ -223,8 +325,19 @@ impl Output {
             out.extend_from_slice(CHUNK_END);
             Rc::<[u8]>::from(out)
         };
-        let cut = self.relay.push_control(chunk(Format::Json), chunk(Format::Protobuf));
+        let protobuf = chunk(Format::Protobuf);
+        let cut = self.relay.push_control(chunk(Format::Json), protobuf.clone());
         self.cut_clients(ring, &cut);
+        for i in 0..self.zc.len() {
+            let Some(c) = self.zc[i].as_mut() else { continue };
+            if c.closing || c.finished || c.framing == Framing::Raw {
+                continue;
+            }
+            // A heartbeat that does not fit is dropped (the client is busy anyway).
+            if c.put(&protobuf) {
+                self.zc_flush(ring, i);
+            }
+        }
         self.pump_clients(ring);
     }
 
@@ -236,6 +349,9 @@ impl Output {
                 self.relay.cut(id, CutReason::Gone);
                 self.close_client(ring, i);
             }
+        }
+        for i in 0..self.zc.len() {
+            self.zc_close(ring, i);
         }
     }
 
@@ -258,6 +374,33 @@ impl Output {
             Token::ClientSend(i) => self.on_sent(ring, i as usize, c),
             Token::ClientPoll(i) => self.on_hangup(ring, i as usize, c),
             Token::BlockCheck => self.on_block_check(ring),
+            Token::StagePoll(s) => {
+                self.stages[s as usize].src_poll = None;
+                self.stage_pump(ring, s as usize);
+            }
+            Token::StageLogPoll(s) => {
+                self.stages[s as usize].logger_poll = None;
+                self.stage_pump(ring, s as usize);
+            }
+            Token::ZcOut(i) => {
+                if let Some(Some(z)) = self.zc.get_mut(i as usize) {
+                    z.out_poll = None;
+                }
+                self.zc_flush(ring, i as usize);
+                self.zc_maybe_remove(ring, i as usize);
+            }
+            Token::ZcHup(i) => {
+                let i = i as usize;
+                if let Some(Some(z)) = self.zc.get_mut(i) {
+                    z.hup_poll = None;
+                    if c.res != -libc::ECANCELED && !z.closing {
+                        tracing::debug!("zero-copy client {i} hung up");
+                        self.zc_cut(ring, i, Gone::Closed);
+                    }
+                }
+                self.zc_maybe_remove(ring, i);
+            }
+            Token::ZcBlockCheck => self.on_zc_block_check(ring),
             other => unreachable!("not an output token: {other:?}"),
         }
     }
@@ -268,6 +411,9 @@ impl Output {
             return;
         }
         for s in 0..self.sources.len() {
+            if !self.stages.is_empty() {
+                self.stage_pump(ring, s);
+            }
             self.read(ring, s);
             self.log(ring, s);
         }
@@ -290,6 +436,10 @@ impl Output {
     fn read(&mut self, ring: &mut Ring, s: usize) {
         let src = &self.sources[s];
         if src.op.is_some() || src.waiting || self.relay.is_eof(s) || self.failure.is_some() {
+            return;
+        }
+        // Staged: only what the stage hands over, once the zero-copy clients have it.
+        if !self.stages.is_empty() && !self.stages[s].engine_may_read() {
             return;
         }
         if ring.arena_len() == 0 {
@@ -323,6 +473,10 @@ impl Output {
                 let range = src.window.start..src.window.start + n as usize;
                 let cut = self.relay.on_read(s, ring.arena(range));
                 self.cut_clients(ring, &cut);
+                if !self.stages.is_empty() && self.stages[s].engine_read(n as usize) {
+                    // The round is consumed: stage the next one.
+                    self.stage_pump(ring, s);
+                }
             }
             0 => self.end_of_stream(s),
             e if e == -libc::EAGAIN => {
@@ -522,5 +676,284 @@ impl Output {
         for s in 0..self.sources.len() {
             self.read(ring, s);
         }
+    }
+
+    /// Advances stream `s`'s staging as far as it goes: stages a round, offers it to the
+    /// zero-copy clients, then hands it to the copy engine or moves it into the logger.
+    fn stage_pump(&mut self, ring: &mut Ring, s: usize) {
+        while self.started && self.failure.is_none() {
+            let name = self.sources[s].name;
+            if self.stages[s].round.is_none() {
+                let stage = &self.stages[s];
+                if stage.eof || stage.src_poll.is_some() {
+                    return;
+                }
+                let live = |c: &&ZcClient| !c.closing && !c.finished;
+                let frame = self.zc.iter().flatten().filter(live).any(|c| c.framing != Framing::Raw);
+                let owed = (0..self.zc.len())
+                    .filter(|&i| self.zc[i].as_ref().is_some_and(|c| live(&c)))
+                    .collect();
+                match self.stages[s].stage(ring, frame, owed) {
+                    Ok(Staged::Round) => {
+                        let len = self.stages[s].round.as_ref().map_or(0, |r| r.len);
+                        self.staged += len as u64;
+                    }
+                    Ok(Staged::Empty) => {
+                        let fd = self.stages[s].src;
+                        let poll = ring.submit(Op::Poll { fd, events: POLLIN }, Token::StagePoll(s as u32).encode());
+                        self.stages[s].src_poll = Some(poll);
+                        return;
+                    }
+                    Ok(Staged::Eof) => {
+                        // Every round was consumed: the payload pipe is empty.
+                        self.end_of_stream(s);
+                        self.pump_clients(ring);
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail(format!("Failed redirecting {name}: {}", crate::sys::strerror(&e)));
+                        return;
+                    }
+                }
+            }
+            if self.stages[s]
+                .round
+                .as_ref()
+                .is_some_and(|r| r.consume == Consume::Owed)
+                && !self.offer_round(ring, s)
+            {
+                return;
+            }
+            let consume = self.stages[s].round.as_ref().map(|r| r.consume);
+            match consume {
+                Some(Consume::Engine { .. }) => {
+                    self.read(ring, s);
+                    return;
+                }
+                Some(Consume::Logger { .. }) => {
+                    if self.stages[s].logger_poll.is_some() {
+                        return;
+                    }
+                    let logger = self.loggers[s].fd;
+                    match self.stages[s].log(ring, logger) {
+                        // Logged: on to the next round.
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let poll = ring.submit(
+                                Op::Poll {
+                                    fd: logger,
+                                    events: POLLOUT,
+                                },
+                                Token::StageLogPoll(s as u32).encode(),
+                            );
+                            self.stages[s].logger_poll = Some(poll);
+                            return;
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            // A logger splice(2) will not take (a file system without
+                            // splice support): the copy engine reads the rest of the
+                            // round, and every later one.
+                            tracing::info!("the {name} logger does not take splice; copying into it");
+                            self.logger_spliceable[s] = false;
+                            if ring.arena_len() == 0 {
+                                ring.init_arena(self.relay.arena_len());
+                            }
+                            let round = self.stages[s].round.as_mut().expect("a round");
+                            if let Consume::Logger { left } = round.consume {
+                                round.consume = Consume::Engine { left };
+                            }
+                            self.read(ring, s);
+                            return;
+                        }
+                        Err(e) => {
+                            self.fail(format!("Failed redirecting {name}: {}", crate::sys::strerror(&e)));
+                            return;
+                        }
+                    }
+                }
+                Some(Consume::Owed) | None => {}
+            }
+        }
+    }
+
+    /// Offers stream `s`'s round to the clients still owed it; true when all have it
+    /// (then it is handed on: to the copy engine, or to the logger directly).
+    fn offer_round(&mut self, ring: &mut Ring, s: usize) -> bool {
+        let owed = std::mem::take(&mut self.stages[s].round.as_mut().expect("a round").owed);
+        let mut still = Vec::new();
+        let mut taken = Vec::new();
+        for i in owed {
+            let Some(c) = self.zc[i].as_mut() else { continue };
+            if c.closing || c.finished {
+                continue;
+            }
+            let stage = &self.stages[s];
+            match c.offer(stage, stage.round.as_ref().expect("a round")) {
+                Offer::Taken => taken.push(i),
+                Offer::Later => still.push(i),
+                Offer::Cut(why) => self.zc_cut(ring, i, why),
+            }
+        }
+        for i in taken {
+            self.zc_flush(ring, i);
+        }
+        if !still.is_empty() {
+            // Blocking clients hold the round (and so the container) back, for a while.
+            if self.zc_block_check.is_none() {
+                let first = still[0];
+                let moved = self.zc[first].as_ref().map_or(0, |c| c.moved);
+                self.zc_block_check = Some((first, moved));
+                ring.submit(
+                    Op::Timeout {
+                        after: self.options.block_timeout,
+                    },
+                    Token::ZcBlockCheck.encode(),
+                );
+            }
+            self.stages[s].round.as_mut().expect("a round").owed = still;
+            return false;
+        }
+        if let Err(e) = self.stages[s].drop_framed() {
+            let name = self.sources[s].name;
+            self.fail(format!("Failed redirecting {name}: {}", crate::sys::strerror(&e)));
+            return false;
+        }
+        // The payload goes to the copy engine when a copying client or earlier bytes for
+        // the logger need it; otherwise it moves into the logger as it is.
+        let engine = self.relay.live_clients() > 0
+            || self.relay.logger_range(s).is_some()
+            || self.loggers[s].op.is_some()
+            || !self.logger_spliceable[s];
+        let round = self.stages[s].round.as_mut().expect("a round");
+        round.consume = if engine {
+            if ring.arena_len() == 0 {
+                ring.init_arena(self.relay.arena_len());
+            }
+            Consume::Engine { left: round.len }
+        } else {
+            Consume::Logger { left: round.len }
+        };
+        true
+    }
+
+    /// Moves what zero-copy client `i` has queued into its socket, closing it once its
+    /// stream is complete; a client that drained may let held rounds go on.
+    fn zc_flush(&mut self, ring: &mut Ring, i: usize) {
+        let Some(Some(c)) = self.zc.get_mut(i) else { return };
+        if c.closing || c.out_poll.is_some() {
+            return;
+        }
+        let blocking = c.policy == LagPolicy::Block;
+        match c.flush(ring) {
+            Ok(true) => {
+                if c.finished {
+                    self.zc_close(ring, i);
+                    return;
+                }
+            }
+            Ok(false) => {
+                let fd = c.fd;
+                c.out_poll = Some(ring.submit(Op::Poll { fd, events: POLLOUT }, Token::ZcOut(i as u32).encode()));
+            }
+            Err(why) => {
+                self.zc_cut(ring, i, why);
+                return;
+            }
+        }
+        if blocking {
+            let held: Vec<usize> = (0..self.stages.len())
+                .filter(|&s| self.stages[s].round.as_ref().is_some_and(|r| r.owed.contains(&i)))
+                .collect();
+            for s in held {
+                self.stage_pump(ring, s);
+            }
+            if self.relay.is_finished() {
+                // Its end may not have fit before.
+                self.finish_zc(ring, i);
+            }
+        }
+    }
+
+    /// Queues the end of a blocking client's stream once it fits.
+    fn finish_zc(&mut self, ring: &mut Ring, i: usize) {
+        let Some(Some(c)) = self.zc.get_mut(i) else { return };
+        if c.finished || c.closing {
+            return;
+        }
+        let ended = match c.framing {
+            Framing::Chunked(_) => c.put(LAST_CHUNK),
+            Framing::Raw => true,
+        };
+        if ended {
+            c.finished = true;
+            self.zc_flush(ring, i);
+        }
+    }
+
+    /// Cuts zero-copy client `i` off.
+    fn zc_cut(&mut self, ring: &mut Ring, i: usize, why: Gone) {
+        let Some(Some(c)) = self.zc.get_mut(i) else { return };
+        if c.closing {
+            return;
+        }
+        c.gone = Some(why);
+        if why == Gone::Lagging {
+            // Behind by what it never got and what still waits in its pipe.
+            let lost = self.staged.saturating_sub(c.delivered) + c.backlog() as u64;
+            tracing::warn!("zero-copy client {i} could not keep up and was disconnected");
+            self.zc_cut += 1;
+            self.zc_lost += lost;
+        }
+        self.zc_close(ring, i);
+    }
+
+    /// Shuts zero-copy client `i` down; it goes once its polls are done.
+    fn zc_close(&mut self, ring: &mut Ring, i: usize) {
+        let Some(Some(c)) = self.zc.get_mut(i) else { return };
+        if !c.closing {
+            c.closing = true;
+            let _ = shutdown(ring.raw(c.fd), Shutdown::Both);
+            for op in [c.out_poll, c.hup_poll].into_iter().flatten() {
+                ring.cancel(op, false);
+            }
+        }
+        self.zc_maybe_remove(ring, i);
+        // Rounds it held may go on.
+        for s in 0..self.stages.len() {
+            if self.stages[s].round.as_ref().is_some_and(|r| r.owed.contains(&i)) {
+                self.stage_pump(ring, s);
+            }
+        }
+    }
+
+    fn zc_maybe_remove(&mut self, ring: &mut Ring, i: usize) {
+        let Some(Some(c)) = self.zc.get(i) else { return };
+        if !c.closing || c.out_poll.is_some() || c.hup_poll.is_some() {
+            return;
+        }
+        let c = self.zc[i].take().expect("checked above");
+        ring.close(c.fd);
+        for stage in &mut self.stages {
+            if let Some(r) = &mut stage.round {
+                r.owed.retain(|&o| o != i);
+            }
+        }
+    }
+
+    fn on_zc_block_check(&mut self, ring: &mut Ring) {
+        let Some((i, moved)) = self.zc_block_check.take() else { return };
+        let held = self
+            .stages
+            .iter()
+            .any(|st| st.round.as_ref().is_some_and(|r| r.owed.contains(&i)));
+        let progress = self.zc[i].as_ref().is_some_and(|c| c.moved != moved);
+        if held && !progress {
+            tracing::warn!(
+                "zero-copy client {i} made no progress for {:?} while the container waited for it; disconnecting it",
+                self.options.block_timeout
+            );
+            self.zc_cut(ring, i, Gone::Lagging);
+        }
+        self.pump(ring);
     }
 }

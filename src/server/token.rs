@@ -34,6 +34,14 @@ pub(crate) enum Token {
     BlockCheck,
     /// Output ended long enough ago: stop waiting for acknowledgements.
     AckTimeout,
+    /// Zero copy: stream `n`'s source is readable, or its logger writable (staging).
+    StagePoll(u32),
+    StageLogPoll(u32),
+    /// Zero-copy client `n`'s socket takes more, or it hung up.
+    ZcOut(u32),
+    ZcHup(u32),
+    /// A blocking zero-copy client holds a round back: is it making progress?
+    ZcBlockCheck,
 }
 
 impl Token {
@@ -57,6 +65,11 @@ impl Token {
             Token::AcceptRetry => (16, 0),
             Token::BlockCheck => (17, 0),
             Token::AckTimeout => (18, 0),
+            Token::StagePoll(n) => (19, n),
+            Token::StageLogPoll(n) => (20, n),
+            Token::ZcOut(n) => (21, n),
+            Token::ZcHup(n) => (22, n),
+            Token::ZcBlockCheck => (23, 0),
         };
         (kind << 32) | u64::from(n)
     }
@@ -82,6 +95,11 @@ impl Token {
             16 => Token::AcceptRetry,
             17 => Token::BlockCheck,
             18 => Token::AckTimeout,
+            19 => Token::StagePoll(n),
+            20 => Token::StageLogPoll(n),
+            21 => Token::ZcOut(n),
+            22 => Token::ZcHup(n),
+            23 => Token::ZcBlockCheck,
             _ => panic!("unknown token {data:#x}"),
         }
     }

@@ -1,0 +1,507 @@
+//! The zero-copy path (issue 4): container output reaches unix-socket clients as pipe
+//! pages, never copied through user space.
+//!
+//! Each stream is staged in rounds. A round moves up to one record's worth of the
+//! container's output into a staging pipe (`splice`, a move for a pipe source; a PTY is
+//! copied in by the tty layer). For protobuf clients the round is also framed once, into
+//! a second pipe: the chunk line, RecordIO length and message prefix are written, the
+//! payload is duplicated behind them (`tee`), then the chunk end. Every zero-copy client
+//! then gets the round duplicated into its own pipe (`tee`, raw clients from the payload
+//! pipe, protobuf clients from the framed one), and its pipe is moved into its socket
+//! (`splice`) as the socket takes it. Only then is the payload consumed: moved into the
+//! logger (`splice`) when no copying client needs it, or read by the copy engine, which
+//! logs it and serves the JSON clients as before.
+//!
+//! The calls are direct non-blocking syscalls from the ring thread (io_uring would punt
+//! them to worker threads, at 1.4 to 2.1 times the CPU: LIMITS.md §B2); readiness comes
+//! from ring polls. A client's pipe is its lag bound: a client whose pipe cannot take a
+//! round is cut off (`LagPolicy::Disconnect`), or holds the round back, as the logger
+//! would (`LagPolicy::Block`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, SpliceFFlags, splice, tee};
+
+use crate::relay::{Framing, LagPolicy};
+use crate::ring::{Fd, OpId, Ring};
+use crate::wire::http::{CHUNK_END, write_chunk_size};
+use crate::wire::message::{self, Format, Stream};
+
+const NONBLOCK: SpliceFFlags = SpliceFFlags::SPLICE_F_NONBLOCK;
+const PAGE: usize = 4096;
+/// Rounds up to this size are copied into the client pipes rather than teed: a teed
+/// buffer takes a pipe slot of its own however small it is, while small writes share
+/// pages, so a client's pipe holds many more small records (lines of a log, say) this
+/// way, at the cost of a copy of at most a page.
+const SMALL_ROUND: usize = PAGE;
+/// Slots kept free in a client pipe for the error of our count of its slots (a page
+/// shared by small writes is counted once, and may outlive the write that took it).
+const SLOT_MARGIN: usize = 2;
+
+/// A pipe pair, both ends non-blocking and close-on-exec, raised to `bytes` (best
+/// effort); returns the capacity it got.
+pub(crate) fn pipe(bytes: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    let size = crate::sys::grow_pipe(&w, bytes)?;
+    Ok((r, w, size))
+}
+
+/// Pipe buffers (slots) a run of `len` bytes may take, at most: its pages plus a partial
+/// one at each end.
+fn slots_for(len: usize) -> usize {
+    len.div_ceil(PAGE) + 1
+}
+
+/// What a staged round is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Consume {
+    /// Clients still owed the round.
+    Owed,
+    /// The copy engine reads the payload (`left` bytes to go).
+    Engine { left: usize },
+    /// The payload moves into the logger (`left` bytes to go).
+    Logger { left: usize },
+}
+
+/// One staged round.
+#[derive(Debug)]
+pub(crate) struct Round {
+    /// Payload bytes in the payload pipe.
+    pub len: usize,
+    /// Bytes of the framed record in the framed pipe (0 when no protobuf client was
+    /// attached at staging, or when the round is small).
+    pub framed: usize,
+    /// A small round, copied: its framed record (when framed), and where its payload
+    /// starts in it.
+    pub small: Option<(Vec<u8>, usize)>,
+    /// Zero-copy clients (by slot) that still need the round.
+    pub owed: Vec<usize>,
+    pub consume: Consume,
+}
+
+/// The staging of one stream.
+pub(crate) struct Stage {
+    /// The container's side (pipe read end or PTY master), in the ring's table.
+    pub src: Fd,
+    pub pty: bool,
+    pub stream: Stream,
+    /// The payload pipe; the copy engine reads `payload_r` through its ring alias.
+    pub payload_r: OwnedFd,
+    pub payload_w: Option<OwnedFd>,
+    /// The framed pipe (protobuf records around the payload).
+    pub framed_r: OwnedFd,
+    pub framed_w: OwnedFd,
+    /// The round staged, if any.
+    pub round: Option<Round>,
+    /// The source ended (the payload pipe's write end is then closed).
+    pub eof: bool,
+    /// A poll for the source (readable) or the logger (writable) is in flight.
+    pub src_poll: Option<OpId>,
+    pub logger_poll: Option<OpId>,
+    /// Largest round.
+    pub max_round: usize,
+    /// Largest framed round (one record).
+    max_framed: usize,
+    /// /dev/null, where a framed record is dropped once every client has it.
+    pub null: OwnedFd,
+}
+
+/// What a staging step did.
+pub(crate) enum Staged {
+    /// A round is staged.
+    Round,
+    /// Nothing to read now: poll the source.
+    Empty,
+    /// The source ended.
+    Eof,
+}
+
+impl Stage {
+    /// A stage whose rounds take up to `max_round` bytes, or `max_record` when they are
+    /// framed (one record each).
+    pub fn new(src: Fd, pty: bool, stream: Stream, max_round: usize, max_record: usize) -> io::Result<Stage> {
+        // A round must fit its pipes in one piece, in buffers (slots) as well as in bytes:
+        // a framed round takes one for its head, its payload's, and one for its end.
+        let payload_bytes = (slots_for(max_round) * PAGE).next_power_of_two().max(16 * PAGE);
+        let framed_bytes = ((slots_for(max_record) + 2) * PAGE).next_power_of_two().max(16 * PAGE);
+        let (payload_r, payload_w, size) = pipe(payload_bytes)?;
+        let (framed_r, framed_w, framed_size) = pipe(framed_bytes)?;
+        if size < payload_bytes || framed_size < framed_bytes {
+            return Err(io::Error::other(
+                "cannot size the staging pipes (the per-user pipe budget is spent)",
+            ));
+        }
+        let null = nix::fcntl::open(
+            "/dev/null",
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(Stage {
+            src,
+            pty,
+            stream,
+            payload_r,
+            payload_w: Some(payload_w),
+            framed_r,
+            framed_w,
+            round: None,
+            eof: false,
+            src_poll: None,
+            logger_poll: None,
+            max_round,
+            max_framed: max_record,
+            null,
+        })
+    }
+
+    /// Moves the next round from the source into the payload pipe and, when `frame`,
+    /// frames it for protobuf clients.
+    pub fn stage(&mut self, ring: &mut Ring, frame: bool, owed: Vec<usize>) -> io::Result<Staged> {
+        debug_assert!(self.round.is_none() && !self.eof);
+        let w = self.payload_w.as_ref().expect("open until the end of the source");
+        let cap = if frame { self.max_framed } else { self.max_round };
+        let moved = splice(
+            ring.borrow(self.src),
+            None,
+            w,
+            None,
+            cap,
+            NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+        );
+        let len = match moved {
+            Ok(0) => return Ok(self.end()),
+            Ok(n) => n,
+            Err(Errno::EAGAIN) => return Ok(Staged::Empty),
+            Err(Errno::EINTR) => return Ok(Staged::Empty),
+            // A PTY master reads EIO once every slave is closed: the end of the stream.
+            Err(Errno::EIO) if self.pty => return Ok(self.end()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut head = Vec::with_capacity(32);
+        if frame {
+            let mut record = Vec::with_capacity(24);
+            message::data_record_prefix(Format::Protobuf, self.stream, len, &mut record);
+            write_chunk_size(record.len() + len, &mut head);
+            head.extend_from_slice(&record);
+        }
+        let mut framed = 0;
+        let mut small = None;
+        if len <= SMALL_ROUND {
+            // A copy of the payload (through the framed pipe, which is empty between
+            // rounds), framed in memory.
+            let teed = tee(&self.payload_r, &self.framed_w, len, NONBLOCK)?;
+            let mut bytes = head;
+            let start = bytes.len();
+            bytes.resize(start + teed, 0);
+            let read = nix::unistd::read(&self.framed_r, &mut bytes[start..])?;
+            if teed != len || read != len {
+                return Err(io::Error::other(format!("staging copied {read} of {len} bytes")));
+            }
+            if frame {
+                bytes.extend_from_slice(CHUNK_END);
+            }
+            small = Some((bytes, start));
+        } else if frame {
+            write_all(&self.framed_w, &head)?;
+            let teed = tee(&self.payload_r, &self.framed_w, len, NONBLOCK)?;
+            if teed != len {
+                return Err(io::Error::other(format!("framing took {teed} of {len} bytes")));
+            }
+            write_all(&self.framed_w, CHUNK_END)?;
+            framed = head.len() + len + CHUNK_END.len();
+        }
+        self.round = Some(Round {
+            len,
+            framed,
+            small,
+            owed,
+            consume: Consume::Owed,
+        });
+        Ok(Staged::Round)
+    }
+
+    fn end(&mut self) -> Staged {
+        self.eof = true;
+        self.payload_w = None;
+        Staged::Eof
+    }
+
+    /// Drops the framed record (every client has it).
+    pub fn drop_framed(&mut self) -> io::Result<()> {
+        let Some(round) = &mut self.round else { return Ok(()) };
+        while round.framed > 0 {
+            let n = splice(&self.framed_r, None, &self.null, None, round.framed, NONBLOCK)?;
+            if n == 0 {
+                return Err(io::Error::other("the framed record vanished"));
+            }
+            round.framed -= n;
+        }
+        Ok(())
+    }
+
+    /// Moves the rest of the payload into the logger; `Ok(true)` when it is all there,
+    /// `Ok(false)` when the logger takes no more for now.
+    pub fn log(&mut self, ring: &mut Ring, logger: Fd) -> io::Result<bool> {
+        let Some(Round {
+            consume: Consume::Logger { left },
+            ..
+        }) = &mut self.round
+        else {
+            return Ok(true);
+        };
+        while *left > 0 {
+            match splice(
+                &self.payload_r,
+                None,
+                ring.borrow(logger),
+                None,
+                *left,
+                NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+            ) {
+                Ok(0) => return Err(io::Error::other("the logger accepts no more bytes")),
+                Ok(n) => *left -= n,
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.round = None;
+        Ok(true)
+    }
+
+    /// The copy engine read `n` payload bytes; true when the round is consumed.
+    pub fn engine_read(&mut self, n: usize) -> bool {
+        if let Some(Round {
+            consume: Consume::Engine { left },
+            ..
+        }) = &mut self.round
+        {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.round = None;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the copy engine may read the payload pipe now.
+    pub fn engine_may_read(&self) -> bool {
+        self.round
+            .as_ref()
+            .is_some_and(|r| matches!(r.consume, Consume::Engine { .. }))
+    }
+}
+
+/// Writes all of `bytes` into a pipe that has room for them (they are small).
+fn write_all(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    let n = nix::unistd::write(fd, bytes)?;
+    if n != bytes.len() {
+        return Err(io::Error::other(format!("a pipe took {n} of {} bytes", bytes.len())));
+    }
+    Ok(())
+}
+
+/// Why delivering to a zero-copy client stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// It could not take a round in time (its pipe is full).
+    Lagging,
+    /// Its connection failed or closed.
+    Closed,
+}
+
+/// What an offer of a round to a client did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    Taken,
+    /// No room now; it may take it later (blocking clients).
+    Later,
+    Cut(Gone),
+}
+
+/// A zero-copy client: its socket, and the pipe between the rounds and the socket.
+pub(crate) struct ZcClient {
+    pub fd: Fd,
+    pub framing: Framing,
+    pub policy: LagPolicy,
+    pipe_r: OwnedFd,
+    pipe_w: OwnedFd,
+    /// Pipe buffers the pipe holds (the kernel's count is not visible).
+    capacity_slots: usize,
+    /// Bytes in the pipe, and the buffers each run of them may take (oldest first).
+    queued: usize,
+    runs: VecDeque<(usize, usize)>,
+    slots: usize,
+    /// Room left in the page the last small write went to (the next small write that
+    /// fits shares it); 0 after a tee.
+    tail_room: usize,
+    /// Payload bytes delivered into the pipe, and moved on to the socket.
+    pub delivered: u64,
+    pub out_poll: Option<OpId>,
+    pub hup_poll: Option<OpId>,
+    /// The end of its stream is in its pipe (or it is being closed).
+    pub finished: bool,
+    pub closing: bool,
+    pub gone: Option<Gone>,
+    /// The round position of its last progress, for the blocking check.
+    pub moved: u64,
+}
+
+impl ZcClient {
+    /// A zero-copy client for `fd` (made non-blocking), with `front` queued first; `None`
+    /// when its pipe cannot hold `min_bytes` (the per-user pipe budget is spent).
+    pub fn new(
+        ring: &mut Ring,
+        fd: Fd,
+        framing: Framing,
+        policy: LagPolicy,
+        front: &[u8],
+        pipe_bytes: usize,
+        min_bytes: usize,
+    ) -> io::Result<Option<ZcClient>> {
+        let (pipe_r, pipe_w, size) = pipe(pipe_bytes)?;
+        if size < min_bytes {
+            return Ok(None);
+        }
+        crate::sys::set_nonblocking(ring.borrow(fd))?;
+        let mut c = ZcClient {
+            fd,
+            framing,
+            policy,
+            pipe_r,
+            pipe_w,
+            capacity_slots: size / PAGE,
+            queued: 0,
+            runs: VecDeque::new(),
+            slots: 0,
+            tail_room: 0,
+            delivered: 0,
+            out_poll: None,
+            hup_poll: None,
+            finished: false,
+            closing: false,
+            gone: None,
+            moved: 0,
+        };
+        if !front.is_empty() && !c.put(front) {
+            return Ok(None);
+        }
+        Ok(Some(c))
+    }
+
+    fn record(&mut self, len: usize, slots: usize) {
+        self.queued += len;
+        self.runs.push_back((len, slots));
+        self.slots += slots;
+    }
+
+    /// Queues small bytes of our own (a response head, a heartbeat, the last chunk);
+    /// false if the pipe has no room.
+    pub fn put(&mut self, bytes: &[u8]) -> bool {
+        let n = bytes.len();
+        let slots = if n <= self.tail_room { 0 } else { n.div_ceil(PAGE) };
+        if self.slots + slots + SLOT_MARGIN > self.capacity_slots {
+            return false;
+        }
+        match nix::unistd::write(&self.pipe_w, bytes) {
+            Ok(written) if written == n => {
+                self.tail_room = if slots == 0 {
+                    self.tail_room - n
+                } else {
+                    slots * PAGE - n
+                };
+                self.record(n, slots);
+                true
+            }
+            // A short write leaves a torn record: the client cannot go on.
+            _ => false,
+        }
+    }
+
+    /// Offers a staged round (from the framed pipe for protobuf clients).
+    pub fn offer(&mut self, stage: &Stage, round: &Round) -> Offer {
+        if let Some((bytes, start)) = &round.small {
+            let bytes = match self.framing {
+                Framing::Chunked(_) => &bytes[..],
+                Framing::Raw => &bytes[*start..*start + round.len],
+            };
+            return if self.put(bytes) {
+                self.delivered += round.len as u64;
+                Offer::Taken
+            } else {
+                match self.policy {
+                    LagPolicy::Block => Offer::Later,
+                    LagPolicy::Disconnect => Offer::Cut(Gone::Lagging),
+                }
+            };
+        }
+        let (from, len) = match self.framing {
+            Framing::Chunked(_) => (&stage.framed_r, round.framed),
+            Framing::Raw => (&stage.payload_r, round.len),
+        };
+        // The framing's own buffers (head, end) and the payload's pages.
+        let slots = slots_for(len) + 2;
+        if self.slots + slots + SLOT_MARGIN > self.capacity_slots {
+            return match self.policy {
+                LagPolicy::Block => Offer::Later,
+                LagPolicy::Disconnect => Offer::Cut(Gone::Lagging),
+            };
+        }
+        match tee(from.as_fd(), &self.pipe_w, len, NONBLOCK) {
+            Ok(n) if n == len => {
+                self.tail_room = 0;
+                self.record(n, slots);
+                self.delivered += round.len as u64;
+                Offer::Taken
+            }
+            // Short: the pipe had fewer buffers free than counted. Its record is torn.
+            Ok(_) | Err(Errno::EAGAIN) => Offer::Cut(Gone::Lagging),
+            Err(_) => Offer::Cut(Gone::Closed),
+        }
+    }
+
+    /// Moves what the pipe holds into the socket. `Ok(true)` when the pipe is empty,
+    /// `Ok(false)` when the socket takes no more for now.
+    pub fn flush(&mut self, ring: &mut Ring) -> Result<bool, Gone> {
+        while self.queued > 0 {
+            let flags = NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            match splice(&self.pipe_r, None, ring.borrow(self.fd), None, self.queued, flags) {
+                Ok(0) => return Err(Gone::Closed),
+                Ok(n) => self.sent(n),
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(Errno::EINTR) => {}
+                Err(_) => return Err(Gone::Closed),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Bytes still in its pipe (not yet taken by its socket).
+    pub fn backlog(&self) -> usize {
+        self.queued
+    }
+
+    fn sent(&mut self, mut n: usize) {
+        self.queued -= n;
+        self.moved += n as u64;
+        while n > 0 {
+            let Some((len, slots)) = self.runs.front_mut() else { break };
+            if n >= *len {
+                n -= *len;
+                self.slots -= *slots;
+                self.runs.pop_front();
+            } else {
+                // A run partly sent: what is left takes at most its remaining pages.
+                *len -= n;
+                let left = slots_for(*len).min(*slots);
+                self.slots -= *slots - left;
+                *slots = left;
+                n = 0;
+            }
+        }
+    }
+}

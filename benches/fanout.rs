@@ -1,12 +1,22 @@
-//! The fan-out benchmark of the relay core (issue 3): one pipe stream relayed to N
-//! unix-socket consumers, by our io_uring core and by a naive relay (read once, blocking
-//! `write()` to every consumer, then to the logger), side by side in one run.
+//! The fan-out benchmark of the relay core (issues 3 and 4): one pipe stream relayed to N
+//! unix-socket consumers, side by side in one run, by
+//! * `naive`: read once, blocking `write()` to every consumer, then to the logger;
+//! * `core`: our io_uring core on its copy path (SEND from registered memory);
+//! * `zerocopy`: our core on its zero-copy path (tee into a pipe per client, splice into
+//!   the socket, splice into the logger);
+//! * `tee-splice`: the raw limit, a bare lockstep loop of blocking tee and splice calls
+//!   with no framing, no lag bound and no event loop (LIMITS.md §B2 mode (d), 256 KiB
+//!   chunks as in §B3).
 //!
 //! Placement is pinned (LIMITS.md §B): producer and relay on CPU 0, consumers on CPU 1.
 //! Relay CPU = process CPU - producer thread CPU - consumer threads CPU. Every case runs
 //! `--reps` times, rep-major, and the table gives medians with [min-max].
 //!
-//! Run: `cargo bench --bench fanout -- [--reps 5] [--ns 1,8,64,256] [--quick] [--framing raw|protobuf]`
+//! Run: `cargo bench --bench fanout -- [--reps 5] [--ns 1,8,64,256] [--quick]
+//! [--framing raw|protobuf|json] [--modes naive,core,zerocopy,tee-splice]
+//! [--source pipe|pty]`. With `--source pty` the container writes into a PTY in raw mode
+//! (the relay reads its master; there is no tee-splice row: tee refuses a PTY). The ratio
+//! columns compare each mode with the copy path (`core`) of the same N.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -27,7 +37,33 @@ const CHUNK: usize = 64 << 10;
 enum Mode {
     Naive,
     Core,
+    ZeroCopy,
+    TeeSplice,
 }
+
+impl Mode {
+    fn parse(s: &str) -> Mode {
+        match s {
+            "naive" => Mode::Naive,
+            "core" => Mode::Core,
+            "zerocopy" => Mode::ZeroCopy,
+            "tee-splice" => Mode::TeeSplice,
+            other => panic!("unknown mode {other}: naive, core, zerocopy or tee-splice"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Naive => "naive",
+            Mode::Core => "core",
+            Mode::ZeroCopy => "zerocopy",
+            Mode::TeeSplice => "tee-splice",
+        }
+    }
+}
+
+/// Chunks of the raw tee-splice loop.
+const TEE_CHUNK: usize = 256 << 10;
 
 struct Case {
     mode: Mode,
@@ -35,6 +71,8 @@ struct Case {
     source_bytes: u64,
     framing: Framing,
     pin: bool,
+    /// The container writes into a PTY (raw mode) rather than a pipe.
+    pty: bool,
 }
 
 struct Sample {
@@ -99,7 +137,8 @@ fn naive(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match nix::unistd::read(&src, &mut buf) {
-            Ok(0) => return,
+            // A PTY master reads EIO once the slave is closed.
+            Ok(0) | Err(nix::errno::Errno::EIO) => return,
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => panic!("read: {e}"),
@@ -108,6 +147,54 @@ fn naive(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
             write_all(s, &buf[..n]);
         }
         write_all(&logger, &buf[..n]);
+    }
+}
+
+/// Blocking tee of up to `len` bytes; 0 at the end of the source.
+fn tee_blocking(src: &OwnedFd, dst: &OwnedFd, len: usize) -> usize {
+    loop {
+        match nix::fcntl::tee(src, dst, len, nix::fcntl::SpliceFFlags::empty()) {
+            Ok(n) => return n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => panic!("tee: {e}"),
+        }
+    }
+}
+
+fn splice_exact(from: &OwnedFd, to: &OwnedFd, mut len: usize) {
+    while len > 0 {
+        match nix::fcntl::splice(from, None, to, None, len, nix::fcntl::SpliceFFlags::SPLICE_F_MOVE) {
+            Ok(0) => panic!("splice: the source ended early"),
+            Ok(n) => len -= n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => panic!("splice: {e}"),
+        }
+    }
+}
+
+/// The raw limit: tee every chunk into each consumer's pipe, splice each pipe into its
+/// socket, then splice the chunk into the logger, in lockstep.
+fn tee_splice(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
+    let pipes: Vec<(OwnedFd, OwnedFd)> = socks
+        .iter()
+        .map(|_| {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            switchboard::sys::grow_pipe(&w, TEE_CHUNK).unwrap();
+            (r, w)
+        })
+        .collect();
+    loop {
+        let n = tee_blocking(&src, &pipes[0].1, TEE_CHUNK);
+        if n == 0 {
+            return;
+        }
+        for (_, w) in &pipes[1..] {
+            assert_eq!(tee_blocking(&src, w, n), n, "short tee");
+        }
+        for ((r, _), s) in pipes.iter().zip(&socks) {
+            splice_exact(r, s, n);
+        }
+        splice_exact(&src, &logger, n);
     }
 }
 
@@ -125,8 +212,17 @@ fn run(case: &Case) -> Sample {
                 .expect("spawn"),
         );
     }
-    let (src_r, src_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    switchboard::sys::grow_pipe(&src_w, 1 << 20).unwrap();
+    let (src_r, src_w) = if case.pty {
+        let pty = switchboard::tty::open().unwrap();
+        let mut raw = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
+        (pty.master, pty.slave)
+    } else {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        switchboard::sys::grow_pipe(&w, 1 << 20).unwrap();
+        (r, w)
+    };
     let logger: OwnedFd = File::options().write(true).open("/dev/null").unwrap().into();
     // Let the consumers reach their first read.
     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -138,16 +234,17 @@ fn run(case: &Case) -> Sample {
     let producer = std::thread::spawn(move || produce(src_w, total, pinned));
     match case.mode {
         Mode::Naive => naive(src_r, ours, logger),
-        Mode::Core => {
+        Mode::TeeSplice => tee_splice(src_r, ours, logger),
+        Mode::Core | Mode::ZeroCopy => {
             let clients = ours.into_iter().map(|fd| (fd, case.framing, Vec::new())).collect();
             let spec = FanoutSpec {
                 relay: relay::Config::default(),
-                sources: vec![(src_r, false)],
+                sources: vec![(src_r, case.pty)],
                 loggers: vec![logger],
                 clients,
                 hangup_polls: true,
                 policy: LagPolicy::Block,
-                zero_copy: false,
+                zero_copy: case.mode == Mode::ZeroCopy,
             };
             let report = fanout::run(spec, RingConfig::default()).expect("relay");
             assert!(report.failure.is_none() && report.stats.clients_cut == 0, "{report:?}");
@@ -158,7 +255,7 @@ fn run(case: &Case) -> Sample {
     for c in consumers {
         let (got, cpu) = c.join().unwrap();
         // Raw consumers get exactly the container's bytes; framed ones get more.
-        if case.framing == Framing::Raw || case.mode == Mode::Naive {
+        if case.framing == Framing::Raw || matches!(case.mode, Mode::Naive | Mode::TeeSplice) {
             assert_eq!(got, case.source_bytes, "a consumer missed bytes");
         } else {
             assert!(got > case.source_bytes, "a consumer missed bytes");
@@ -194,6 +291,11 @@ fn main() {
         v.split(',').map(|n| n.parse().expect("--ns")).collect()
     });
     let quick = args.iter().any(|a| a == "--quick");
+    let pty = match arg("--source").as_deref() {
+        None | Some("pipe") => false,
+        Some("pty") => true,
+        Some(other) => panic!("unknown --source {other}: pipe or pty"),
+    };
     let framing = match arg("--framing").as_deref() {
         None | Some("raw") => Framing::Raw,
         Some("protobuf") => Framing::Chunked(Format::Protobuf),
@@ -204,11 +306,22 @@ fn main() {
     let pinned = cpus >= 2;
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
-    eprintln!("fan-out benchmark: {reps} reps, N = {ns:?}, framing {framing:?}, pinned: {pinned}");
+    eprintln!(
+        "fan-out benchmark: {reps} reps, N = {ns:?}, framing {framing:?}, source {}, pinned: {pinned}",
+        if pty { "PTY" } else { "pipe" }
+    );
+    let mut modes: Vec<Mode> = arg("--modes")
+        .map_or(vec![Mode::Naive, Mode::Core, Mode::ZeroCopy, Mode::TeeSplice], |v| {
+            v.split(',').map(Mode::parse).collect()
+        });
+    if pty {
+        // tee(2) refuses a PTY (EINVAL): there is no raw tee loop to compare with.
+        modes.retain(|m| *m != Mode::TeeSplice);
+    }
     let mut results: Vec<(usize, Mode, Vec<Sample>)> = Vec::new();
     for n in &ns {
-        for mode in [Mode::Naive, Mode::Core] {
-            results.push((*n, mode, Vec::new()));
+        for mode in &modes {
+            results.push((*n, *mode, Vec::new()));
         }
     }
     for rep in 0..reps {
@@ -223,42 +336,53 @@ fn main() {
                 source_bytes,
                 framing,
                 pin: pinned,
+                pty,
             });
             eprintln!(
-                "rep {} N={n:<4} {:<5} {:6.2} GB/s  relay {:.3} CPU-s/GB",
+                "rep {} N={n:<4} {:<10} {:6.2} GB/s  relay {:.3} CPU-s/GB",
                 rep + 1,
-                format!("{mode:?}").to_lowercase(),
+                mode.name(),
                 sample.gbps,
                 sample.relay_cpu_per_gb
             );
             samples.push(sample);
         }
     }
+    // Medians per case, then ratios against the copy path (and the naive relay) of the
+    // same N, measured in the same run.
+    let medians: Vec<(usize, Mode, [f64; 6])> = results
+        .iter()
+        .map(|(n, mode, samples)| {
+            let (g, gmin, gmax) = median(&mut samples.iter().map(|s| s.gbps).collect::<Vec<_>>());
+            let (c, cmin, cmax) = median(&mut samples.iter().map(|s| s.relay_cpu_per_gb).collect::<Vec<_>>());
+            (*n, *mode, [g, gmin, gmax, c, cmin, cmax])
+        })
+        .collect();
+    let find = |n: usize, mode: Mode| medians.iter().find(|m| m.0 == n && m.1 == mode).map(|m| m.2);
+    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
+    let framing_name = match framing {
+        Framing::Raw => "raw",
+        Framing::Chunked(Format::Protobuf) => "protobuf records",
+        Framing::Chunked(Format::Json) => "JSON records",
+    };
     println!(
-        "| N | relay | GB/s median [min-max] | relay CPU s/GB median [min-max] | GB/s vs naive | CPU/GB vs naive |"
+        "| N | relay | GB/s median [min-max] | relay CPU s/GB median [min-max] | GB/s vs copy path | CPU/GB vs copy path | GB/s vs naive |"
     );
-    println!("|---|---|---|---|---|---|");
-    let mut naive_row = (0.0, 0.0);
-    for (n, mode, samples) in &mut results {
-        let (g, gmin, gmax) = median(&mut samples.iter().map(|s| s.gbps).collect::<Vec<_>>());
-        let (c, cmin, cmax) = median(&mut samples.iter().map(|s| s.relay_cpu_per_gb).collect::<Vec<_>>());
-        let ratios = if *mode == Mode::Naive {
-            naive_row = (g, c);
-            "| 1.00 | 1.00 |".to_string()
-        } else {
-            format!("| {:.2} | {:.2} |", g / naive_row.0, c / naive_row.1)
-        };
+    println!("|---|---|---|---|---|---|---|");
+    for (n, mode, [g, gmin, gmax, c, cmin, cmax]) in &medians {
         let name = match mode {
             Mode::Naive => "naive read + write()".to_string(),
-            Mode::Core => format!(
-                "switchboard core ({})",
-                if framing == Framing::Raw {
-                    "raw"
-                } else {
-                    "chunked records"
-                }
-            ),
+            Mode::Core => format!("switchboard copy path ({framing_name})"),
+            Mode::ZeroCopy => format!("switchboard zero-copy path ({framing_name})"),
+            Mode::TeeSplice => "raw tee + splice (no framing)".to_string(),
         };
-        println!("| {n} | {name} | {g:.2} [{gmin:.2}-{gmax:.2}] | {c:.3} [{cmin:.3}-{cmax:.3}] {ratios}");
+        let core = find(*n, Mode::Core);
+        let naive = find(*n, Mode::Naive);
+        println!(
+            "| {n} | {name} | {g:.2} [{gmin:.2}-{gmax:.2}] | {c:.3} [{cmin:.3}-{cmax:.3}] | {} | {} | {} |",
+            ratio(*g, core.map(|m| m[0])),
+            ratio(*c, core.map(|m| m[3])),
+            ratio(*g, naive.map(|m| m[0])),
+        );
     }
 }

@@ -167,6 +167,30 @@ fn sixty_four_clients_get_identical_streams() {
 }
 
 #[test]
+fn raw_protobuf_and_json_clients_at_once() {
+    within(120, || {
+        // With zero copy, raw and protobuf clients take pipe pages (raw ones from the
+        // payload, protobuf ones from the framed records) and JSON ones copies; one stalls
+        // on each path and is cut, and nobody else notices.
+        let clients: Vec<Framing> = (0..12)
+            .map(|i| match i % 3 {
+                0 => Framing::Raw,
+                1 => Framing::Chunked(Format::Protobuf),
+                _ => Framing::Chunked(Format::Json),
+            })
+            .collect();
+        for zero_copy in [false, true] {
+            let mut setup = Setup::new(clients.clone(), 24 << 20);
+            setup.streams = 1;
+            setup.stalled = vec![1, 2];
+            setup.zero_copy = zero_copy;
+            let (report, _) = run(setup);
+            assert_eq!(report.stats.clients_cut, 2);
+        }
+    });
+}
+
+#[test]
 fn two_hundred_fifty_six_raw_clients() {
     within(120, || {
         for zero_copy in [false, true] {

@@ -156,14 +156,10 @@ impl Output {
             .iter()
             .map(|&fd| {
                 // splice(2) refuses (EINVAL) a target opened for appending, as log files
-                // usually are; those take the copy engine's writes.
-                let appending = nix::fcntl::fcntl(ring.borrow(fd), nix::fcntl::FcntlArg::F_GETFL)
-                    .map_or(true, |fl| fl & libc::O_APPEND != 0);
-                !appending
-                    && nix::sys::stat::fstat(ring.borrow(fd)).is_ok_and(|st| {
-                        let kind = st.st_mode & libc::S_IFMT;
-                        kind == libc::S_IFIFO || kind == libc::S_IFREG
-                    })
+                // usually are; those take the copy engine's writes. So do targets that
+                // turn out to refuse splice at the first try (a terminal, say).
+                nix::fcntl::fcntl(ring.borrow(fd), nix::fcntl::FcntlArg::F_GETFL)
+                    .is_ok_and(|fl| fl & libc::O_APPEND == 0)
             })
             .collect();
         Ok(Output {
@@ -272,7 +268,13 @@ impl Output {
     /// be sized: past the per-user pipe budget they are served by copies).
     pub fn add_client(&mut self, ring: &mut Ring, fd: Fd, framing: Framing, policy: LagPolicy, front: Vec<u8>) {
         if !self.stages.is_empty() && framing != Framing::Chunked(Format::Json) {
-            let min = 2 * (self.relay.config().max_read + 4096);
+            // Room for two whole rounds at least.
+            let min = self
+                .stages
+                .iter()
+                .map(|st| 2 * st.round_slots * 4096)
+                .max()
+                .unwrap_or(0);
             match ZcClient::new(ring, fd, framing, policy, &front, self.options.client_pipe, min) {
                 Ok(Some(mut c)) => {
                     let i = match self.zc.iter().position(Option::is_none) {

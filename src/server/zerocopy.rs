@@ -31,12 +31,16 @@ use crate::wire::http::{CHUNK_END, write_chunk_size};
 use crate::wire::message::{self, Format, Stream};
 
 const NONBLOCK: SpliceFFlags = SpliceFFlags::SPLICE_F_NONBLOCK;
+const MOVE: SpliceFFlags = SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
 const PAGE: usize = 4096;
 /// Rounds up to this size are copied into the client pipes rather than teed: a teed
 /// buffer takes a pipe slot of its own however small it is, while small writes share
 /// pages, so a client's pipe holds many more small records (lines of a log, say) this
 /// way, at the cost of a copy of at most a page.
 const SMALL_ROUND: usize = PAGE;
+/// Most records in one framed round: each costs three pipe buffers at least, however
+/// small it is.
+const MAX_RECORDS_PER_ROUND: usize = 16;
 /// Slots kept free in a client pipe for the error of our count of its slots (a page
 /// shared by small writes is counted once, and may outlive the write that took it).
 const SLOT_MARGIN: usize = 2;
@@ -71,9 +75,11 @@ pub(crate) enum Consume {
 pub(crate) struct Round {
     /// Payload bytes in the payload pipe.
     pub len: usize,
-    /// Bytes of the framed record in the framed pipe (0 when no protobuf client was
-    /// attached at staging, or when the round is small).
+    /// Bytes of the framed records in the framed pipe (0 when no protobuf client was
+    /// attached at staging, or when the round is small), and the pipe buffers they may
+    /// take.
     pub framed: usize,
+    pub framed_slots: usize,
     /// A small round, copied: its framed record (when framed), and where its payload
     /// starts in it.
     pub small: Option<(Vec<u8>, usize)>,
@@ -94,6 +100,9 @@ pub(crate) struct Stage {
     /// The framed pipe (protobuf records around the payload).
     pub framed_r: OwnedFd,
     pub framed_w: OwnedFd,
+    /// Where each record's worth is taken in to be framed, before it joins the payload.
+    intake_r: OwnedFd,
+    intake_w: OwnedFd,
     /// The round staged, if any.
     pub round: Option<Round>,
     /// The source ended (the payload pipe's write end is then closed).
@@ -101,10 +110,12 @@ pub(crate) struct Stage {
     /// A poll for the source (readable) or the logger (writable) is in flight.
     pub src_poll: Option<OpId>,
     pub logger_poll: Option<OpId>,
-    /// Largest round.
+    /// Largest round, and largest record.
     pub max_round: usize,
-    /// Largest framed round (one record).
-    max_framed: usize,
+    max_record: usize,
+    /// Most records in a framed round, and the pipe buffers a framed round may take.
+    max_records: usize,
+    pub round_slots: usize,
     /// /dev/null, where a framed record is dropped once every client has it.
     pub null: OwnedFd,
 }
@@ -120,16 +131,20 @@ pub(crate) enum Staged {
 }
 
 impl Stage {
-    /// A stage whose rounds take up to `max_round` bytes, or `max_record` when they are
-    /// framed (one record each).
+    /// A stage whose rounds take up to `max_round` bytes; framed, they are records of at
+    /// most `max_record` bytes.
     pub fn new(src: Fd, pty: bool, stream: Stream, max_round: usize, max_record: usize) -> io::Result<Stage> {
         // A round must fit its pipes in one piece, in buffers (slots) as well as in bytes:
-        // a framed round takes one for its head, its payload's, and one for its end.
+        // each framed record takes one for its head, its payload's, and one for its end.
+        let max_records = max_round.div_ceil(max_record).clamp(1, MAX_RECORDS_PER_ROUND);
+        let round_slots = slots_for(max_round) + 3 * max_records;
         let payload_bytes = (slots_for(max_round) * PAGE).next_power_of_two().max(16 * PAGE);
-        let framed_bytes = ((slots_for(max_record) + 2) * PAGE).next_power_of_two().max(16 * PAGE);
+        let framed_bytes = (round_slots * PAGE).next_power_of_two().max(16 * PAGE);
+        let intake_bytes = (slots_for(max_record) * PAGE).next_power_of_two().max(16 * PAGE);
         let (payload_r, payload_w, size) = pipe(payload_bytes)?;
         let (framed_r, framed_w, framed_size) = pipe(framed_bytes)?;
-        if size < payload_bytes || framed_size < framed_bytes {
+        let (intake_r, intake_w, intake_size) = pipe(intake_bytes)?;
+        if size < payload_bytes || framed_size < framed_bytes || intake_size < intake_bytes {
             return Err(io::Error::other(
                 "cannot size the staging pipes (the per-user pipe budget is spent)",
             ));
@@ -147,31 +162,34 @@ impl Stage {
             payload_w: Some(payload_w),
             framed_r,
             framed_w,
+            intake_r,
+            intake_w,
             round: None,
             eof: false,
             src_poll: None,
             logger_poll: None,
             max_round,
-            max_framed: max_record,
+            max_record,
+            max_records,
+            round_slots,
             null,
         })
     }
 
     /// Moves the next round from the source into the payload pipe and, when `frame`,
-    /// frames it for protobuf clients.
+    /// frames it for protobuf clients: up to a round's worth, in records of at most
+    /// `max_record` bytes, each taken in through the intake pipe, framed around a tee of
+    /// it, then moved behind the payload.
     pub fn stage(&mut self, ring: &mut Ring, frame: bool, owed: Vec<usize>) -> io::Result<Staged> {
         debug_assert!(self.round.is_none() && !self.eof);
-        let w = self.payload_w.as_ref().expect("open until the end of the source");
-        let cap = if frame { self.max_framed } else { self.max_round };
-        let moved = splice(
-            ring.borrow(self.src),
-            None,
-            w,
-            None,
-            cap,
-            NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
-        );
-        let len = match moved {
+        let payload_w = self.payload_w.as_ref().expect("open until the end of the source");
+        let src = ring.borrow(self.src);
+        let (into, first_cap) = if frame {
+            (&self.intake_w, self.max_record)
+        } else {
+            (payload_w, self.max_round)
+        };
+        let mut n = match splice(src, None, into, None, first_cap, MOVE) {
             Ok(0) => return Ok(self.end()),
             Ok(n) => n,
             Err(Errno::EAGAIN) => return Ok(Staged::Empty),
@@ -180,42 +198,84 @@ impl Stage {
             Err(Errno::EIO) if self.pty => return Ok(self.end()),
             Err(e) => return Err(e.into()),
         };
-        let mut head = Vec::with_capacity(32);
-        if frame {
-            let mut record = Vec::with_capacity(24);
-            message::data_record_prefix(Format::Protobuf, self.stream, len, &mut record);
-            write_chunk_size(record.len() + len, &mut head);
-            head.extend_from_slice(&record);
+        if self.pty {
+            n += gather(src, into, first_cap - n);
         }
-        let mut framed = 0;
+        if !frame {
+            let small = if n <= SMALL_ROUND {
+                // A copy of the payload (through the framed pipe, empty between rounds).
+                let teed = tee(&self.payload_r, &self.framed_w, n, NONBLOCK)?;
+                let mut bytes = vec![0; n];
+                let read = nix::unistd::read(&self.framed_r, &mut bytes)?;
+                if teed != n || read != n {
+                    return Err(io::Error::other(format!("staging copied {read} of {n} bytes")));
+                }
+                Some((bytes, 0))
+            } else {
+                None
+            };
+            self.round = Some(Round {
+                len: n,
+                framed: 0,
+                framed_slots: 0,
+                small,
+                owed,
+                consume: Consume::Owed,
+            });
+            return Ok(Staged::Round);
+        }
+        let (mut len, mut framed, mut framed_slots, mut records) = (0, 0, 0, 0);
         let mut small = None;
-        if len <= SMALL_ROUND {
-            // A copy of the payload (through the framed pipe, which is empty between
-            // rounds), framed in memory.
-            let teed = tee(&self.payload_r, &self.framed_w, len, NONBLOCK)?;
-            let mut bytes = head;
-            let start = bytes.len();
-            bytes.resize(start + teed, 0);
-            let read = nix::unistd::read(&self.framed_r, &mut bytes[start..])?;
-            if teed != len || read != len {
-                return Err(io::Error::other(format!("staging copied {read} of {len} bytes")));
-            }
-            if frame {
+        loop {
+            // The intake holds `n` bytes: one record.
+            let mut head = Vec::with_capacity(32);
+            let mut record = Vec::with_capacity(24);
+            message::data_record_prefix(Format::Protobuf, self.stream, n, &mut record);
+            write_chunk_size(record.len() + n, &mut head);
+            head.extend_from_slice(&record);
+            if records == 0 && n <= SMALL_ROUND {
+                // A small round (one record), framed in memory; the payload is copied on.
+                let start = head.len();
+                let mut bytes = head;
+                bytes.resize(start + n, 0);
+                let read = nix::unistd::read(&self.intake_r, &mut bytes[start..])?;
+                if read != n {
+                    return Err(io::Error::other(format!("staging copied {read} of {n} bytes")));
+                }
+                write_all(payload_w, &bytes[start..])?;
                 bytes.extend_from_slice(CHUNK_END);
+                small = Some((bytes, start));
+                len = n;
+                break;
             }
-            small = Some((bytes, start));
-        } else if frame {
             write_all(&self.framed_w, &head)?;
-            let teed = tee(&self.payload_r, &self.framed_w, len, NONBLOCK)?;
-            if teed != len {
-                return Err(io::Error::other(format!("framing took {teed} of {len} bytes")));
+            let teed = tee(&self.intake_r, &self.framed_w, n, NONBLOCK)?;
+            if teed != n {
+                return Err(io::Error::other(format!("framing took {teed} of {n} bytes")));
             }
             write_all(&self.framed_w, CHUNK_END)?;
-            framed = head.len() + len + CHUNK_END.len();
+            move_all(&self.intake_r, payload_w, n)?;
+            framed += head.len() + n + CHUNK_END.len();
+            framed_slots += slots_for(n) + 2;
+            len += n;
+            records += 1;
+            if records == self.max_records || len >= self.max_round {
+                break;
+            }
+            // More waiting? (Its end, or an error, shows at the next staging.)
+            let cap = self.max_record.min(self.max_round - len);
+            n = match splice(src, None, &self.intake_w, None, cap, MOVE) {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
+            if self.pty {
+                n += gather(src, &self.intake_w, cap - n);
+            }
         }
         self.round = Some(Round {
             len,
             framed,
+            framed_slots,
             small,
             owed,
             consume: Consume::Owed,
@@ -296,6 +356,37 @@ impl Stage {
     }
 }
 
+/// Splices what a PTY master still holds into `into`, up to `cap` bytes: it gives at most
+/// a few KiB per call. Returns how much.
+fn gather(src: std::os::fd::BorrowedFd<'_>, into: &OwnedFd, cap: usize) -> usize {
+    let mut got = 0;
+    while got < cap {
+        match splice(src, None, into, None, cap - got, MOVE) {
+            Ok(n) if n > 0 => got += n,
+            _ => break,
+        }
+    }
+    got
+}
+
+/// Moves exactly `len` bytes from one pipe to another that has room for them.
+fn move_all(from: &OwnedFd, to: &OwnedFd, len: usize) -> io::Result<()> {
+    let mut left = len;
+    while left > 0 {
+        match splice(from, None, to, None, left, MOVE) {
+            Ok(n) if n > 0 => left -= n,
+            Err(Errno::EINTR) => {}
+            other => {
+                return Err(io::Error::other(format!(
+                    "staging moved {} of {len} bytes ({other:?})",
+                    len - left
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes all of `bytes` into a pipe that has room for them (they are small).
 fn write_all(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
     let n = nix::unistd::write(fd, bytes)?;
@@ -368,6 +459,11 @@ impl ZcClient {
             return Ok(None);
         }
         crate::sys::set_nonblocking(ring.borrow(fd))?;
+        // A socket buffer that takes a whole round in one splice saves a wait (and a
+        // poll) per round, per client; what it holds of large rounds are references to
+        // the pipe's pages. (`min_bytes` is two rounds' worth; the kernel doubles the
+        // value for its bookkeeping and caps it at net.core.wmem_max.) Best effort.
+        let _ = nix::sys::socket::setsockopt(&ring.borrow(fd), nix::sys::socket::sockopt::SndBuf, &min_bytes);
         let mut c = ZcClient {
             fd,
             framing,
@@ -439,12 +535,11 @@ impl ZcClient {
                 }
             };
         }
-        let (from, len) = match self.framing {
-            Framing::Chunked(_) => (&stage.framed_r, round.framed),
-            Framing::Raw => (&stage.payload_r, round.len),
+        // The payload's pages, and for records the framing's own buffers (head, end).
+        let (from, len, slots) = match self.framing {
+            Framing::Chunked(_) => (&stage.framed_r, round.framed, round.framed_slots),
+            Framing::Raw => (&stage.payload_r, round.len, slots_for(round.len)),
         };
-        // The framing's own buffers (head, end) and the payload's pages.
-        let slots = slots_for(len) + 2;
         if self.slots + slots + SLOT_MARGIN > self.capacity_slots {
             return match self.policy {
                 LagPolicy::Block => Offer::Later,

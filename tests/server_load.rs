@@ -231,3 +231,69 @@ fn curl_streams_chunked_input() {
         let _ = std::fs::remove_dir_all(dir);
     });
 }
+
+#[test]
+fn past_the_per_user_pipe_budget_clients_are_served_by_copies() {
+    // The zero-copy path gives each protobuf client a 1 MiB pipe (256 pages). A user
+    // without CAP_SYS_RESOURCE may hold fs.pipe-user-pages-soft pages of pipes; past
+    // that, pipes cannot be raised, and the clients they were for take the copy path.
+    // Only root can start the server as another user to see it.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, to start the server as another user");
+        return;
+    }
+    let soft: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let clients = 100;
+    within(300, move || {
+        let mut sb = Sb::start(Opts {
+            user: Some(65534),
+            ..Opts::default()
+        });
+        let base = sb.fd_count();
+        let len = 4 << 20;
+        let progress = Progress::default();
+        let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
+        for _ in 0..clients {
+            let mut s = sb.connect();
+            s.write_all(&output_request(true)).unwrap();
+            let mut checker = BodyChecker::new(Format::Protobuf, SEEDS, Some([len, len]));
+            checker.progress = Some(progress.counter());
+            readers.push((skip_head(s, &mut checker), Box::new(checker)));
+        }
+        // Each attached client holds its socket, and on the zero-copy path its pipe's
+        // two ends.
+        let zero_copy = (sb.fd_count() - base - clients) / 2;
+        eprintln!("{zero_copy} of {clients} clients on the zero-copy path (pipe-user-pages-soft {soft})");
+        assert!(zero_copy > 0, "no client took the zero-copy path");
+        if soft > 0 && soft / 256 < clients as u64 {
+            assert!(zero_copy < clients, "every pipe was raised past the per-user budget");
+        }
+        // A second server of the same user, started while the budget is spent, cannot
+        // stage its output in pipes: it serves everyone by copies.
+        let mut second = Sb::start(Opts {
+            user: Some(65534),
+            ..Opts::default()
+        });
+        let mut s = second.connect();
+        s.write_all(&output_request(true)).unwrap();
+        let small = 256 << 10;
+        let mut checker = BodyChecker::new(Format::Protobuf, SEEDS, Some([small, small]));
+        let reader = skip_head(s, &mut checker);
+        let producer = feed(&mut second, small, None);
+        read_all(vec![(reader, Box::new(checker))], &[]);
+        producer.join().unwrap();
+        assert!(second.wait(60).success());
+        assert_eq!(second.stdout_log.lock().unwrap().len() as u64, small);
+        // Both kinds get every byte, in order; so does the logger.
+        let producer = feed(&mut sb, len, Some(progress));
+        read_all(readers, &[]);
+        producer.join().unwrap();
+        assert!(sb.wait(60).success());
+        assert_eq!(sb.stdout_log.lock().unwrap().len() as u64, len);
+        assert!(is_pattern(SEEDS[0], 0, &sb.stdout_log.lock().unwrap()));
+    });
+}

@@ -45,7 +45,6 @@ pub struct FanoutReport {
 /// has its whole stream (or was cut off).
 pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     let mut ring = Ring::new(ring)?;
-    let spec_zero_copy = spec.zero_copy;
     let mut sources = Vec::new();
     for (fd, pty) in spec.sources {
         crate::sys::set_nonblocking(&fd)?;
@@ -87,7 +86,7 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     // The sources and loggers are still held (the ring closes them when dropped); every
     // client must be closed by now.
     // (With zero copy, the ring also has an alias of each stream's staged payload.)
-    let per_stream = if spec_zero_copy { 3 } else { 2 };
+    let per_stream = if output.zero_copy() { 3 } else { 2 };
     let leaked_fds = ring.live_fds() - output.relay().streams() * per_stream;
     Ok(FanoutReport {
         stats: output.stats(),

@@ -130,18 +130,30 @@ impl Output {
         assert_eq!(sources.len(), loggers.len(), "one logger per source");
         let relay = Relay::new(config, sources.len())?;
         let names = ["stdout", "stderr"];
-        let mut stages = Vec::new();
+        // Every stream is staged for the zero-copy path, or none is (its clients need
+        // them all). Without the pipes (a user past its pipe budget), copies serve all.
+        let staged = if options.zero_copy {
+            sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Stage::new(s.fd, s.pty, Relay::stream_kind(i), config.max_read, config.max_record))
+                .collect::<std::io::Result<Vec<Stage>>>()
+        } else {
+            Ok(Vec::new())
+        };
+        let stages = staged.unwrap_or_else(|e| {
+            tracing::warn!("no zero-copy path: cannot stage the output ({e}); every client is served by copies");
+            Vec::new()
+        });
         let mut states = Vec::new();
         for (i, s) in sources.into_iter().enumerate() {
-            let (fd, pty) = if options.zero_copy {
-                let stage = Stage::new(s.fd, s.pty, Relay::stream_kind(i), config.max_read, config.max_record)
-                    .map_err(|e| format!("Failed to stage {}: {e}", names[i]))?;
+            let (fd, pty) = match stages.get(i) {
                 // The copy engine reads the staged payload (a pipe: its end is a read of 0).
-                let alias = ring.borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stage.payload_r));
-                stages.push(stage);
-                (alias, false)
-            } else {
-                (s.fd, s.pty)
+                Some(stage) => (
+                    ring.borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stage.payload_r)),
+                    false,
+                ),
+                None => (s.fd, s.pty),
             };
             states.push(SourceState {
                 fd,
@@ -261,6 +273,11 @@ impl Output {
             self.zc_flush(ring, i);
         }
         self.pump(ring);
+    }
+
+    /// Whether the zero-copy path is on (its staging pipes could be made).
+    pub fn zero_copy(&self) -> bool {
+        !self.stages.is_empty()
     }
 
     /// Attaches a client connection: it gets `front`, then every record from now on.

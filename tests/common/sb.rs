@@ -33,6 +33,8 @@ pub struct Opts {
     pub extra: Vec<String>,
     /// Start it under `prlimit --nofile=N:N` (a soft and hard limit on descriptors).
     pub nofile: Option<u64>,
+    /// Start it as this user (and group), through `setpriv` (the test must be root).
+    pub user: Option<u32>,
 }
 
 /// A running switchboard and the container side of its fds.
@@ -205,13 +207,26 @@ impl Sb {
             args.push(format!("--log_file={}", dir.join("diagnostics.log").display()));
             args.push("--log_level=debug".into());
         }
-        let mut cmd = match opts.nofile {
-            Some(n) => {
+        let mut cmd = match (opts.nofile, opts.user) {
+            (Some(n), _) => {
                 let mut c = Command::new("prlimit");
                 c.arg(format!("--nofile={n}:{n}")).arg(BIN);
                 c
             }
-            None => Command::new(BIN),
+            (None, Some(uid)) => {
+                // Its directory becomes the user's, so that it can bind its socket there.
+                nix::unistd::chown(&dir, Some(uid.into()), Some(uid.into())).unwrap();
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "--",
+                    BIN,
+                ]);
+                c
+            }
+            (None, None) => Command::new(BIN),
         };
         cmd.args(&args)
             .stdin(Stdio::null())

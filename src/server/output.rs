@@ -72,8 +72,6 @@ pub struct Options {
     pub block_timeout: Duration,
     /// Serve protobuf and raw clients through pipes (tee and splice) instead of copies.
     pub zero_copy: bool,
-    /// The pipe of each zero-copy client (its lag bound).
-    pub client_pipe: usize,
 }
 
 impl Default for Options {
@@ -82,7 +80,6 @@ impl Default for Options {
             hangup_polls: true,
             block_timeout: Duration::from_secs(30),
             zero_copy: true,
-            client_pipe: 1 << 20,
         }
     }
 }
@@ -292,7 +289,10 @@ impl Output {
                 .map(|st| 2 * st.round_slots * 4096)
                 .max()
                 .unwrap_or(0);
-            match ZcClient::new(ring, fd, framing, policy, &front, self.options.client_pipe, min) {
+            // Its pipe is its lag bound: the lag limit (the kernel rounds a pipe up to a
+            // power of two), and room for two rounds at least.
+            let pipe_bytes = self.relay.config().lag_limit.max(min);
+            match ZcClient::new(ring, fd, framing, policy, &front, pipe_bytes, min) {
                 Ok(Some(mut c)) => {
                     let i = match self.zc.iter().position(Option::is_none) {
                         Some(i) => i,

@@ -259,7 +259,6 @@ impl Server {
             hangup_polls: true,
             block_timeout: config.limits.block_timeout,
             zero_copy: config.zero_copy,
-            ..output::Options::default()
         };
         let output = Output::new(&mut ring, config.relay, sources, loggers, options)?;
         // The socket comes last: once its path exists, the agent connects, so everything

@@ -821,23 +821,27 @@ fn a_partial_record_at_the_end_of_an_input_body_is_dropped_with_200() {
 #[test]
 fn the_waited_for_client_cannot_hold_the_container_back_for_ever() {
     within(90, || {
-        let extra = vec!["--block_timeout=1secs".to_string()];
-        let mut sb = Sb::start(Opts {
-            wait_for_connection: true,
-            extra,
-            ..Opts::default()
-        });
-        // The first client (it gets every byte, holding the container back) never reads.
-        let stuck = attach(&sb, false);
-        let out = sb.stdout.take().unwrap();
-        let data = vec![b'x'; 4 << 20];
-        let writer = std::thread::spawn(move || write_all(&out, &data));
-        // The container's writes go through once the client is given up on.
-        writer.join().unwrap();
-        sb.close_output();
-        assert!(sb.wait(30).success());
-        assert_eq!(sb.stdout_log.lock().unwrap().len(), 4 << 20);
-        drop(stuck);
+        // A JSON client (copy path) and a protobuf one (zero-copy path).
+        for protobuf in [false, true] {
+            let extra = vec!["--block_timeout=1secs".to_string()];
+            let mut sb = Sb::start(Opts {
+                wait_for_connection: true,
+                extra,
+                ..Opts::default()
+            });
+            // The first client (it gets every byte, holding the container back) never
+            // reads.
+            let stuck = attach(&sb, protobuf);
+            let out = sb.stdout.take().unwrap();
+            let data = vec![b'x'; 4 << 20];
+            let writer = std::thread::spawn(move || write_all(&out, &data));
+            // The container's writes go through once the client is given up on.
+            writer.join().unwrap();
+            sb.close_output();
+            assert!(sb.wait(30).success());
+            assert_eq!(sb.stdout_log.lock().unwrap().len(), 4 << 20);
+            drop(stuck);
+        }
     });
 }
 

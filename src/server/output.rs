@@ -257,7 +257,7 @@ impl Output {
                 continue;
             }
             let ended = match c.framing {
-                Framing::Chunked(_) => c.put(LAST_CHUNK),
+                Framing::Chunked(_) => c.put(ring, LAST_CHUNK),
                 Framing::Raw => true,
             };
             if ended {
@@ -353,7 +353,7 @@ impl Output {
                 continue;
             }
             // A heartbeat that does not fit is dropped (the client is busy anyway).
-            if c.put(&protobuf) {
+            if c.put(ring, &protobuf) {
                 self.zc_flush(ring, i);
             }
         }
@@ -807,7 +807,7 @@ impl Output {
                 continue;
             }
             let stage = &self.stages[s];
-            match c.offer(stage, stage.round.as_ref().expect("a round")) {
+            match c.offer(ring, stage, stage.round.as_ref().expect("a round")) {
                 Offer::Taken => taken.push(i),
                 Offer::Later => still.push(i),
                 Offer::Cut(why) => self.zc_cut(ring, i, why),
@@ -900,7 +900,7 @@ impl Output {
             return;
         }
         let ended = match c.framing {
-            Framing::Chunked(_) => c.put(LAST_CHUNK),
+            Framing::Chunked(_) => c.put(ring, LAST_CHUNK),
             Framing::Raw => true,
         };
         if ended {

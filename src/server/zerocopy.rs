@@ -24,6 +24,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, SpliceFFlags, splice, tee};
+use nix::sys::socket::MsgFlags;
 
 use crate::relay::{Framing, LagPolicy};
 use crate::ring::{Fd, OpId, Ring};
@@ -483,7 +484,7 @@ impl ZcClient {
             gone: None,
             moved: 0,
         };
-        if !front.is_empty() && !c.put(front) {
+        if !front.is_empty() && !c.put(ring, front) {
             return Ok(None);
         }
         Ok(Some(c))
@@ -495,9 +496,22 @@ impl ZcClient {
         self.slots += slots;
     }
 
-    /// Queues small bytes of our own (a response head, a heartbeat, the last chunk);
-    /// false if the pipe has no room.
-    pub fn put(&mut self, bytes: &[u8]) -> bool {
+    /// Sends or queues small bytes (a response head, a heartbeat, the last chunk, a small
+    /// round); false if they fit neither the socket nor the pipe. With nothing queued
+    /// ahead of them they go straight into the socket: one syscall instead of a write
+    /// into the pipe and a splice out of it.
+    pub fn put(&mut self, ring: &mut Ring, mut bytes: &[u8]) -> bool {
+        if self.queued == 0 {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            // An error (the peer gone) is left for the next flush to find.
+            if let Ok(sent) = nix::sys::socket::send(ring.raw(self.fd), bytes, flags) {
+                self.moved += sent as u64;
+                bytes = &bytes[sent..];
+                if bytes.is_empty() {
+                    return true;
+                }
+            }
+        }
         let n = bytes.len();
         let slots = if n <= self.tail_room { 0 } else { n.div_ceil(PAGE) };
         if self.slots + slots + SLOT_MARGIN > self.capacity_slots {
@@ -519,13 +533,13 @@ impl ZcClient {
     }
 
     /// Offers a staged round (from the framed pipe for protobuf clients).
-    pub fn offer(&mut self, stage: &Stage, round: &Round) -> Offer {
+    pub fn offer(&mut self, ring: &mut Ring, stage: &Stage, round: &Round) -> Offer {
         if let Some((bytes, start)) = &round.small {
             let bytes = match self.framing {
                 Framing::Chunked(_) => &bytes[..],
                 Framing::Raw => &bytes[*start..*start + round.len],
             };
-            return if self.put(bytes) {
+            return if self.put(ring, bytes) {
                 self.delivered += round.len as u64;
                 Offer::Taken
             } else {
@@ -583,6 +597,10 @@ impl ZcClient {
     fn sent(&mut self, mut n: usize) {
         self.queued -= n;
         self.moved += n as u64;
+        if self.queued == 0 {
+            // An empty pipe: the next write starts a page of its own.
+            self.tail_room = 0;
+        }
         while n > 0 {
             let Some((len, slots)) = self.runs.front_mut() else { break };
             if n >= *len {

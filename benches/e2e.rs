@@ -1,0 +1,915 @@
+//! The end-to-end fan-out benchmark (issue 9): the real `mesos-io-switchboard` binary, a
+//! workload writing into the container's side (a pipe, or a PTY in raw mode), and N
+//! clients attached over the real protocol (HTTP + RecordIO, protobuf or JSON records),
+//! side by side with baselines in one run:
+//!
+//! * `switchboard`: the drop-in as it ships (zero-copy path for protobuf clients);
+//! * `switchboard-copy`: the same binary with `--zero_copy=false`;
+//! * `naive`: read once, blocking `write()` to every client (raw bytes, no protocol);
+//! * `tee-splice`: the raw limit, a lockstep loop of blocking tee into a pipe per client and
+//!   splice into its socket, 256 KiB at a time (raw bytes, no protocol; pipes only);
+//! * conmon, when it is installed: not here yet (the run says so and goes on).
+//!
+//! Placement (LIMITS.md §B): the workload and the server (or relay thread) on CPU 0; the
+//! clients, one light poll loop of ours, on CPU 1. The workload keeps within a window of
+//! the slowest client, so nobody is cut for lagging and throughput is what the relay and
+//! the clients can move. Client 0 decodes and checks every byte it gets; the others count
+//! body bytes (and with `--verify`, hash them: every body must be identical to client 0's).
+//!
+//! Workloads: `chunks` (64 KiB writes; GB/s of container bytes delivered to all clients),
+//! `lines` (100-byte writes; lines per second, each delivered to every client), `latency`
+//! (1-byte writes, one at a time: from the workload's write to receipt by every client).
+//!
+//! Run (not part of CI): `cargo bench --bench e2e -- [--ns 1,16,64,256,1024] [--reps 3]
+//! [--work chunks|lines|latency] [--format protobuf|json] [--source pipe|pty]
+//! [--modes switchboard,switchboard-copy,naive,tee-splice] [--mib 1024] [--verify]
+//! [--idle 10000]`. `--idle N` instead attaches N idle clients to one server and reports
+//! the server's RSS per attached client.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use common::sb::output_request;
+use common::{BodyChecker, Checker, RawChecker, fill_pattern};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::unistd::Pid;
+use switchboard::wire::Format;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesos-io-switchboard");
+const SEED: u64 = 5;
+/// How far (container bytes) the workload may run ahead of the slowest client.
+const WINDOW: u64 = 512 << 10;
+const TEE_CHUNK: usize = 256 << 10;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Switchboard,
+    SwitchboardCopy,
+    Naive,
+    TeeSplice,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Mode {
+        match s {
+            "switchboard" => Mode::Switchboard,
+            "switchboard-copy" => Mode::SwitchboardCopy,
+            "naive" => Mode::Naive,
+            "tee-splice" => Mode::TeeSplice,
+            other => panic!("unknown mode {other}: switchboard, switchboard-copy, naive or tee-splice"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Switchboard => "switchboard (zero copy)",
+            Mode::SwitchboardCopy => "switchboard --zero_copy=false",
+            Mode::Naive => "naive read + write() (raw)",
+            Mode::TeeSplice => "raw tee + splice (raw)",
+        }
+    }
+
+    fn framed(self) -> bool {
+        matches!(self, Mode::Switchboard | Mode::SwitchboardCopy)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Work {
+    Chunks,
+    Lines,
+    Latency,
+}
+
+#[derive(Clone, Copy)]
+struct Case {
+    mode: Mode,
+    n: usize,
+    work: Work,
+    format: Format,
+    pty: bool,
+    bytes: u64,
+    verify: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Sample {
+    /// Container bytes delivered to all clients per second (GB/s), or lines per second
+    /// (millions) each delivered to every client.
+    rate: f64,
+    cpu_per_gib: f64,
+    rss_kib: Option<u64>,
+    rss_per_client_kib: Option<f64>,
+    p50_us: f64,
+    p99_us: f64,
+    /// Share of CPU 1 the clients used.
+    client_load: f64,
+}
+
+fn pin(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
+}
+
+fn pin_pid(pid: i32, cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    sched_setaffinity(Pid::from_raw(pid), &set).expect("sched_setaffinity");
+}
+
+fn thread_cpu_s() -> f64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+    t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9
+}
+
+fn children_cpu_s() -> f64 {
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn write_all(fd: impl AsFd, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        match nix::unistd::write(&fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => panic!("workload write: {e}"),
+        }
+    }
+}
+
+/// What the clients and the workload share.
+struct Shared {
+    base: Instant,
+    /// Container bytes every client has (a lower bound), from client 0's decoding.
+    delivered: AtomicU64,
+    /// Every client has its response head.
+    attached: AtomicBool,
+    /// The latency workload's current write: its sequence number (bytes written so far)
+    /// and when it was made (ns since `base`).
+    seq: AtomicU64,
+    t_write: AtomicU64,
+    latencies: Mutex<Vec<u64>>,
+}
+
+/// A fast position-sensitive hash of a byte stream split anywhere (words of 8 bytes,
+/// the remainder carried).
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+struct Hash {
+    h: u64,
+    carry: u64,
+    carried: u32,
+}
+
+impl Hash {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while self.carried > 0 && !bytes.is_empty() {
+            self.push_byte(bytes[0]);
+            bytes = &bytes[1..];
+        }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.word(u64::from_le_bytes(w.try_into().unwrap()));
+        }
+        for &b in words.remainder() {
+            self.push_byte(b);
+        }
+    }
+
+    fn push_byte(&mut self, b: u8) {
+        self.carry |= u64::from(b) << (8 * self.carried);
+        self.carried += 1;
+        if self.carried == 8 {
+            let w = self.carry;
+            self.carry = 0;
+            self.carried = 0;
+            self.word(w);
+        }
+    }
+
+    fn word(&mut self, w: u64) {
+        self.h = (self.h.rotate_left(5) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+struct Conn {
+    fd: OwnedFd,
+    head: Option<Vec<u8>>,
+    body: u64,
+    hash: Hash,
+    eof: bool,
+}
+
+/// Client 0's map from body bytes to container bytes (at each of its reads), so that
+/// the others' progress can be told from their body bytes alone: they get the same body.
+struct Progress {
+    marks: std::collections::VecDeque<(u64, u64)>,
+    floor: u64,
+}
+
+impl Progress {
+    fn delivered_at(&mut self, body: u64) -> u64 {
+        while let Some(&(b, p)) = self.marks.front() {
+            if b > body {
+                break;
+            }
+            self.floor = p;
+            self.marks.pop_front();
+        }
+        self.floor
+    }
+}
+
+struct ClientReport {
+    cpu_s: f64,
+    bodies: Vec<u64>,
+    hashes: Vec<Hash>,
+}
+
+/// The light client: one poll loop over every connection, pinned to CPU 1.
+fn clients(
+    mut conns: Vec<Conn>,
+    mut checker: Box<dyn Checker>,
+    checked: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    verify: bool,
+) -> ClientReport {
+    pin(1);
+    let c0 = thread_cpu_s();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut progress = Progress {
+        marks: Default::default(),
+        floor: 0,
+    };
+    let mut heads_left = conns.iter().filter(|c| c.head.is_some()).count();
+    if heads_left == 0 {
+        shared.attached.store(true, Ordering::SeqCst);
+    }
+    let mut open = conns.len();
+    let mut latencies = Vec::new();
+    let mut last_seq = 0;
+    while open > 0 {
+        let mut fds: Vec<PollFd> = conns
+            .iter()
+            .filter(|c| !c.eof)
+            .map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        poll(&mut fds, PollTimeout::from(1000u16)).expect("poll");
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        let mut k = 0;
+        for (i, c) in conns.iter_mut().enumerate() {
+            if c.eof {
+                continue;
+            }
+            let is_ready = ready[k];
+            k += 1;
+            if !is_ready {
+                continue;
+            }
+            let n = match nix::unistd::read(&c.fd, &mut buf) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(e) => panic!("client {i}: read: {e}"),
+            };
+            if n == 0 {
+                c.eof = true;
+                open -= 1;
+                if i == 0 {
+                    checker.finish();
+                }
+                continue;
+            }
+            let bytes = &buf[..n];
+            if let Some(head) = &mut c.head {
+                head.extend_from_slice(bytes);
+                let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                assert!(
+                    head.starts_with(b"HTTP/1.1 200"),
+                    "client {i}: {}",
+                    String::from_utf8_lossy(head)
+                );
+                let rest = head.split_off(end + 4);
+                c.head = None;
+                heads_left -= 1;
+                if heads_left == 0 {
+                    shared.attached.store(true, Ordering::SeqCst);
+                }
+                c.body += rest.len() as u64;
+                if verify {
+                    c.hash.feed(&rest);
+                }
+                if i == 0 {
+                    checker.feed(&rest);
+                    progress.marks.push_back((c.body, checked.load(Ordering::Relaxed)));
+                }
+                continue;
+            }
+            c.body += n as u64;
+            if verify {
+                c.hash.feed(bytes);
+            }
+            if i == 0 {
+                checker.feed(bytes);
+                progress.marks.push_back((c.body, checked.load(Ordering::Relaxed)));
+            }
+        }
+        let slowest = conns
+            .iter()
+            .filter(|c| c.head.is_none())
+            .map(|c| c.body)
+            .min()
+            .unwrap_or(0);
+        let delivered = progress.delivered_at(slowest);
+        shared.delivered.store(delivered, Ordering::SeqCst);
+        let seq = shared.seq.load(Ordering::SeqCst);
+        if seq > last_seq && delivered >= seq {
+            let now = shared.base.elapsed().as_nanos() as u64;
+            latencies.push(now.saturating_sub(shared.t_write.load(Ordering::SeqCst)));
+            last_seq = seq;
+        }
+    }
+    *shared.latencies.lock().unwrap() = latencies;
+    ClientReport {
+        cpu_s: thread_cpu_s() - c0,
+        bodies: conns.iter().map(|c| c.body).collect(),
+        hashes: conns.iter().map(|c| c.hash).collect(),
+    }
+}
+
+/// The workload: writes `total` bytes of the pattern into `out`, keeping within
+/// [`WINDOW`] of the slowest client (or, for latency, one byte at a time, waiting for
+/// every client to have it).
+fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
+    pin(0);
+    while !shared.attached.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let size = match case.work {
+        Work::Chunks => 64 << 10,
+        Work::Lines => 100,
+        Work::Latency => 1,
+    };
+    let mut buf = vec![0u8; size];
+    let mut pos = 0u64;
+    while pos < case.bytes {
+        let n = (size as u64).min(case.bytes - pos) as usize;
+        fill_pattern(SEED, pos, &mut buf[..n]);
+        if case.work == Work::Latency {
+            shared
+                .t_write
+                .store(shared.base.elapsed().as_nanos() as u64, Ordering::SeqCst);
+            shared.seq.store(pos + n as u64, Ordering::SeqCst);
+            write_all(&out, &buf[..n]);
+            // (Yielding: the server shares this CPU.)
+            while shared.delivered.load(Ordering::SeqCst) < pos + n as u64 {
+                std::thread::yield_now();
+            }
+            // A pause between writes, as a terminal user or a log line would leave.
+            std::thread::sleep(Duration::from_micros(200));
+        } else {
+            while pos.saturating_sub(shared.delivered.load(Ordering::Relaxed)) > WINDOW {
+                std::thread::yield_now();
+            }
+            write_all(&out, &buf[..n]);
+        }
+        pos += n as u64;
+    }
+}
+
+/// The container's side: where the workload writes, and what the relay reads.
+struct Container {
+    /// Workload end (pipe write end, or PTY slave).
+    out: OwnedFd,
+    /// Relay end (pipe read end, or PTY master).
+    src: OwnedFd,
+    /// The container's stdin (pipe read end; the PTY slave for a PTY).
+    stdin: Option<(OwnedFd, OwnedFd)>,
+}
+
+fn container(pty: bool) -> Container {
+    if pty {
+        let p = switchboard::tty::open().unwrap();
+        let mut raw = nix::sys::termios::tcgetattr(&p.slave).unwrap();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        nix::sys::termios::tcsetattr(&p.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
+        Container {
+            out: p.slave,
+            src: p.master,
+            stdin: None,
+        }
+    } else {
+        let (r, w) = common::pipe(1 << 20);
+        let (ir, iw) = common::pipe(1 << 16);
+        Container {
+            out: w,
+            src: r,
+            stdin: Some((ir, iw)),
+        }
+    }
+}
+
+fn devnull() -> OwnedFd {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap()
+        .into()
+}
+
+fn tmp_dir() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sb-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the drop-in on `c`'s relay end; returns it and its socket.
+fn start_server(c: &Container, zero_copy: bool, pty: bool, extra: &[String]) -> (Child, PathBuf) {
+    let dir = tmp_dir();
+    let socket = dir.join("sock");
+    let mut mappings = vec![FdMapping {
+        parent_fd: c.src.try_clone().unwrap(),
+        child_fd: 3,
+    }];
+    let mut args = vec![
+        "--help=false".to_string(),
+        format!("--socket_address={}", socket.display()),
+        "--stdout_to_fd=1".into(),
+        "--stderr_to_fd=2".into(),
+        format!("--tty={pty}"),
+        "--wait_for_connection=false".into(),
+        format!("--zero_copy={zero_copy}"),
+    ];
+    args.extend(extra.iter().cloned());
+    if pty {
+        args.extend(["--stdin_to_fd=3", "--stdout_from_fd=3", "--stderr_from_fd=3"].map(String::from));
+    } else {
+        // stderr: a pipe nobody writes to (its write end is closed at once).
+        let (err_r, _err_w) = common::pipe(1 << 16);
+        mappings.push(FdMapping {
+            parent_fd: err_r,
+            child_fd: 4,
+        });
+        let (_, iw) = c.stdin.as_ref().unwrap();
+        mappings.push(FdMapping {
+            parent_fd: iw.try_clone().unwrap(),
+            child_fd: 5,
+        });
+        args.extend(["--stdout_from_fd=3", "--stderr_from_fd=4", "--stdin_to_fd=5"].map(String::from));
+    }
+    let mut cmd = Command::new(BIN);
+    // Its loggers: /dev/null.
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(devnull()))
+        .stderr(Stdio::from(devnull()));
+    cmd.fd_mappings(mappings).unwrap();
+    let child = cmd.spawn().expect("start mesos-io-switchboard");
+    pin_pid(child.id() as i32, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "the switchboard did not listen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (child, socket)
+}
+
+fn connect(socket: &Path, format: Format) -> OwnedFd {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(&output_request(format == Format::Protobuf)).unwrap();
+    s.set_nonblocking(true).unwrap();
+    s.into()
+}
+
+fn checker(case: &Case, checked: Arc<AtomicU64>) -> Box<dyn Checker> {
+    if case.mode.framed() {
+        let mut c = BodyChecker::new(case.format, [SEED, SEED + 1], Some([case.bytes, 0]));
+        c.progress = Some(checked);
+        Box::new(c)
+    } else {
+        Box::new(RawChecker {
+            seed: SEED,
+            pos: 0,
+            expect_len: Some(case.bytes),
+            progress: Some(checked),
+        })
+    }
+}
+
+fn naive(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match nix::unistd::read(&src, &mut buf) {
+            Ok(0) | Err(nix::errno::Errno::EIO) => return,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("naive read: {e}"),
+        };
+        for s in &socks {
+            write_all(s, &buf[..n]);
+        }
+        write_all(&logger, &buf[..n]);
+    }
+}
+
+fn splice_exact(from: impl AsFd, to: impl AsFd, mut len: usize) {
+    while len > 0 {
+        match nix::fcntl::splice(&from, None, &to, None, len, nix::fcntl::SpliceFFlags::SPLICE_F_MOVE) {
+            Ok(0) => panic!("splice: the source ended early"),
+            Ok(n) => len -= n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => panic!("splice: {e}"),
+        }
+    }
+}
+
+fn tee_splice(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
+    let pipes: Vec<(OwnedFd, OwnedFd)> = socks.iter().map(|_| common::pipe(TEE_CHUNK)).collect();
+    loop {
+        let tee = |w: &OwnedFd, len: usize| loop {
+            match nix::fcntl::tee(&src, w, len, nix::fcntl::SpliceFFlags::empty()) {
+                Ok(n) => return n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => panic!("tee: {e}"),
+            }
+        };
+        let n = tee(&pipes[0].1, TEE_CHUNK);
+        if n == 0 {
+            return;
+        }
+        for (_, w) in &pipes[1..] {
+            assert_eq!(tee(w, n), n, "short tee");
+        }
+        for ((r, _), s) in pipes.iter().zip(&socks) {
+            splice_exact(r, s, n);
+        }
+        splice_exact(&src, &logger, n);
+    }
+}
+
+fn run(case: &Case) -> Sample {
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        delivered: AtomicU64::new(0),
+        attached: AtomicBool::new(false),
+        seq: AtomicU64::new(0),
+        t_write: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let c = container(case.pty);
+    let checked = Arc::new(AtomicU64::new(0));
+    let cpu0 = children_cpu_s();
+    let mut server = None;
+    let mut relay = None;
+    let mut rss_idle = None;
+    let conns: Vec<Conn> = if case.mode.framed() {
+        let (child, socket) = start_server(&c, case.mode == Mode::Switchboard, case.pty, &[]);
+        rss_idle = status_kib(child.id() as i32, "VmRSS:");
+        let conns = (0..case.n)
+            .map(|_| Conn {
+                fd: connect(&socket, case.format),
+                head: Some(Vec::new()),
+                body: 0,
+                hash: Hash::default(),
+                eof: false,
+            })
+            .collect();
+        server = Some((child, socket));
+        conns
+    } else {
+        let dir = tmp_dir();
+        let listener = UnixListener::bind(dir.join("sock")).unwrap();
+        let mut ours = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..case.n {
+            let s = UnixStream::connect(dir.join("sock")).unwrap();
+            s.set_nonblocking(true).unwrap();
+            conns.push(Conn {
+                fd: s.into(),
+                head: None,
+                body: 0,
+                hash: Hash::default(),
+                eof: false,
+            });
+            ours.push(OwnedFd::from(listener.accept().unwrap().0));
+        }
+        let src = c.src.try_clone().unwrap();
+        let mode = case.mode;
+        relay = Some(std::thread::spawn(move || {
+            pin(0);
+            let t0 = thread_cpu_s();
+            match mode {
+                Mode::Naive => naive(src, ours, devnull()),
+                _ => tee_splice(src, ours, devnull()),
+            }
+            thread_cpu_s() - t0
+        }));
+        conns
+    };
+    let Container { out, src, stdin } = c;
+    // Only the relay holds the relay end now (a PTY master reads EIO once the slave is
+    // closed only if no one else holds it open... the master is ours to drop).
+    drop(src);
+    let verify = case.verify;
+    let checker = checker(case, checked.clone());
+    let client_shared = shared.clone();
+    let client = std::thread::spawn(move || clients(conns, checker, checked, client_shared, verify));
+    // Attached: the server's RSS with every client in place, before any output.
+    while !shared.attached.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rss_attached = server
+        .as_ref()
+        .and_then(|(child, _)| status_kib(child.id() as i32, "VmRSS:"));
+    let t0 = Instant::now();
+    let case_copy = *case;
+    let work_shared = shared.clone();
+    let writer = std::thread::spawn(move || workload(out, case_copy, work_shared));
+    // Peak RSS while it runs.
+    let mut rss_peak = rss_attached;
+    while !writer.is_finished() || !client.is_finished() {
+        if let Some((child, _)) = &server
+            && let Some(r) = status_kib(child.id() as i32, "VmRSS:")
+        {
+            rss_peak = Some(rss_peak.unwrap_or(0).max(r));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.join().unwrap();
+    let report = client.join().unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    drop(stdin);
+    let relay_cpu = match (server, relay) {
+        (Some((mut child, socket)), _) => {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "the switchboard exited with {status}");
+            let _ = std::fs::remove_dir_all(socket.parent().unwrap());
+            children_cpu_s() - cpu0
+        }
+        (None, Some(relay)) => relay.join().unwrap(),
+        (None, None) => unreachable!(),
+    };
+    // Every client got every byte: client 0 checked its content; the others have its
+    // body, byte for byte when verifying.
+    for (i, b) in report.bodies.iter().enumerate() {
+        assert_eq!(
+            *b, report.bodies[0],
+            "client {i} got {b} body bytes, client 0 {}",
+            report.bodies[0]
+        );
+        if case.verify {
+            assert_eq!(
+                report.hashes[i], report.hashes[0],
+                "client {i}'s body differs from client 0's"
+            );
+        }
+    }
+    let delivered = case.bytes as f64 * case.n as f64;
+    let gib = delivered / (1u64 << 30) as f64;
+    let mut lat = shared.latencies.lock().unwrap().clone();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1e3
+        }
+    };
+    Sample {
+        rate: match case.work {
+            Work::Lines => case.bytes as f64 / 100.0 / wall / 1e6,
+            _ => delivered / wall / 1e9,
+        },
+        cpu_per_gib: relay_cpu / gib,
+        rss_kib: rss_peak,
+        rss_per_client_kib: match (rss_idle, rss_attached) {
+            (Some(i), Some(a)) => Some(a.saturating_sub(i) as f64 / case.n as f64),
+            _ => None,
+        },
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        client_load: report.cpu_s / wall,
+    }
+}
+
+/// `--idle N`: one server with N idle attached clients; its RSS per client.
+fn idle(n: usize, format: Format) {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
+    let c = container(false);
+    let extra = [format!("--max_connections={}", n + 16)];
+    let (mut child, socket) = start_server(&c, true, false, &extra);
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = status_kib(pid, "VmRSS:").unwrap();
+    let mut conns = Vec::new();
+    for i in 0..n {
+        conns.push(connect(&socket, format));
+        // Let the server keep up with the attaches (its accept backlog is finite).
+        if i % 256 == 255 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Wait for every response head.
+    let mut heads = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    let mut pending: Vec<&OwnedFd> = conns.iter().collect();
+    while heads < n {
+        assert!(Instant::now() < deadline, "only {heads} of {n} clients attached");
+        pending.retain(|fd| match nix::unistd::read(fd, &mut buf) {
+            Ok(k) if k > 0 => {
+                assert!(
+                    buf.starts_with(b"HTTP/1.1 200"),
+                    "{}",
+                    String::from_utf8_lossy(&buf[..k])
+                );
+                heads += 1;
+                false
+            }
+            _ => true,
+        });
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = status_kib(pid, "VmRSS:").unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    println!(
+        "{n} idle attached {format:?} clients: server RSS {before} KiB before, {after} KiB attached: {:.2} KiB per client ({fds} descriptors)",
+        after.saturating_sub(before) as f64 / n as f64
+    );
+    drop(conns);
+    drop(c);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(socket.parent().unwrap());
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let format = match arg("--format").as_deref() {
+        None | Some("protobuf") => Format::Protobuf,
+        Some("json") => Format::Json,
+        Some(other) => panic!("unknown --format {other}: protobuf or json"),
+    };
+    if let Some(n) = arg("--idle") {
+        idle(n.parse().expect("--idle"), format);
+        return;
+    }
+    let reps: usize = arg("--reps").map_or(3, |v| v.parse().expect("--reps"));
+    let ns: Vec<usize> = arg("--ns").map_or(vec![1, 16, 64, 256, 1024], |v| {
+        v.split(',').map(|n| n.parse().expect("--ns")).collect()
+    });
+    let work = match arg("--work").as_deref() {
+        None | Some("chunks") => Work::Chunks,
+        Some("lines") => Work::Lines,
+        Some("latency") => Work::Latency,
+        Some(other) => panic!("unknown --work {other}: chunks, lines or latency"),
+    };
+    let pty = match arg("--source").as_deref() {
+        None | Some("pipe") => false,
+        Some("pty") => true,
+        Some(other) => panic!("unknown --source {other}: pipe or pty"),
+    };
+    let mut modes: Vec<Mode> = arg("--modes").map_or(
+        vec![Mode::Switchboard, Mode::SwitchboardCopy, Mode::Naive, Mode::TeeSplice],
+        |v| v.split(',').map(Mode::parse).collect(),
+    );
+    if pty {
+        // tee(2) refuses a PTY.
+        modes.retain(|m| *m != Mode::TeeSplice);
+    }
+    let verify = args.iter().any(|a| a == "--verify");
+    let mib: Option<u64> = arg("--mib").map(|v| v.parse().expect("--mib"));
+    assert!(
+        std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2,
+        "the benchmark pins the clients to CPU 1: it needs two CPUs"
+    );
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
+    let conmon =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join("conmon").exists());
+    eprintln!(
+        "end-to-end benchmark: {reps} reps, N = {ns:?}, {work:?}, {format:?} records, source {}",
+        if pty { "PTY" } else { "pipe" }
+    );
+    if conmon {
+        eprintln!("conmon is installed, but driving it is not built yet: no conmon rows");
+    } else {
+        eprintln!("conmon is not installed (Debian package conmon): no conmon rows");
+    }
+    let mut results: Vec<(usize, Mode, Vec<Sample>)> = Vec::new();
+    for n in &ns {
+        for m in &modes {
+            results.push((*n, *m, Vec::new()));
+        }
+    }
+    for rep in 0..reps {
+        for (n, mode, samples) in &mut results {
+            let bytes = match work {
+                // 1 GiB streams up to N=16, then 16 GiB delivered in all, 256 MiB at least.
+                Work::Chunks => mib.map_or(((16u64 << 30) / *n as u64).clamp(256 << 20, 1 << 30), |m| m << 20),
+                Work::Lines => mib.map_or(((64u64 << 20) / *n as u64).max(4 << 20), |m| m << 20),
+                Work::Latency => 2000,
+            };
+            let s = run(&Case {
+                mode: *mode,
+                n: *n,
+                work,
+                format,
+                pty,
+                bytes,
+                verify,
+            });
+            eprintln!(
+                "rep {} N={n:<5} {:<30} {:8.3} {}  {:.3} CPU-s/GiB  p50 {:.0} us p99 {:.0} us  clients {:.0}% of a CPU",
+                rep + 1,
+                mode.name(),
+                s.rate,
+                if work == Work::Lines { "M lines/s" } else { "GB/s" },
+                s.cpu_per_gib,
+                s.p50_us,
+                s.p99_us,
+                s.client_load * 100.0
+            );
+            samples.push(s);
+        }
+    }
+    let unit = if work == Work::Lines { "M lines/s" } else { "GB/s" };
+    println!(
+        "| N | relay | {unit} | server CPU s/GiB | server RSS peak MiB | RSS per attached client KiB | p50 us | p99 us | {unit} vs raw tee+splice |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let med =
+        |samples: &Vec<Sample>, f: &dyn Fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
+    for (n, mode, samples) in &results {
+        let rate = med(samples, &|s| s.rate);
+        let raw = results
+            .iter()
+            .find(|(m, md, _)| m == n && *md == Mode::TeeSplice)
+            .map(|(_, _, s)| med(s, &|s| s.rate));
+        let rss = samples[0].rss_kib.map_or("-".into(), |_| {
+            format!("{:.1}", med(samples, &|s| s.rss_kib.unwrap_or(0) as f64) / 1024.0)
+        });
+        let per = samples[0].rss_per_client_kib.map_or("-".into(), |_| {
+            format!("{:.1}", med(samples, &|s| s.rss_per_client_kib.unwrap_or(0.0)))
+        });
+        let (p50, p99) = if work == Work::Latency {
+            (
+                format!("{:.0}", med(samples, &|s| s.p50_us)),
+                format!("{:.0}", med(samples, &|s| s.p99_us)),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
+        // (A latency run moves a few KiB: its rate and CPU per GiB mean nothing.)
+        let (rate, cpu, vs_raw) = if work == Work::Latency {
+            ("-".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{rate:.3}"),
+                format!("{:.3}", med(samples, &|s| s.cpu_per_gib)),
+                raw.map_or("-".into(), |r| format!("{:.2}", rate / r)),
+            )
+        };
+        println!(
+            "| {n} | {} | {rate} | {cpu} | {rss} | {per} | {p50} | {p99} | {vs_raw} |",
+            mode.name()
+        );
+    }
+}

@@ -312,3 +312,89 @@ fn pty_output_ends_when_the_child_exits() {
         }
     });
 }
+
+#[test]
+fn fragmented_writes_neither_fail_staging_nor_tear_a_blocking_client() {
+    within(120, || {
+        // Writes of just over half a page each take a pipe buffer of their own (the next
+        // does not fit the page), so a record of 64 KiB is 32 buffers. With 512 KiB of
+        // them waiting before the relay starts, whole rounds of such records are staged.
+        for policy in [relay::LagPolicy::Disconnect, relay::LagPolicy::Block] {
+            const WRITE: usize = 2049;
+            let total: u64 = 8 << 20;
+            let (src_r, src_w) = pipe(1 << 20);
+            let mut buf = vec![0u8; WRITE];
+            let mut pos = 0u64;
+            for _ in 0..255 {
+                fill_pattern(SEEDS[0], pos, &mut buf);
+                assert_eq!(nix::unistd::write(&src_w, &buf).unwrap(), WRITE);
+                pos += WRITE as u64;
+            }
+            let (lr, lw) = pipe(1 << 20);
+            // The producer keeps within reach of the readers: only fragmentation is
+            // tested, not lagging.
+            let progress = Progress::default();
+            let mut clients = Vec::new();
+            let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
+            for framing in [
+                Framing::Chunked(Format::Protobuf),
+                Framing::Raw,
+                Framing::Chunked(Format::Protobuf),
+            ] {
+                let (ours, theirs) = socket_pair();
+                clients.push((ours, framing, Vec::new()));
+                let checker: Box<dyn Checker> = match framing {
+                    Framing::Raw => Box::new(RawChecker {
+                        seed: SEEDS[0],
+                        pos: 0,
+                        expect_len: Some(total),
+                        progress: Some(progress.counter()),
+                    }),
+                    Framing::Chunked(f) => {
+                        let mut c = BodyChecker::new(f, SEEDS, Some([total, 0]));
+                        c.progress = Some(progress.counter());
+                        Box::new(c)
+                    }
+                };
+                readers.push((theirs, checker));
+            }
+            let spec = FanoutSpec {
+                relay: relay::Config::default(),
+                sources: vec![(src_r, false)],
+                loggers: vec![lw],
+                clients,
+                hangup_polls: true,
+                policy,
+                zero_copy: true,
+            };
+            let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
+            let logger = std::thread::spawn(move || {
+                let check = RawChecker {
+                    seed: SEEDS[0],
+                    pos: 0,
+                    expect_len: Some(total),
+                    progress: None,
+                };
+                read_all(vec![(lr, Box::new(check) as Box<dyn Checker>)], &[])
+            });
+            let producer = std::thread::spawn(move || {
+                while pos < total {
+                    progress.wait_within(pos, 256 << 10);
+                    let n = (WRITE as u64).min(total - pos) as usize;
+                    fill_pattern(SEEDS[0], pos, &mut buf[..n]);
+                    let mut done = 0;
+                    while done < n {
+                        done += nix::unistd::write(&src_w, &buf[done..n]).unwrap();
+                    }
+                    pos += n as u64;
+                }
+            });
+            read_all(readers, &[]);
+            producer.join().unwrap();
+            logger.join().unwrap();
+            let report = relay.join().unwrap();
+            assert_eq!(report.failure, None);
+            assert_eq!(report.stats.clients_cut, 0, "{policy:?}");
+        }
+    });
+}

@@ -23,7 +23,7 @@ use crate::wire::http::{CHUNK_END, LAST_CHUNK, write_chunk_size};
 use crate::wire::message::{self, Format};
 
 use super::token::Token;
-use super::zerocopy::{Consume, Gone, Offer, Stage, Staged, ZcClient};
+use super::zerocopy::{Consume, Gone, Offer, Put, Stage, Staged, ZcClient};
 use crate::sys::strerror_res as strerror;
 
 /// A container output stream: the fd we read, and whether it is a PTY master (where
@@ -60,6 +60,9 @@ struct Client {
     msg: Option<Msg>,
     closing: bool,
 }
+
+/// Rounds a stream stages in one go before the ring's other work gets a turn.
+const ROUNDS_PER_TURN: usize = 16;
 
 /// How the output engine treats its clients.
 #[derive(Debug, Clone, Copy)]
@@ -258,15 +261,18 @@ impl Output {
             }
             let ended = match c.framing {
                 Framing::Chunked(_) => c.put(ring, LAST_CHUNK),
-                Framing::Raw => true,
+                Framing::Raw => Put::Done,
             };
-            if ended {
-                c.finished = true;
-            } else if c.policy == LagPolicy::Disconnect {
-                self.zc_cut(ring, i, Gone::Lagging);
-                continue;
+            match ended {
+                Put::Done => c.finished = true,
+                // A client whose pipe is full gets its end once it drained (the drain
+                // timeout bounds the wait): it keeps what its pipe holds.
+                Put::NoRoom => {}
+                Put::Torn => {
+                    self.zc_cut(ring, i, Gone::Closed);
+                    continue;
+                }
             }
-            // A blocking client whose pipe is full gets its end once it drained.
             self.zc_flush(ring, i);
         }
         self.pump(ring);
@@ -282,11 +288,11 @@ impl Output {
     /// be sized: past the per-user pipe budget they are served by copies).
     pub fn add_client(&mut self, ring: &mut Ring, fd: Fd, framing: Framing, policy: LagPolicy, front: Vec<u8>) {
         if !self.stages.is_empty() && framing != Framing::Chunked(Format::Json) {
-            // Room for two whole rounds at least.
+            // Room for two whole rounds at least, and for one however fragmented.
             let min = self
                 .stages
                 .iter()
-                .map(|st| 2 * st.round_slots * 4096)
+                .map(|st| (2 * st.round_slots).max(st.round_slots_max + 4) * 4096)
                 .max()
                 .unwrap_or(0);
             // Its pipe is its lag bound: the lag limit (the kernel rounds a pipe up to a
@@ -353,8 +359,10 @@ impl Output {
                 continue;
             }
             // A heartbeat that does not fit is dropped (the client is busy anyway).
-            if c.put(ring, &protobuf) {
-                self.zc_flush(ring, i);
+            match c.put(ring, &protobuf) {
+                Put::Done => self.zc_flush(ring, i),
+                Put::NoRoom => {}
+                Put::Torn => self.zc_cut(ring, i, Gone::Closed),
             }
         }
         self.pump_clients(ring);
@@ -700,6 +708,7 @@ impl Output {
     /// Advances stream `s`'s staging as far as it goes: stages a round, offers it to the
     /// zero-copy clients, then hands it to the copy engine or moves it into the logger.
     fn stage_pump(&mut self, ring: &mut Ring, s: usize) {
+        let mut rounds = 0;
         while self.started && self.failure.is_none() {
             let name = self.sources[s].name;
             if self.stages[s].round.is_none() {
@@ -707,6 +716,15 @@ impl Output {
                 if stage.eof || stage.src_poll.is_some() {
                     return;
                 }
+                if rounds == ROUNDS_PER_TURN {
+                    // The ring's other work (signals, accepts, clients' sockets, timers)
+                    // gets its turn; a readable source's poll completes at once.
+                    let fd = stage.src;
+                    let poll = ring.submit(Op::Poll { fd, events: POLLIN }, Token::StagePoll(s as u32).encode());
+                    self.stages[s].src_poll = Some(poll);
+                    return;
+                }
+                rounds += 1;
                 let live = |c: &&ZcClient| !c.closing && !c.finished;
                 let frame = self.zc.iter().flatten().filter(live).any(|c| c.framing != Framing::Raw);
                 let owed = (0..self.zc.len())
@@ -816,6 +834,8 @@ impl Output {
         for i in taken {
             self.zc_flush(ring, i);
         }
+        // (Only clients still there: one may have gone while others were offered it.)
+        still.retain(|&i| self.zc[i].as_ref().is_some_and(|c| !c.closing && !c.finished));
         if !still.is_empty() {
             // Blocking clients hold the round (and so the container) back, for a while.
             if self.zc_block_check.is_none() {
@@ -886,10 +906,10 @@ impl Output {
             for s in held {
                 self.stage_pump(ring, s);
             }
-            if self.relay.is_finished() {
-                // Its end may not have fit before.
-                self.finish_zc(ring, i);
-            }
+        }
+        if self.relay.is_finished() {
+            // Its end may not have fit before.
+            self.finish_zc(ring, i);
         }
     }
 
@@ -901,11 +921,15 @@ impl Output {
         }
         let ended = match c.framing {
             Framing::Chunked(_) => c.put(ring, LAST_CHUNK),
-            Framing::Raw => true,
+            Framing::Raw => Put::Done,
         };
-        if ended {
-            c.finished = true;
-            self.zc_flush(ring, i);
+        match ended {
+            Put::Done => {
+                c.finished = true;
+                self.zc_flush(ring, i);
+            }
+            Put::NoRoom => {}
+            Put::Torn => self.zc_cut(ring, i, Gone::Closed),
         }
     }
 
@@ -936,12 +960,13 @@ impl Output {
                 ring.cancel(op, false);
             }
         }
+        // Rounds it held may go on (found before it is taken off their lists).
+        let held: Vec<usize> = (0..self.stages.len())
+            .filter(|&s| self.stages[s].round.as_ref().is_some_and(|r| r.owed.contains(&i)))
+            .collect();
         self.zc_maybe_remove(ring, i);
-        // Rounds it held may go on.
-        for s in 0..self.stages.len() {
-            if self.stages[s].round.as_ref().is_some_and(|r| r.owed.contains(&i)) {
-                self.stage_pump(ring, s);
-            }
+        for s in held {
+            self.stage_pump(ring, s);
         }
     }
 

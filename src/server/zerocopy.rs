@@ -54,10 +54,17 @@ pub(crate) fn pipe(bytes: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
     Ok((r, w, size))
 }
 
-/// Pipe buffers (slots) a run of `len` bytes may take, at most: its pages plus a partial
-/// one at each end.
+/// Pipe buffers (slots) a run of `len` bytes takes when it was written in whole pages:
+/// its pages plus a partial one at each end.
 fn slots_for(len: usize) -> usize {
     len.div_ceil(PAGE) + 1
+}
+
+/// Pipe buffers a run of `len` bytes may take however it was written: a write starts a
+/// new buffer only when it does not fit the last one, so two buffers in a row hold more
+/// than a page.
+fn max_buffers(len: usize) -> usize {
+    2 * len.div_ceil(PAGE) + 2
 }
 
 /// What a staged round is waiting for.
@@ -81,6 +88,10 @@ pub(crate) struct Round {
     /// take.
     pub framed: usize,
     pub framed_slots: usize,
+    /// The most pipe buffers the round may take in a client's pipe (framed, or raw),
+    /// however fragmented the container's writes were.
+    pub framed_slots_max: usize,
+    pub raw_slots_max: usize,
     /// A small round, copied: its framed record (when framed), and where its payload
     /// starts in it.
     pub small: Option<(Vec<u8>, usize)>,
@@ -114,9 +125,16 @@ pub(crate) struct Stage {
     /// Largest round, and largest record.
     pub max_round: usize,
     max_record: usize,
-    /// Most records in a framed round, and the pipe buffers a framed round may take.
+    /// Most records in a framed round.
     max_records: usize,
+    /// Pipe buffers the intake, payload and framed pipes hold.
+    intake_slots: usize,
+    payload_slots: usize,
+    framed_cap: usize,
+    /// The pipe buffers a framed round takes: as counted for clients (whole pages), and
+    /// at most (fragmented writes).
     pub round_slots: usize,
+    pub round_slots_max: usize,
     /// /dev/null, where a framed record is dropped once every client has it.
     pub null: OwnedFd,
 }
@@ -135,21 +153,31 @@ impl Stage {
     /// A stage whose rounds take up to `max_round` bytes; framed, they are records of at
     /// most `max_record` bytes.
     pub fn new(src: Fd, pty: bool, stream: Stream, max_round: usize, max_record: usize) -> io::Result<Stage> {
-        // A round must fit its pipes in one piece, in buffers (slots) as well as in bytes:
-        // each framed record takes one for its head, its payload's, and one for its end.
+        // A round must fit its pipes in one piece, in buffers (slots) as well as in bytes.
+        // A record takes as many buffers as the container's writes left in its pipe: at
+        // most `max_buffers` of its bytes, and at most what the intake pipe holds. Each
+        // framed record adds one buffer for its head and one for its end.
         let max_records = max_round.div_ceil(max_record).clamp(1, MAX_RECORDS_PER_ROUND);
-        let round_slots = slots_for(max_round) + 3 * max_records;
-        let payload_bytes = (slots_for(max_round) * PAGE).next_power_of_two().max(16 * PAGE);
-        let framed_bytes = (round_slots * PAGE).next_power_of_two().max(16 * PAGE);
-        let intake_bytes = (slots_for(max_record) * PAGE).next_power_of_two().max(16 * PAGE);
-        let (payload_r, payload_w, size) = pipe(payload_bytes)?;
-        let (framed_r, framed_w, framed_size) = pipe(framed_bytes)?;
-        let (intake_r, intake_w, intake_size) = pipe(intake_bytes)?;
-        if size < payload_bytes || framed_size < framed_bytes || intake_size < intake_bytes {
+        let (intake_r, intake_w, intake_size) =
+            pipe((slots_for(max_record) * PAGE).next_power_of_two().max(16 * PAGE))?;
+        let intake_slots = intake_size / PAGE;
+        let record_max = max_buffers(max_record).min(intake_slots);
+        let (payload_r, payload_w, size) = pipe((max_records * record_max).max(slots_for(max_round)) * PAGE)?;
+        let (framed_r, framed_w, framed_size) = pipe((max_records * (record_max + 2) + 1) * PAGE)?;
+        let (payload_slots, framed_cap) = (size / PAGE, framed_size / PAGE);
+        // One record at least, however fragmented; fewer rounds' records where the pipes
+        // could not be raised as far as wished.
+        if payload_slots < record_max || framed_cap < record_max + 3 {
             return Err(io::Error::other(
                 "cannot size the staging pipes (the per-user pipe budget is spent)",
             ));
         }
+        let records = max_records
+            .min(payload_slots / record_max)
+            .min((framed_cap - 1) / (record_max + 2))
+            .max(1);
+        let round_slots = slots_for(max_round) + 3 * records;
+        let round_slots_max = records * (record_max + 2) + 1;
         let null = nix::fcntl::open(
             "/dev/null",
             OFlag::O_WRONLY | OFlag::O_CLOEXEC,
@@ -171,8 +199,12 @@ impl Stage {
             logger_poll: None,
             max_round,
             max_record,
-            max_records,
+            max_records: records,
+            intake_slots,
+            payload_slots,
+            framed_cap,
             round_slots,
+            round_slots_max,
             null,
         })
     }
@@ -219,6 +251,8 @@ impl Stage {
                 len: n,
                 framed: 0,
                 framed_slots: 0,
+                framed_slots_max: 0,
+                raw_slots_max: max_buffers(n).min(self.payload_slots),
                 small,
                 owed,
                 consume: Consume::Owed,
@@ -226,6 +260,8 @@ impl Stage {
             return Ok(Staged::Round);
         }
         let (mut len, mut framed, mut framed_slots, mut records) = (0, 0, 0, 0);
+        // The buffers the round may take in the framed and payload pipes, at most.
+        let (mut framed_max, mut payload_max) = (1, 0);
         let mut small = None;
         loop {
             // The intake holds `n` bytes: one record.
@@ -258,9 +294,17 @@ impl Stage {
             move_all(&self.intake_r, payload_w, n)?;
             framed += head.len() + n + CHUNK_END.len();
             framed_slots += slots_for(n) + 2;
+            let worst = max_buffers(n).min(self.intake_slots);
+            framed_max += worst + 2;
+            payload_max += worst;
             len += n;
             records += 1;
-            if records == self.max_records || len >= self.max_round {
+            let next = max_buffers(self.max_record).min(self.intake_slots);
+            if records == self.max_records
+                || len >= self.max_round
+                || framed_max + next + 2 > self.framed_cap
+                || payload_max + next > self.payload_slots
+            {
                 break;
             }
             // More waiting? (Its end, or an error, shows at the next staging.)
@@ -277,6 +321,8 @@ impl Stage {
             len,
             framed,
             framed_slots,
+            framed_slots_max: framed_max,
+            raw_slots_max: payload_max.max(1),
             small,
             owed,
             consume: Consume::Owed,
@@ -406,6 +452,16 @@ pub(crate) enum Gone {
     Closed,
 }
 
+/// What a put of small bytes did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Put {
+    Done,
+    /// No room: nothing was sent or queued.
+    NoRoom,
+    /// Part was sent: the client's stream is torn, and it cannot go on.
+    Torn,
+}
+
 /// What an offer of a round to a client did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offer {
@@ -484,8 +540,14 @@ impl ZcClient {
             gone: None,
             moved: 0,
         };
-        if !front.is_empty() && !c.put(ring, front) {
-            return Ok(None);
+        match c.put(ring, front) {
+            Put::Done => {}
+            Put::NoRoom => return Ok(None),
+            Put::Torn => {
+                // Part of its head went out: no path can go on with it.
+                let _ = nix::sys::socket::shutdown(ring.raw(fd), nix::sys::socket::Shutdown::Both);
+                return Err(io::Error::other("its response head was cut short"));
+            }
         }
         Ok(Some(c))
     }
@@ -497,10 +559,10 @@ impl ZcClient {
     }
 
     /// Sends or queues small bytes (a response head, a heartbeat, the last chunk, a small
-    /// round); false if they fit neither the socket nor the pipe. With nothing queued
-    /// ahead of them they go straight into the socket: one syscall instead of a write
-    /// into the pipe and a splice out of it.
-    pub fn put(&mut self, ring: &mut Ring, mut bytes: &[u8]) -> bool {
+    /// round). With nothing queued ahead of them they go straight into the socket: one
+    /// syscall instead of a write into the pipe and a splice out of it.
+    pub fn put(&mut self, ring: &mut Ring, mut bytes: &[u8]) -> Put {
+        let mut some_sent = false;
         if self.queued == 0 {
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
             // An error (the peer gone) is left for the next flush to find.
@@ -508,14 +570,17 @@ impl ZcClient {
                 self.moved += sent as u64;
                 bytes = &bytes[sent..];
                 if bytes.is_empty() {
-                    return true;
+                    return Put::Done;
                 }
+                some_sent = sent > 0;
             }
         }
+        let torn_or_no_room = if some_sent { Put::Torn } else { Put::NoRoom };
         let n = bytes.len();
+        // A write shares the last page when it fits there, else it takes pages of its own.
         let slots = if n <= self.tail_room { 0 } else { n.div_ceil(PAGE) };
         if self.slots + slots + SLOT_MARGIN > self.capacity_slots {
-            return false;
+            return torn_or_no_room;
         }
         match nix::unistd::write(&self.pipe_w, bytes) {
             Ok(written) if written == n => {
@@ -525,40 +590,47 @@ impl ZcClient {
                     slots * PAGE - n
                 };
                 self.record(n, slots);
-                true
+                Put::Done
             }
+            Ok(0) | Err(_) => torn_or_no_room,
             // A short write leaves a torn record: the client cannot go on.
-            _ => false,
+            Ok(_) => Put::Torn,
         }
     }
 
     /// Offers a staged round (from the framed pipe for protobuf clients).
     pub fn offer(&mut self, ring: &mut Ring, stage: &Stage, round: &Round) -> Offer {
+        let later = match self.policy {
+            LagPolicy::Block => Offer::Later,
+            LagPolicy::Disconnect => Offer::Cut(Gone::Lagging),
+        };
         if let Some((bytes, start)) = &round.small {
             let bytes = match self.framing {
                 Framing::Chunked(_) => &bytes[..],
                 Framing::Raw => &bytes[*start..*start + round.len],
             };
-            return if self.put(ring, bytes) {
-                self.delivered += round.len as u64;
-                Offer::Taken
-            } else {
-                match self.policy {
-                    LagPolicy::Block => Offer::Later,
-                    LagPolicy::Disconnect => Offer::Cut(Gone::Lagging),
+            return match self.put(ring, bytes) {
+                Put::Done => {
+                    self.delivered += round.len as u64;
+                    Offer::Taken
                 }
+                Put::NoRoom => later,
+                Put::Torn => Offer::Cut(Gone::Lagging),
             };
         }
-        // The payload's pages, and for records the framing's own buffers (head, end).
-        let (from, len, slots) = match self.framing {
-            Framing::Chunked(_) => (&stage.framed_r, round.framed, round.framed_slots),
-            Framing::Raw => (&stage.payload_r, round.len, slots_for(round.len)),
+        // The payload's buffers, and for records the framing's own (head, end). A client
+        // that holds the container back counts them at their most (fragmented writes),
+        // so that a round never tears in its pipe; the others as whole pages, and are
+        // cut if their pipe turns out fuller than that.
+        let blocking = self.policy == LagPolicy::Block;
+        let (from, len, slots) = match (self.framing, blocking) {
+            (Framing::Chunked(_), false) => (&stage.framed_r, round.framed, round.framed_slots),
+            (Framing::Chunked(_), true) => (&stage.framed_r, round.framed, round.framed_slots_max),
+            (Framing::Raw, false) => (&stage.payload_r, round.len, slots_for(round.len)),
+            (Framing::Raw, true) => (&stage.payload_r, round.len, round.raw_slots_max),
         };
         if self.slots + slots + SLOT_MARGIN > self.capacity_slots {
-            return match self.policy {
-                LagPolicy::Block => Offer::Later,
-                LagPolicy::Disconnect => Offer::Cut(Gone::Lagging),
-            };
+            return later;
         }
         match tee(from.as_fd(), &self.pipe_w, len, NONBLOCK) {
             Ok(n) if n == len => {
@@ -567,8 +639,10 @@ impl ZcClient {
                 self.delivered += round.len as u64;
                 Offer::Taken
             }
-            // Short: the pipe had fewer buffers free than counted. Its record is torn.
-            Ok(_) | Err(Errno::EAGAIN) => Offer::Cut(Gone::Lagging),
+            // Nothing taken: the pipe is fuller than counted.
+            Ok(0) | Err(Errno::EAGAIN) => later,
+            // Short: part of the round is in its pipe. Its record is torn.
+            Ok(_) => Offer::Cut(Gone::Lagging),
             Err(_) => Offer::Cut(Gone::Closed),
         }
     }
@@ -608,11 +682,9 @@ impl ZcClient {
                 self.slots -= *slots;
                 self.runs.pop_front();
             } else {
-                // A run partly sent: what is left takes at most its remaining pages.
+                // A run partly sent keeps its count until it is gone: how many buffers
+                // its rest takes is not known.
                 *len -= n;
-                let left = slots_for(*len).min(*slots);
-                self.slots -= *slots - left;
-                *slots = left;
                 n = 0;
             }
         }

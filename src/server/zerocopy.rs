@@ -682,9 +682,16 @@ impl ZcClient {
                 self.slots -= *slots;
                 self.runs.pop_front();
             } else {
-                // A run partly sent keeps its count until it is gone: how many buffers
-                // its rest takes is not known.
+                // A run partly sent: how many buffers its rest takes is not known. A
+                // client that holds the container back keeps the whole count until the
+                // run is gone (its rounds must never tear); the others count the rest
+                // as whole pages (a tee that then comes up short cuts them, as lagging).
                 *len -= n;
+                if self.policy == LagPolicy::Disconnect {
+                    let left = slots_for(*len).min(*slots);
+                    self.slots -= *slots - left;
+                    *slots = left;
+                }
                 n = 0;
             }
         }

@@ -297,3 +297,35 @@ fn past_the_per_user_pipe_budget_clients_are_served_by_copies() {
         assert!(is_pattern(SEEDS[0], 0, &sb.stdout_log.lock().unwrap()));
     });
 }
+
+#[test]
+fn zero_copy_pipes_leave_descriptors_for_every_allowed_connection() {
+    within(120, || {
+        // 200 descriptors and 100 connections allowed: 64 are kept for the server's own,
+        // 100 for the connections, and the rest, (200 - 64 - 100) / 2 = 18 pipes, for
+        // zero-copy clients. All 100 attach; 18 take the zero-copy path, 82 copies.
+        let clients = 100;
+        let mut sb = Sb::start(Opts {
+            nofile: Some(200),
+            extra: vec![format!("--max_connections={clients}")],
+            ..Opts::default()
+        });
+        let base = sb.fd_count();
+        let len = 1 << 20;
+        let progress = Progress::default();
+        let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
+        for _ in 0..clients {
+            let mut s = sb.connect();
+            s.write_all(&output_request(true)).unwrap();
+            let mut checker = BodyChecker::new(Format::Protobuf, SEEDS, Some([len, len]));
+            checker.progress = Some(progress.counter());
+            readers.push((skip_head(s, &mut checker), Box::new(checker)));
+        }
+        assert_eq!((sb.fd_count() - base - clients) / 2, 18, "zero-copy clients");
+        let producer = feed(&mut sb, len, Some(progress));
+        read_all(readers, &[]);
+        producer.join().unwrap();
+        assert!(sb.wait(60).success());
+        assert_eq!(sb.stdout_log.lock().unwrap().len() as u64, len);
+    });
+}

@@ -146,20 +146,27 @@ pub enum Exit {
 }
 
 /// Raises the soft limit on open descriptors towards the hard one, enough for
-/// `connections` clients besides our own descriptors (the usual soft limit of 1024 is
-/// below the default of 4096 connections). Best effort: a lower limit only means accept
-/// fails with EMFILE sooner, which is handled.
-fn raise_fd_limit(connections: usize) {
+/// `descriptors` besides our own (the usual soft limit of 1024 is below the default of
+/// 4096 connections). Best effort: a lower limit only means accept fails with EMFILE
+/// sooner, which is handled. Returns the limit in force.
+fn raise_fd_limit(descriptors: usize) -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
-    let want = (connections as u64).saturating_add(64).min(hard);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    let want = (descriptors as u64).saturating_add(FD_RESERVE as u64).min(hard);
     if want > soft {
         match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
-            Ok(()) => tracing::debug!("raised the descriptor limit from {soft} to {want}"),
+            Ok(()) => {
+                tracing::debug!("raised the descriptor limit from {soft} to {want}");
+                return usize::try_from(want).unwrap_or(usize::MAX);
+            }
             Err(e) => tracing::warn!("cannot raise the descriptor limit from {soft}: {e}"),
         }
     }
+    usize::try_from(soft).unwrap_or(usize::MAX)
 }
+
+/// Descriptors kept for our own (ring, signals, sources, loggers, staging pipes, logs).
+const FD_RESERVE: usize = 64;
 
 /// Connections of refused peers (`--allowed_uids`) held at once to tell them 403; more
 /// are closed without an answer.
@@ -255,15 +262,21 @@ impl Server {
                 None
             }
         };
+        // Every connection takes a descriptor, and a zero-copy client two more (its
+        // pipe). Clients take the zero-copy path only while the pipes leave room for
+        // every connection allowed.
+        let connections = config.limits.max_connections;
+        let wanted = if config.zero_copy { 3 * connections } else { connections };
+        let limit = raise_fd_limit(wanted);
         let options = output::Options {
             hangup_polls: true,
             block_timeout: config.limits.block_timeout,
             zero_copy: config.zero_copy,
+            max_zero_copy_clients: limit.saturating_sub(FD_RESERVE + connections) / 2,
         };
         let output = Output::new(&mut ring, config.relay, sources, loggers, options)?;
         // The socket comes last: once its path exists, the agent connects, so everything
         // that could still fail has been checked.
-        raise_fd_limit(config.limits.max_connections);
         let mode = if config.allowed_uids.is_some() { 0o666 } else { 0o600 };
         let listener = socket::listen_at(&config.socket, config.limits.backlog, mode)
             .map_err(|e| format!("Failed to create the io switchboard server: {e}"))?;

@@ -75,6 +75,9 @@ pub struct Options {
     pub block_timeout: Duration,
     /// Serve protobuf and raw clients through pipes (tee and splice) instead of copies.
     pub zero_copy: bool,
+    /// At most this many clients at once on the zero-copy path (each holds a pipe: two
+    /// descriptors); the others are served by copies.
+    pub max_zero_copy_clients: usize,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             hangup_polls: true,
             block_timeout: Duration::from_secs(30),
             zero_copy: true,
+            max_zero_copy_clients: usize::MAX,
         }
     }
 }
@@ -287,7 +291,11 @@ impl Output {
     /// Protobuf and raw clients take the zero-copy path when it is on (and their pipe can
     /// be sized: past the per-user pipe budget they are served by copies).
     pub fn add_client(&mut self, ring: &mut Ring, fd: Fd, framing: Framing, policy: LagPolicy, front: Vec<u8>) {
-        if !self.stages.is_empty() && framing != Framing::Chunked(Format::Json) {
+        let zero_copy_clients = self.zc.iter().flatten().count();
+        if !self.stages.is_empty()
+            && framing != Framing::Chunked(Format::Json)
+            && zero_copy_clients < self.options.max_zero_copy_clients
+        {
             // Room for two whole rounds at least, and for one however fragmented.
             let min = self
                 .stages

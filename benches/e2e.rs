@@ -28,6 +28,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/relays.rs"]
+mod relays;
 
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,16 +44,14 @@ use command_fds::{CommandFdExt, FdMapping};
 use common::sb::output_request;
 use common::{BodyChecker, Checker, RawChecker, fill_pattern};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sched::{CpuSet, sched_setaffinity};
 use nix::sys::resource::{UsageWho, getrusage};
-use nix::unistd::Pid;
+use relays::{naive, tee_splice, write_all};
 use switchboard::wire::Format;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesos-io-switchboard");
 const SEED: u64 = 5;
 /// How far (container bytes) the workload may run ahead of the slowest client.
 const WINDOW: u64 = 512 << 10;
-const TEE_CHUNK: usize = 256 << 10;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
@@ -119,15 +119,7 @@ struct Sample {
 }
 
 fn pin(cpu: usize) {
-    let mut set = CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
-}
-
-fn pin_pid(pid: i32, cpu: usize) {
-    let mut set = CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    sched_setaffinity(Pid::from_raw(pid), &set).expect("sched_setaffinity");
+    relays::pin(0, cpu);
 }
 
 fn thread_cpu_s() -> f64 {
@@ -145,16 +137,6 @@ fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn write_all(fd: impl AsFd, mut buf: &[u8]) {
-    while !buf.is_empty() {
-        match nix::unistd::write(&fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => panic!("workload write: {e}"),
-        }
-    }
 }
 
 /// What the clients and the workload share.
@@ -489,7 +471,7 @@ fn start_server(c: &Container, zero_copy: bool, pty: bool, extra: &[String]) -> 
         .stderr(Stdio::from(devnull()));
     cmd.fd_mappings(mappings).unwrap();
     let child = cmd.spawn().expect("start mesos-io-switchboard");
-    pin_pid(child.id() as i32, 0);
+    relays::pin(child.id() as i32, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline, "the switchboard did not listen");
@@ -517,57 +499,6 @@ fn checker(case: &Case, checked: Arc<AtomicU64>) -> Box<dyn Checker> {
             expect_len: Some(case.bytes),
             progress: Some(checked),
         })
-    }
-}
-
-fn naive(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match nix::unistd::read(&src, &mut buf) {
-            Ok(0) | Err(nix::errno::Errno::EIO) => return,
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => panic!("naive read: {e}"),
-        };
-        for s in &socks {
-            write_all(s, &buf[..n]);
-        }
-        write_all(&logger, &buf[..n]);
-    }
-}
-
-fn splice_exact(from: impl AsFd, to: impl AsFd, mut len: usize) {
-    while len > 0 {
-        match nix::fcntl::splice(&from, None, &to, None, len, nix::fcntl::SpliceFFlags::SPLICE_F_MOVE) {
-            Ok(0) => panic!("splice: the source ended early"),
-            Ok(n) => len -= n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => panic!("splice: {e}"),
-        }
-    }
-}
-
-fn tee_splice(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
-    let pipes: Vec<(OwnedFd, OwnedFd)> = socks.iter().map(|_| common::pipe(TEE_CHUNK)).collect();
-    loop {
-        let tee = |w: &OwnedFd, len: usize| loop {
-            match nix::fcntl::tee(&src, w, len, nix::fcntl::SpliceFFlags::empty()) {
-                Ok(n) => return n,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => panic!("tee: {e}"),
-            }
-        };
-        let n = tee(&pipes[0].1, TEE_CHUNK);
-        if n == 0 {
-            return;
-        }
-        for (_, w) in &pipes[1..] {
-            assert_eq!(tee(w, n), n, "short tee");
-        }
-        for ((r, _), s) in pipes.iter().zip(&socks) {
-            splice_exact(r, s, n);
-        }
-        splice_exact(&src, &logger, n);
     }
 }
 

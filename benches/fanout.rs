@@ -22,14 +22,17 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use nix::sched::{CpuSet, sched_setaffinity};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::time::{ClockId, clock_gettime};
-use nix::unistd::Pid;
 use switchboard::relay::{self, Framing, LagPolicy};
 use switchboard::ring::RingConfig;
 use switchboard::server::fanout::{self, FanoutSpec};
 use switchboard::wire::Format;
+
+#[path = "support/relays.rs"]
+mod relays;
+
+use relays::{naive, tee_splice, write_all};
 
 const CHUNK: usize = 64 << 10;
 
@@ -62,9 +65,6 @@ impl Mode {
     }
 }
 
-/// Chunks of the raw tee-splice loop.
-const TEE_CHUNK: usize = 256 << 10;
-
 struct Case {
     mode: Mode,
     n: usize,
@@ -86,21 +86,8 @@ fn cpu_ns(clock: ClockId) -> u64 {
 }
 
 fn pin(cpu: usize, enabled: bool) {
-    if !enabled {
-        return;
-    }
-    let mut set = CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
-}
-
-fn write_all(fd: &OwnedFd, mut buf: &[u8]) {
-    while !buf.is_empty() {
-        match nix::unistd::write(fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => panic!("write: {e}"),
-        }
+    if enabled {
+        relays::pin(0, cpu);
     }
 }
 
@@ -131,71 +118,6 @@ fn consume(s: OwnedFd, pinned: bool) -> (u64, u64) {
         }
     }
     (got, cpu_ns(ClockId::CLOCK_THREAD_CPUTIME_ID))
-}
-
-fn naive(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match nix::unistd::read(&src, &mut buf) {
-            // A PTY master reads EIO once the slave is closed.
-            Ok(0) | Err(nix::errno::Errno::EIO) => return,
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => panic!("read: {e}"),
-        };
-        for s in &socks {
-            write_all(s, &buf[..n]);
-        }
-        write_all(&logger, &buf[..n]);
-    }
-}
-
-/// Blocking tee of up to `len` bytes; 0 at the end of the source.
-fn tee_blocking(src: &OwnedFd, dst: &OwnedFd, len: usize) -> usize {
-    loop {
-        match nix::fcntl::tee(src, dst, len, nix::fcntl::SpliceFFlags::empty()) {
-            Ok(n) => return n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => panic!("tee: {e}"),
-        }
-    }
-}
-
-fn splice_exact(from: &OwnedFd, to: &OwnedFd, mut len: usize) {
-    while len > 0 {
-        match nix::fcntl::splice(from, None, to, None, len, nix::fcntl::SpliceFFlags::SPLICE_F_MOVE) {
-            Ok(0) => panic!("splice: the source ended early"),
-            Ok(n) => len -= n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => panic!("splice: {e}"),
-        }
-    }
-}
-
-/// The raw limit: tee every chunk into each consumer's pipe, splice each pipe into its
-/// socket, then splice the chunk into the logger, in lockstep.
-fn tee_splice(src: OwnedFd, socks: Vec<OwnedFd>, logger: OwnedFd) {
-    let pipes: Vec<(OwnedFd, OwnedFd)> = socks
-        .iter()
-        .map(|_| {
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-            switchboard::sys::grow_pipe(&w, TEE_CHUNK).unwrap();
-            (r, w)
-        })
-        .collect();
-    loop {
-        let n = tee_blocking(&src, &pipes[0].1, TEE_CHUNK);
-        if n == 0 {
-            return;
-        }
-        for (_, w) in &pipes[1..] {
-            assert_eq!(tee_blocking(&src, w, n), n, "short tee");
-        }
-        for ((r, _), s) in pipes.iter().zip(&socks) {
-            splice_exact(r, s, n);
-        }
-        splice_exact(&src, &logger, n);
-    }
 }
 
 fn run(case: &Case) -> Sample {

@@ -51,6 +51,20 @@ fn thirty_two_clients_get_the_same_64_mib() {
     });
 }
 
+/// Attaches `n` protobuf clients, each to get `len` bytes of both streams, reporting to
+/// `progress`; returns them with their checkers, their response heads read.
+fn attach_protobuf(sb: &Sb, n: usize, len: u64, progress: &Progress) -> Vec<(OwnedFd, Box<dyn Checker>)> {
+    let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
+    for _ in 0..n {
+        let mut s = sb.connect();
+        s.write_all(&output_request(true)).unwrap();
+        let mut checker = BodyChecker::new(Format::Protobuf, SEEDS, Some([len, len]));
+        checker.progress = Some(progress.counter());
+        readers.push((skip_head(s, &mut checker), Box::new(checker)));
+    }
+    readers
+}
+
 /// Reads the response head off `s` and returns its descriptor, with any body bytes
 /// that came with the head fed to `checker`.
 fn skip_head(mut s: std::os::unix::net::UnixStream, checker: &mut BodyChecker) -> OwnedFd {
@@ -256,14 +270,7 @@ fn past_the_per_user_pipe_budget_clients_are_served_by_copies() {
         let base = sb.fd_count();
         let len = 4 << 20;
         let progress = Progress::default();
-        let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
-        for _ in 0..clients {
-            let mut s = sb.connect();
-            s.write_all(&output_request(true)).unwrap();
-            let mut checker = BodyChecker::new(Format::Protobuf, SEEDS, Some([len, len]));
-            checker.progress = Some(progress.counter());
-            readers.push((skip_head(s, &mut checker), Box::new(checker)));
-        }
+        let readers = attach_protobuf(&sb, clients, len, &progress);
         // Each attached client holds its socket, and on the zero-copy path its pipe's
         // two ends.
         let zero_copy = (sb.fd_count() - base - clients) / 2;
@@ -313,14 +320,7 @@ fn zero_copy_pipes_leave_descriptors_for_every_allowed_connection() {
         let base = sb.fd_count();
         let len = 1 << 20;
         let progress = Progress::default();
-        let mut readers: Vec<(OwnedFd, Box<dyn Checker>)> = Vec::new();
-        for _ in 0..clients {
-            let mut s = sb.connect();
-            s.write_all(&output_request(true)).unwrap();
-            let mut checker = BodyChecker::new(Format::Protobuf, SEEDS, Some([len, len]));
-            checker.progress = Some(progress.counter());
-            readers.push((skip_head(s, &mut checker), Box::new(checker)));
-        }
+        let readers = attach_protobuf(&sb, clients, len, &progress);
         assert_eq!((sb.fd_count() - base - clients) / 2, 18, "zero-copy clients");
         let producer = feed(&mut sb, len, Some(progress));
         read_all(readers, &[]);

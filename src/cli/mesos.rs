@@ -98,7 +98,8 @@ pub const SPECS: &[Spec] = &[
         name: "lag_limit",
         kind: Kind::Int,
         help: "Bytes an output client may fall behind before it is disconnected\n\
-               (default: 786432). At most buffer_bytes minus 262144.",
+               (default: 786432). At most buffer_bytes minus 262144. On the zero-copy\n\
+               path it sizes the client's pipe (rounded up to a power of two).",
     },
     Spec {
         name: "buffer_bytes",

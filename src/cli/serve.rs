@@ -53,7 +53,8 @@ pub struct ServeArgs {
     /// Send a heartbeat record to output clients this often (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Bytes an output client may fall behind before it is disconnected.
+    /// Bytes an output client may fall behind before it is disconnected (on the zero-copy
+    /// path, the size of its pipe, rounded up to a power of two).
     #[arg(long, value_name = "BYTES")]
     pub lag_limit: Option<usize>,
     /// Output buffer per container stream, in bytes.

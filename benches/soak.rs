@@ -12,7 +12,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,25 +26,6 @@ struct Counts {
     stalled: AtomicU64,
     inputs: AtomicU64,
     refused: AtomicU64,
-}
-
-fn curl_attach(socket: &std::path::Path) -> std::process::Child {
-    Command::new("curl")
-        .args(["-s", "-N", "-o", "/dev/null", "-X", "POST", "--unix-socket"])
-        .arg(socket)
-        .args([
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            "Accept: application/recordio",
-        ])
-        .args(["-H", "Message-Accept: application/json", "--data-binary"])
-        .arg(std::str::from_utf8(OUTPUT_CALL).unwrap())
-        .arg("http://localhost/")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// A tiny xorshift, so runs are repeatable.
@@ -84,7 +64,7 @@ fn client(socket: &std::path::Path, rng: &mut Rng, counts: &Counts) {
         }
         // A curl killed after 0.1 to 2 s.
         5 | 6 => {
-            let mut c = curl_attach(socket);
+            let mut c = curl_attach(socket, false);
             std::thread::sleep(Duration::from_millis(100 + rng.below(1900)));
             let _ = c.kill();
             let _ = c.wait();

@@ -39,28 +39,6 @@ fn watcher(sb: &Sb, checker: &mut BodyChecker) -> OwnedFd {
     s.into()
 }
 
-/// An output attach by `curl`, its body thrown away.
-fn curl_attach(socket: &std::path::Path) -> std::process::Child {
-    Command::new("curl")
-        .args(["-s", "-N", "-o", "/dev/null", "-X", "POST", "--unix-socket"])
-        .arg(socket)
-        .args([
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            "Accept: application/recordio",
-            "-H",
-            "Message-Accept: application/x-protobuf",
-            "--data-binary",
-        ])
-        .arg(std::str::from_utf8(OUTPUT_CALL).unwrap())
-        .arg("http://localhost/")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn hundreds_of_clients_killed_mid_stream_disturb_no_one() {
     within(240, || {
@@ -95,7 +73,7 @@ fn hundreds_of_clients_killed_mid_stream_disturb_no_one() {
         // Four waves of fifty clients, each killed with SIGKILL while the stream flows.
         let mut killed = 0;
         for _ in 0..4 {
-            let mut wave: Vec<std::process::Child> = (0..50).map(|_| curl_attach(&sb.socket)).collect();
+            let mut wave: Vec<std::process::Child> = (0..50).map(|_| curl_attach(&sb.socket, true)).collect();
             // They attach and stream before they die (a few of fifty curls starved of CPU
             // may already have been cut for lagging: that is the lag policy at work).
             eventually(30, "most attaches", || sb.fd_count() >= baseline + 40);

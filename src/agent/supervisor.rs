@@ -78,6 +78,14 @@ pub fn start_time(pid: i32) -> Option<u64> {
 }
 
 impl ProcessId {
+    /// `pid` with a start time no process has: it never matches a live process.
+    fn unmatched(pid: i32) -> ProcessId {
+        ProcessId {
+            pid,
+            start_time: u64::MAX,
+        }
+    }
+
     /// The identity of a running process.
     pub fn of(pid: i32) -> Option<ProcessId> {
         Some(ProcessId {
@@ -252,6 +260,18 @@ impl Supervisor {
         Ok(prepared.io)
     }
 
+    /// Tracks a switchboard we did not launch (its exit status is not ours to collect).
+    fn track(&mut self, dir: PathBuf, info: Info, server: ProcessId) {
+        let t = Tracked {
+            dir,
+            info,
+            server,
+            child: None,
+            status: None,
+        };
+        self.tracked.insert(t.info.id.clone(), t);
+    }
+
     /// Records the container's process (shown by `ps`, stopped by `stop`).
     pub fn set_container(&mut self, id: &str, pid: i32) -> Result<(), SupervisorError> {
         let t = self.tracked(id)?;
@@ -393,32 +413,13 @@ impl Supervisor {
                 match server {
                     Some(server) => {
                         recovery.adopted.push(info.id.clone());
-                        self.tracked.insert(
-                            info.id.clone(),
-                            Tracked {
-                                dir,
-                                info,
-                                server,
-                                child: None,
-                                status: None,
-                            },
-                        );
+                        self.track(dir, info, server);
                     }
                     None => {
                         // Tracked without a process, so that `cleanup` removes its state.
                         recovery.gone.push(info.id.clone());
-                        let server = ProcessId {
-                            pid: info.server_pid,
-                            start_time: u64::MAX,
-                        };
-                        let t = Tracked {
-                            dir,
-                            info,
-                            server,
-                            child: None,
-                            status: None,
-                        };
-                        self.tracked.insert(t.info.id.clone(), t);
+                        let server = ProcessId::unmatched(info.server_pid);
+                        self.track(dir, info, server);
                     }
                 }
                 continue;
@@ -430,16 +431,7 @@ impl Supervisor {
             }
             if let Some(server) = server {
                 let id = info.id.clone();
-                self.tracked.insert(
-                    id.clone(),
-                    Tracked {
-                        dir,
-                        info,
-                        server,
-                        child: None,
-                        status: None,
-                    },
-                );
+                self.track(dir, info, server);
                 let _ = self.cleanup(&id);
             } else {
                 remove_state(&dir, &info);
@@ -498,20 +490,8 @@ impl Supervisor {
             });
         }
         // A switchboard that no longer runs (or a pid now someone else's) never matches.
-        let server = info.server().unwrap_or(ProcessId {
-            pid: info.server_pid,
-            start_time: u64::MAX,
-        });
-        self.tracked.insert(
-            id.clone(),
-            Tracked {
-                dir: dir.to_path_buf(),
-                info,
-                server,
-                child: None,
-                status: None,
-            },
-        );
+        let server = info.server().unwrap_or(ProcessId::unmatched(info.server_pid));
+        self.track(dir.to_path_buf(), info, server);
         Ok(id)
     }
 }

@@ -469,6 +469,31 @@ pub fn post(path: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
 pub const OUTPUT_CALL: &[u8] =
     br#"{"type":"ATTACH_CONTAINER_OUTPUT","attach_container_output":{"container_id":{"value":"abc"}}}"#;
 
+/// An output attach by `curl` (JSON records unless `protobuf`), its body thrown away.
+pub fn curl_attach(socket: &Path, protobuf: bool) -> Child {
+    let records = if protobuf {
+        "Message-Accept: application/x-protobuf"
+    } else {
+        "Message-Accept: application/json"
+    };
+    Command::new("curl")
+        .args(["-s", "-N", "-o", "/dev/null", "-X", "POST", "--unix-socket"])
+        .arg(socket)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/recordio",
+        ])
+        .args(["-H", records, "--data-binary"])
+        .arg(std::str::from_utf8(OUTPUT_CALL).unwrap())
+        .arg("http://localhost/")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The agent's output attach request (JSON records unless `protobuf`).
 pub fn output_request(protobuf: bool) -> Vec<u8> {
     let records = if protobuf {

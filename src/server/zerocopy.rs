@@ -48,7 +48,7 @@ const SLOT_MARGIN: usize = 2;
 
 /// A pipe pair, both ends non-blocking and close-on-exec, raised to `bytes` (best
 /// effort); returns the capacity it got.
-pub(crate) fn pipe(bytes: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+fn pipe(bytes: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     let size = crate::sys::grow_pipe(&w, bytes)?;
     Ok((r, w, size))
@@ -127,8 +127,10 @@ pub(crate) struct Stage {
     max_record: usize,
     /// Most records in a framed round.
     max_records: usize,
-    /// Pipe buffers the intake, payload and framed pipes hold.
+    /// Pipe buffers the intake, payload and framed pipes hold, and the most one record
+    /// takes.
     intake_slots: usize,
+    record_max: usize,
     payload_slots: usize,
     framed_cap: usize,
     /// The pipe buffers a framed round takes: as counted for clients (whole pages), and
@@ -201,6 +203,7 @@ impl Stage {
             max_record,
             max_records: records,
             intake_slots,
+            record_max,
             payload_slots,
             framed_cap,
             round_slots,
@@ -299,11 +302,10 @@ impl Stage {
             payload_max += worst;
             len += n;
             records += 1;
-            let next = max_buffers(self.max_record).min(self.intake_slots);
             if records == self.max_records
                 || len >= self.max_round
-                || framed_max + next + 2 > self.framed_cap
-                || payload_max + next > self.payload_slots
+                || framed_max + self.record_max + 2 > self.framed_cap
+                || payload_max + self.record_max > self.payload_slots
             {
                 break;
             }

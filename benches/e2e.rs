@@ -8,10 +8,12 @@
 //! * `naive`: read once, blocking `write()` to every client (raw bytes, no protocol);
 //! * `tee-splice`: the raw limit, a lockstep loop of blocking tee into a pipe per client and
 //!   splice into its socket, 256 KiB at a time (raw bytes, no protocol; pipes only);
-//! * conmon, when it is installed: not here yet (the run says so and goes on).
+//! * `conmon`: conmon (Debian package `conmon`), when it is installed, driven through a
+//!   fake OCI runtime (benches/support/conmon.rs), its log `k8s-file:/dev/null`, its
+//!   clients on its SEQPACKET attach socket; when it is not, the run says so and goes on.
 //!
 //! Placement (LIMITS.md §B): the workload and the server (or relay thread) on CPU 0; the
-//! clients, one light poll loop of ours, on CPU 1. The workload keeps within a window of
+//! clients, one light epoll loop of ours, on CPU 1. The workload keeps within a window of
 //! the slowest client, so nobody is cut for lagging and throughput is what the relay and
 //! the clients can move. Client 0 decodes and checks every byte it gets; the others count
 //! body bytes (and with `--verify`, hash them: every body must be identical to client 0's).
@@ -22,17 +24,19 @@
 //!
 //! Run (not part of CI): `cargo bench --bench e2e -- [--ns 1,16,64,256,1024] [--reps 3]
 //! [--work chunks|lines|latency] [--format protobuf|json] [--source pipe|pty]
-//! [--modes switchboard,switchboard-copy,naive,tee-splice] [--mib 1024] [--verify]
+//! [--modes switchboard,switchboard-copy,naive,tee-splice,conmon] [--mib 1024] [--verify]
 //! [--idle 10000]`. `--idle N` instead attaches N idle clients to one server and reports
 //! the server's RSS per attached client.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/conmon.rs"]
+mod conmon;
 #[path = "support/relays.rs"]
 mod relays;
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,7 +47,8 @@ use std::time::{Duration, Instant};
 use command_fds::{CommandFdExt, FdMapping};
 use common::sb::output_request;
 use common::{BodyChecker, Checker, RawChecker, fill_pattern};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use conmon::Conmon;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{UsageWho, getrusage};
 use relays::{naive, tee_splice, write_all};
 use switchboard::wire::Format;
@@ -59,6 +64,7 @@ enum Mode {
     SwitchboardCopy,
     Naive,
     TeeSplice,
+    Conmon,
 }
 
 impl Mode {
@@ -68,7 +74,8 @@ impl Mode {
             "switchboard-copy" => Mode::SwitchboardCopy,
             "naive" => Mode::Naive,
             "tee-splice" => Mode::TeeSplice,
-            other => panic!("unknown mode {other}: switchboard, switchboard-copy, naive or tee-splice"),
+            "conmon" => Mode::Conmon,
+            other => panic!("unknown mode {other}: switchboard, switchboard-copy, naive, tee-splice or conmon"),
         }
     }
 
@@ -78,6 +85,7 @@ impl Mode {
             Mode::SwitchboardCopy => "switchboard --zero_copy=false",
             Mode::Naive => "naive read + write() (raw)",
             Mode::TeeSplice => "raw tee + splice (raw)",
+            Mode::Conmon => "conmon (SEQPACKET)",
         }
     }
 
@@ -102,6 +110,10 @@ struct Case {
     pty: bool,
     bytes: u64,
     verify: bool,
+    /// conmon's `--log-path`.
+    conmon_log: &'static str,
+    /// The clients poll without sleeping.
+    spin: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -151,6 +163,12 @@ struct Shared {
     seq: AtomicU64,
     t_write: AtomicU64,
     latencies: Mutex<Vec<u64>>,
+    /// Container bytes the workload writes.
+    total: u64,
+    /// When the workload started, and when every client had its last byte (ns since
+    /// `base`).
+    started: AtomicU64,
+    done_at: AtomicU64,
 }
 
 /// A fast position-sensitive hash of a byte stream split anywhere (words of 8 bytes,
@@ -193,12 +211,38 @@ impl Hash {
     }
 }
 
+/// How a connection's bytes come.
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    /// An HTTP response head, then the body.
+    Http,
+    /// The raw stream.
+    Raw,
+    /// conmon's messages: a stream byte (2: stdout), then the output.
+    Packet,
+}
+
 struct Conn {
     fd: OwnedFd,
+    wire: Wire,
+    /// The response head so far (HTTP only, until it ends).
     head: Option<Vec<u8>>,
     body: u64,
     hash: Hash,
     eof: bool,
+}
+
+impl Conn {
+    fn new(fd: OwnedFd, wire: Wire) -> Conn {
+        Conn {
+            fd,
+            wire,
+            head: (wire == Wire::Http).then(Vec::new),
+            body: 0,
+            hash: Hash::default(),
+            eof: false,
+        }
+    }
 }
 
 /// Client 0's map from body bytes to container bytes (at each of its reads), so that
@@ -227,21 +271,118 @@ struct ClientReport {
     hashes: Vec<Hash>,
 }
 
-/// The light client: one poll loop over every connection, pinned to CPU 1.
+/// Bytes a client asks for per read.
+const READ_BYTES: usize = 256 << 10;
+/// Reads per connection per wakeup at most.
+const READS_PER_WAKEUP: usize = 16;
+/// Room for one conmon message (its stream byte and up to 8192 bytes; a smaller buffer
+/// would truncate it), and how many one `recvmmsg` takes at most.
+const PACKET: usize = 8193;
+const PACKETS: usize = 30;
+
+/// Receives up to [`PACKETS`] messages into `buf`, the k-th at `k * PACKET`; their
+/// lengths (a 0 is the end), or `None` when there was none.
+fn recv_packets(fd: &OwnedFd, buf: &mut [u8]) -> Option<Vec<usize>> {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
+    let mut headers = MultiHeaders::<()>::preallocate(PACKETS, None);
+    let mut slices: Vec<[std::io::IoSliceMut; 1]> = buf[..PACKET * PACKETS]
+        .chunks_mut(PACKET)
+        .map(|b| [std::io::IoSliceMut::new(b)])
+        .collect();
+    match recvmmsg(
+        fd.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    ) {
+        Ok(msgs) => Some(msgs.map(|m| m.bytes).collect()),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => None,
+        Err(e) => panic!("recvmmsg: {e}"),
+    }
+}
+
+/// What the client loop does with body bytes: count them, hash them (`--verify`), and
+/// for client 0, check them and note how far the container's stream has come.
+struct Sink {
+    verify: bool,
+    checker: Box<dyn Checker>,
+    checked: Arc<AtomicU64>,
+    progress: Progress,
+}
+
+impl Sink {
+    fn body(&mut self, i: usize, c: &mut Conn, bytes: &[u8]) {
+        c.body += bytes.len() as u64;
+        if self.verify {
+            c.hash.feed(bytes);
+        }
+        if i == 0 {
+            self.checker.feed(bytes);
+            self.progress
+                .marks
+                .push_back((c.body, self.checked.load(Ordering::Relaxed)));
+        }
+    }
+
+    /// Bytes just read from connection `i`. Returns whether its response head just ended.
+    fn take(&mut self, i: usize, c: &mut Conn, bytes: &[u8]) -> bool {
+        match c.wire {
+            Wire::Raw => self.body(i, c, bytes),
+            Wire::Packet => {
+                assert_eq!(bytes[0], 2, "client {i}: a conmon message not of stdout");
+                self.body(i, c, &bytes[1..]);
+            }
+            Wire::Http => {
+                let Some(head) = &mut c.head else {
+                    self.body(i, c, bytes);
+                    return false;
+                };
+                head.extend_from_slice(bytes);
+                let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+                assert!(
+                    head.starts_with(b"HTTP/1.1 200"),
+                    "client {i}: {}",
+                    String::from_utf8_lossy(head)
+                );
+                let rest = head.split_off(end + 4);
+                c.head = None;
+                self.body(i, c, &rest);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The light client: one epoll loop over every connection, pinned to CPU 1.
 fn clients(
     mut conns: Vec<Conn>,
-    mut checker: Box<dyn Checker>,
+    checker: Box<dyn Checker>,
     checked: Arc<AtomicU64>,
     shared: Arc<Shared>,
     verify: bool,
+    spin: bool,
 ) -> ClientReport {
     pin(1);
     let c0 = thread_cpu_s();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut progress = Progress {
-        marks: Default::default(),
-        floor: 0,
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut sink = Sink {
+        verify,
+        checker,
+        checked,
+        progress: Progress {
+            marks: Default::default(),
+            floor: 0,
+        },
     };
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
+    for (i, c) in conns.iter().enumerate() {
+        epoll
+            .add(&c.fd, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+            .expect("epoll add");
+    }
+    let mut events = vec![EpollEvent::empty(); 1024];
     let mut heads_left = conns.iter().filter(|c| c.head.is_some()).count();
     if heads_left == 0 {
         shared.attached.store(true, Ordering::SeqCst);
@@ -250,69 +391,60 @@ fn clients(
     let mut latencies = Vec::new();
     let mut last_seq = 0;
     while open > 0 {
-        let mut fds: Vec<PollFd> = conns
-            .iter()
-            .filter(|c| !c.eof)
-            .map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLIN))
-            .collect();
-        poll(&mut fds, PollTimeout::from(1000u16)).expect("poll");
-        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-        drop(fds);
-        let mut k = 0;
-        for (i, c) in conns.iter_mut().enumerate() {
-            if c.eof {
-                continue;
-            }
-            let is_ready = ready[k];
-            k += 1;
-            if !is_ready {
-                continue;
-            }
-            let n = match nix::unistd::read(&c.fd, &mut buf) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
-                Err(e) => panic!("client {i}: read: {e}"),
-            };
-            if n == 0 {
-                c.eof = true;
-                open -= 1;
-                if i == 0 {
-                    checker.finish();
+        let ready = match epoll.wait(&mut events, if spin { 0u16 } else { 1000 }) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("epoll_wait: {e}"),
+        };
+        for ev in &events[..ready] {
+            let i = ev.data() as usize;
+            let c = &mut conns[i];
+            if c.wire == Wire::Packet {
+                // conmon's messages, many per call.
+                match recv_packets(&c.fd, &mut buf) {
+                    None => {}
+                    Some(lens) if lens.contains(&0) => {
+                        c.eof = true;
+                        open -= 1;
+                        epoll.delete(&c.fd).expect("epoll delete");
+                        if i == 0 {
+                            sink.checker.finish();
+                        }
+                    }
+                    Some(lens) => {
+                        for (k, n) in lens.into_iter().enumerate() {
+                            sink.take(i, c, &buf[k * PACKET..k * PACKET + n]);
+                        }
+                    }
                 }
                 continue;
             }
-            let bytes = &buf[..n];
-            if let Some(head) = &mut c.head {
-                head.extend_from_slice(bytes);
-                let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                assert!(
-                    head.starts_with(b"HTTP/1.1 200"),
-                    "client {i}: {}",
-                    String::from_utf8_lossy(head)
-                );
-                let rest = head.split_off(end + 4);
-                c.head = None;
-                heads_left -= 1;
-                if heads_left == 0 {
-                    shared.attached.store(true, Ordering::SeqCst);
+            for _ in 0..READS_PER_WAKEUP {
+                let n = match nix::unistd::read(&c.fd, &mut buf) {
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => panic!("client {i}: read: {e}"),
+                };
+                if n == 0 {
+                    c.eof = true;
+                    open -= 1;
+                    epoll.delete(&c.fd).expect("epoll delete");
+                    if i == 0 {
+                        sink.checker.finish();
+                    }
+                    break;
                 }
-                c.body += rest.len() as u64;
-                if verify {
-                    c.hash.feed(&rest);
+                if sink.take(i, c, &buf[..n]) {
+                    heads_left -= 1;
+                    if heads_left == 0 {
+                        shared.attached.store(true, Ordering::SeqCst);
+                    }
                 }
-                if i == 0 {
-                    checker.feed(&rest);
-                    progress.marks.push_back((c.body, checked.load(Ordering::Relaxed)));
+                // A short read drained the socket.
+                if n < buf.len() {
+                    break;
                 }
-                continue;
-            }
-            c.body += n as u64;
-            if verify {
-                c.hash.feed(bytes);
-            }
-            if i == 0 {
-                checker.feed(bytes);
-                progress.marks.push_back((c.body, checked.load(Ordering::Relaxed)));
             }
         }
         let slowest = conns
@@ -321,7 +453,12 @@ fn clients(
             .map(|c| c.body)
             .min()
             .unwrap_or(0);
-        let delivered = progress.delivered_at(slowest);
+        let delivered = sink.progress.delivered_at(slowest);
+        if delivered >= shared.total && shared.delivered.load(Ordering::SeqCst) < shared.total {
+            shared
+                .done_at
+                .store(shared.base.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        }
         shared.delivered.store(delivered, Ordering::SeqCst);
         let seq = shared.seq.load(Ordering::SeqCst);
         if seq > last_seq && delivered >= seq {
@@ -346,6 +483,9 @@ fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
     while !shared.attached.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
     }
+    shared
+        .started
+        .store(shared.base.elapsed().as_nanos() as u64, Ordering::SeqCst);
     let size = match case.work {
         Work::Chunks => 64 << 10,
         Work::Lines => 100,
@@ -388,19 +528,27 @@ struct Container {
     stdin: Option<(OwnedFd, OwnedFd)>,
 }
 
+/// The container's stdout pipe, as the agent (and `switchboard run`) make it.
+const CONTAINER_PIPE: usize = 1 << 20;
+
+/// Puts the terminal behind `fd` (a PTY slave) in raw mode.
+fn raw_mode(fd: &OwnedFd) {
+    let mut raw = nix::sys::termios::tcgetattr(fd).unwrap();
+    nix::sys::termios::cfmakeraw(&mut raw);
+    nix::sys::termios::tcsetattr(fd, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
+}
+
 fn container(pty: bool) -> Container {
     if pty {
         let p = switchboard::tty::open().unwrap();
-        let mut raw = nix::sys::termios::tcgetattr(&p.slave).unwrap();
-        nix::sys::termios::cfmakeraw(&mut raw);
-        nix::sys::termios::tcsetattr(&p.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
+        raw_mode(&p.slave);
         Container {
             out: p.slave,
             src: p.master,
             stdin: None,
         }
     } else {
-        let (r, w) = common::pipe(1 << 20);
+        let (r, w) = common::pipe(CONTAINER_PIPE);
         let (ir, iw) = common::pipe(1 << 16);
         Container {
             out: w,
@@ -429,12 +577,19 @@ fn tmp_dir() -> PathBuf {
     dir
 }
 
-/// Starts the drop-in on `c`'s relay end; returns it and its socket.
-fn start_server(c: &Container, zero_copy: bool, pty: bool, extra: &[String]) -> (Child, PathBuf) {
+/// Starts the drop-in on the container's relay end `src` (and its stdin's write end);
+/// returns it and its socket.
+fn start_server(
+    src: &OwnedFd,
+    stdin: Option<&(OwnedFd, OwnedFd)>,
+    zero_copy: bool,
+    pty: bool,
+    extra: &[String],
+) -> (Child, PathBuf) {
     let dir = tmp_dir();
     let socket = dir.join("sock");
     let mut mappings = vec![FdMapping {
-        parent_fd: c.src.try_clone().unwrap(),
+        parent_fd: src.try_clone().unwrap(),
         child_fd: 3,
     }];
     let mut args = vec![
@@ -456,7 +611,7 @@ fn start_server(c: &Container, zero_copy: bool, pty: bool, extra: &[String]) -> 
             parent_fd: err_r,
             child_fd: 4,
         });
-        let (_, iw) = c.stdin.as_ref().unwrap();
+        let (_, iw) = stdin.unwrap();
         mappings.push(FdMapping {
             parent_fd: iw.try_clone().unwrap(),
             child_fd: 5,
@@ -502,6 +657,24 @@ fn checker(case: &Case, checked: Arc<AtomicU64>) -> Box<dyn Checker> {
     }
 }
 
+/// What relays the container's output in a run.
+enum Relay {
+    Server(Child, PathBuf),
+    Thread(std::thread::JoinHandle<f64>),
+    Conmon(Conmon),
+}
+
+impl Relay {
+    /// The relay's process, when it has its own.
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Relay::Server(child, _) => Some(child.id() as i32),
+            Relay::Conmon(c) => Some(c.pid),
+            Relay::Thread(_) => None,
+        }
+    }
+}
+
 fn run(case: &Case) -> Sample {
     let shared = Arc::new(Shared {
         base: Instant::now(),
@@ -510,100 +683,135 @@ fn run(case: &Case) -> Sample {
         seq: AtomicU64::new(0),
         t_write: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
+        total: case.bytes,
+        started: AtomicU64::new(0),
+        done_at: AtomicU64::new(0),
     });
-    let c = container(case.pty);
     let checked = Arc::new(AtomicU64::new(0));
     let cpu0 = children_cpu_s();
-    let mut server = None;
-    let mut relay = None;
     let mut rss_idle = None;
-    let conns: Vec<Conn> = if case.mode.framed() {
-        let (child, socket) = start_server(&c, case.mode == Mode::Switchboard, case.pty, &[]);
-        rss_idle = status_kib(child.id() as i32, "VmRSS:");
-        let conns = (0..case.n)
-            .map(|_| Conn {
-                fd: connect(&socket, case.format),
-                head: Some(Vec::new()),
-                body: 0,
-                hash: Hash::default(),
-                eof: false,
-            })
-            .collect();
-        server = Some((child, socket));
-        conns
-    } else {
-        let dir = tmp_dir();
-        let listener = UnixListener::bind(dir.join("sock")).unwrap();
-        let mut ours = Vec::new();
-        let mut conns = Vec::new();
-        for _ in 0..case.n {
-            let s = UnixStream::connect(dir.join("sock")).unwrap();
-            s.set_nonblocking(true).unwrap();
-            conns.push(Conn {
-                fd: s.into(),
-                head: None,
-                body: 0,
-                hash: Hash::default(),
-                eof: false,
-            });
-            ours.push(OwnedFd::from(listener.accept().unwrap().0));
+    // The relay, the clients' connections, the workload's end and the container's stdin.
+    let (relay, conns, out, stdin) = match case.mode {
+        Mode::Switchboard | Mode::SwitchboardCopy => {
+            let Container { out, src, stdin } = container(case.pty);
+            let (child, socket) = start_server(&src, stdin.as_ref(), case.mode == Mode::Switchboard, case.pty, &[]);
+            rss_idle = status_kib(child.id() as i32, "VmRSS:");
+            let conns = (0..case.n)
+                .map(|_| Conn::new(connect(&socket, case.format), Wire::Http))
+                .collect();
+            (Relay::Server(child, socket), conns, out, stdin)
         }
-        let src = c.src.try_clone().unwrap();
-        let mode = case.mode;
-        relay = Some(std::thread::spawn(move || {
-            pin(0);
-            let t0 = thread_cpu_s();
-            match mode {
-                Mode::Naive => naive(src, ours, devnull()),
-                _ => tee_splice(src, ours, devnull()),
+        Mode::Naive | Mode::TeeSplice => {
+            let Container { out, src, stdin } = container(case.pty);
+            let dir = tmp_dir();
+            let listener = UnixListener::bind(dir.join("sock")).unwrap();
+            let mut ours = Vec::new();
+            let mut conns = Vec::new();
+            for _ in 0..case.n {
+                let s = UnixStream::connect(dir.join("sock")).unwrap();
+                s.set_nonblocking(true).unwrap();
+                conns.push(Conn::new(s.into(), Wire::Raw));
+                ours.push(OwnedFd::from(listener.accept().unwrap().0));
             }
-            thread_cpu_s() - t0
-        }));
-        conns
+            let _ = std::fs::remove_dir_all(&dir);
+            let mode = case.mode;
+            let relay = std::thread::spawn(move || {
+                pin(0);
+                let t0 = thread_cpu_s();
+                match mode {
+                    Mode::Naive => naive(src, ours, devnull()),
+                    _ => tee_splice(src, ours, devnull()),
+                }
+                thread_cpu_s() - t0
+            });
+            (Relay::Thread(relay), conns, out, stdin)
+        }
+        Mode::Conmon => {
+            let (c, out) = Conmon::start(&tmp_dir(), case.pty, case.conmon_log, 0, CONTAINER_PIPE);
+            if case.pty {
+                raw_mode(&out);
+            }
+            rss_idle = status_kib(c.pid, "VmRSS:");
+            // (Once start-up is over: with a PTY, conmon closes its console socket.)
+            let mut before = c.sockets();
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(10));
+                let now = c.sockets();
+                if now == before {
+                    break;
+                }
+                before = now;
+            }
+            let conns = (0..case.n)
+                .map(|_| {
+                    let s = nix::sys::socket::socket(
+                        nix::sys::socket::AddressFamily::Unix,
+                        nix::sys::socket::SockType::SeqPacket,
+                        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                        None,
+                    )
+                    .unwrap();
+                    let addr = nix::sys::socket::UnixAddr::new(&c.attach).unwrap();
+                    nix::sys::socket::connect(s.as_raw_fd(), &addr).expect("connect to conmon");
+                    switchboard::sys::set_nonblocking(&s).unwrap();
+                    Conn::new(s, Wire::Packet)
+                })
+                .collect();
+            // Output reaches only the clients conmon has accepted.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.sockets() < before + case.n {
+                assert!(Instant::now() < deadline, "conmon did not accept {} clients", case.n);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (Relay::Conmon(c), conns, out, None)
+        }
     };
-    let Container { out, src, stdin } = c;
-    // Only the relay holds the relay end now (a PTY master reads EIO once the slave is
-    // closed only if no one else holds it open... the master is ours to drop).
-    drop(src);
-    let verify = case.verify;
+    let (verify, spin) = (case.verify, case.spin);
     let checker = checker(case, checked.clone());
     let client_shared = shared.clone();
-    let client = std::thread::spawn(move || clients(conns, checker, checked, client_shared, verify));
-    // Attached: the server's RSS with every client in place, before any output.
+    let client = std::thread::spawn(move || clients(conns, checker, checked, client_shared, verify, spin));
+    // Attached: the relay's RSS with every client in place, before any output.
     while !shared.attached.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let rss_attached = server
-        .as_ref()
-        .and_then(|(child, _)| status_kib(child.id() as i32, "VmRSS:"));
-    let t0 = Instant::now();
+    let rss_attached = relay.pid().and_then(|pid| status_kib(pid, "VmRSS:"));
     let case_copy = *case;
     let work_shared = shared.clone();
     let writer = std::thread::spawn(move || workload(out, case_copy, work_shared));
     // Peak RSS while it runs.
     let mut rss_peak = rss_attached;
-    while !writer.is_finished() || !client.is_finished() {
-        if let Some((child, _)) = &server
-            && let Some(r) = status_kib(child.id() as i32, "VmRSS:")
-        {
-            rss_peak = Some(rss_peak.unwrap_or(0).max(r));
+    let sample_rss = |peak: &mut Option<u64>| {
+        if let Some(r) = relay.pid().and_then(|pid| status_kib(pid, "VmRSS:")) {
+            *peak = Some(peak.unwrap_or(0).max(r));
         }
+    };
+    // (conmon's clients end when its container does, after the last byte is delivered.)
+    let delivered_all = || shared.delivered.load(Ordering::SeqCst) >= case.bytes;
+    let conmon = matches!(relay, Relay::Conmon(_));
+    while !(client.is_finished() || conmon && writer.is_finished() && delivered_all()) {
+        sample_rss(&mut rss_peak);
         std::thread::sleep(Duration::from_millis(20));
     }
     writer.join().unwrap();
-    let report = client.join().unwrap();
-    let wall = t0.elapsed().as_secs_f64();
-    drop(stdin);
-    let relay_cpu = match (server, relay) {
-        (Some((mut child, socket)), _) => {
+    let relay_cpu = match relay {
+        Relay::Conmon(c) => {
+            let cpu = c.cpu_s();
+            c.stop();
+            cpu
+        }
+        Relay::Server(mut child, socket) => {
             let status = child.wait().unwrap();
             assert!(status.success(), "the switchboard exited with {status}");
             let _ = std::fs::remove_dir_all(socket.parent().unwrap());
             children_cpu_s() - cpu0
         }
-        (None, Some(relay)) => relay.join().unwrap(),
-        (None, None) => unreachable!(),
+        Relay::Thread(relay) => relay.join().unwrap(),
     };
+    let report = client.join().unwrap();
+    drop(stdin);
+    // From the workload's first write to the last byte's receipt by every client.
+    let ns = |a: &AtomicU64| a.load(Ordering::SeqCst) as f64 / 1e9;
+    let wall = ns(&shared.done_at) - ns(&shared.started);
     // Every client got every byte: client 0 checked its content; the others have its
     // body, byte for byte when verifying.
     for (i, b) in report.bodies.iter().enumerate() {
@@ -653,7 +861,7 @@ fn idle(n: usize, format: Format) {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
     let c = container(false);
     let extra = [format!("--max_connections={}", n + 16)];
-    let (mut child, socket) = start_server(&c, true, false, &extra);
+    let (mut child, socket) = start_server(&c.src, c.stdin.as_ref(), true, false, &extra);
     let pid = child.id() as i32;
     std::thread::sleep(Duration::from_millis(100));
     let before = status_kib(pid, "VmRSS:").unwrap();
@@ -706,6 +914,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    // conmon runs this binary as its OCI runtime.
+    conmon::dispatch();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |name: &str| {
         args.iter()
@@ -738,7 +948,13 @@ fn main() {
         Some(other) => panic!("unknown --source {other}: pipe or pty"),
     };
     let mut modes: Vec<Mode> = arg("--modes").map_or(
-        vec![Mode::Switchboard, Mode::SwitchboardCopy, Mode::Naive, Mode::TeeSplice],
+        vec![
+            Mode::Switchboard,
+            Mode::SwitchboardCopy,
+            Mode::Naive,
+            Mode::TeeSplice,
+            Mode::Conmon,
+        ],
         |v| v.split(',').map(Mode::parse).collect(),
     );
     if pty {
@@ -746,6 +962,8 @@ fn main() {
         modes.retain(|m| *m != Mode::TeeSplice);
     }
     let verify = args.iter().any(|a| a == "--verify");
+    let spin = args.iter().any(|a| a == "--spin");
+    let conmon_log: &'static str = arg("--conmon-log").map_or("none:", |v| v.leak());
     let mib: Option<u64> = arg("--mib").map(|v| v.parse().expect("--mib"));
     assert!(
         std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2,
@@ -753,16 +971,17 @@ fn main() {
     );
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
-    let conmon =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join("conmon").exists());
+    let conmon = conmon::installed();
     eprintln!(
         "end-to-end benchmark: {reps} reps, N = {ns:?}, {work:?}, {format:?} records, source {}",
         if pty { "PTY" } else { "pipe" }
     );
-    if conmon {
-        eprintln!("conmon is installed, but driving it is not built yet: no conmon rows");
-    } else {
-        eprintln!("conmon is not installed (Debian package conmon): no conmon rows");
+    match &conmon {
+        Some(version) => eprintln!("{version} (Debian package conmon) is installed: conmon rows included"),
+        None => {
+            eprintln!("conmon is not installed (Debian package conmon): no conmon rows");
+            modes.retain(|m| *m != Mode::Conmon);
+        }
     }
     let mut results: Vec<(usize, Mode, Vec<Sample>)> = Vec::new();
     for n in &ns {
@@ -786,6 +1005,8 @@ fn main() {
                 pty,
                 bytes,
                 verify,
+                conmon_log,
+                spin,
             });
             eprintln!(
                 "rep {} N={n:<5} {:<30} {:8.3} {}  {:.3} CPU-s/GiB  p50 {:.0} us p99 {:.0} us  clients {:.0}% of a CPU",

@@ -15,7 +15,8 @@
 //! Placement (LIMITS.md §B): the workload and the server (or relay thread) on CPU 0; the
 //! clients, one light epoll loop of ours, on CPU 1. The workload keeps within a window of
 //! the slowest client, so nobody is cut for lagging and throughput is what the relay and
-//! the clients can move. Client 0 decodes and checks every byte it gets; the others count
+//! the clients can move. Client 0 decodes and checks every byte it gets (protobuf bodies
+//! as they stream, without copying them); the others count
 //! body bytes (and with `--verify`, hash them: every body must be identical to client 0's).
 //!
 //! Workloads: `chunks` (64 KiB writes; GB/s of container bytes delivered to all clients),
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
 use common::sb::output_request;
-use common::{BodyChecker, Checker, RawChecker, fill_pattern};
+use common::{BodyChecker, Checker, RawChecker, StreamingBodyChecker, fill_pattern};
 use conmon::Conmon;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{UsageWho, getrusage};
@@ -643,8 +644,13 @@ fn connect(socket: &Path, format: Format) -> OwnedFd {
 }
 
 fn checker(case: &Case, checked: Arc<AtomicU64>) -> Box<dyn Checker> {
-    if case.mode.framed() {
-        let mut c = BodyChecker::new(case.format, [SEED, SEED + 1], Some([case.bytes, 0]));
+    let lens = Some([case.bytes, 0]);
+    if case.mode.framed() && case.format == Format::Protobuf {
+        let mut c = StreamingBodyChecker::new([SEED, SEED + 1], lens);
+        c.progress = Some(checked);
+        Box::new(c)
+    } else if case.mode.framed() {
+        let mut c = BodyChecker::new(case.format, [SEED, SEED + 1], lens);
         c.progress = Some(checked);
         Box::new(c)
     } else {
@@ -796,7 +802,8 @@ fn run(case: &Case) -> Sample {
     let relay_cpu = match relay {
         Relay::Conmon(c) => {
             let cpu = c.cpu_s();
-            c.stop();
+            // (Its container ends: conmon closes its clients and exits.)
+            drop(c);
             cpu
         }
         Relay::Server(mut child, socket) => {

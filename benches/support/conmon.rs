@@ -185,10 +185,12 @@ impl Conmon {
             .unwrap_or(100) as f64;
         (field(14) + field(15)) as f64 / ticks
     }
+}
 
+impl Drop for Conmon {
     /// Ends the container (its pid); conmon then sends what is left, closes its attach
     /// clients and exits. Waits for that (SIGKILL after 10 s).
-    pub fn stop(self) {
+    fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.container), Signal::SIGKILL);
         let gone = |pid: i32| !Path::new(&format!("/proc/{pid}")).exists();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -396,3 +396,282 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// A protobuf output body (chunked RecordIO of ProcessIO records) checked as it
+/// streams: payloads are compared with the patterns where they lie, nothing is copied
+/// (unlike [`BodyChecker`], which decodes each record into messages). For clients that
+/// must keep up with gigabytes a second.
+pub struct StreamingBodyChecker {
+    seeds: [u64; 2],
+    pub pos: [u64; 2],
+    pub heartbeats: usize,
+    pub ended: bool,
+    expect_len: Option<[u64; 2]>,
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    chunk: ChunkState,
+    /// The chunk-size line so far.
+    line: Vec<u8>,
+    /// RecordIO: the length line so far, or the bytes of the record still to come.
+    record_len: Vec<u8>,
+    record_left: u64,
+    pb: Pb,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum ChunkState {
+    /// In a chunk-size line.
+    Size,
+    /// In a chunk's data: bytes left.
+    Data(u64),
+    /// The CRLF after a chunk's data: bytes of it left.
+    DataEnd(u8),
+    /// The CRLF after the last (empty) chunk: bytes of it left.
+    Last(u8),
+    Done,
+}
+
+/// Where the protobuf parse of a record stands.
+#[derive(Default)]
+struct Pb {
+    /// Offset in the record.
+    off: u64,
+    /// The varint being read, its shift, and what it is for.
+    var: u64,
+    shift: u32,
+    want: Want,
+    /// Ends (record offsets) of the messages entered: ProcessIO's `data` (1 deep).
+    data_end: Option<u64>,
+    /// ProcessIO.type (DATA 1, CONTROL 2) and Data.type, once read.
+    io_type: Option<u64>,
+    data_type: Option<u64>,
+    /// Bytes of a payload left to check, or of an unknown field to skip.
+    payload_left: u64,
+    skip_left: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+enum Want {
+    #[default]
+    Tag,
+    /// A varint field's value (field number).
+    Value(u64),
+    /// A length-delimited field's length (field number).
+    Len(u64),
+}
+
+impl StreamingBodyChecker {
+    pub fn new(seeds: [u64; 2], expect_len: Option<[u64; 2]>) -> Self {
+        StreamingBodyChecker {
+            seeds,
+            pos: [0, 0],
+            heartbeats: 0,
+            ended: false,
+            expect_len,
+            progress: None,
+            chunk: ChunkState::Size,
+            line: Vec::new(),
+            record_len: Vec::new(),
+            record_left: 0,
+            pb: Pb::default(),
+        }
+    }
+
+    /// A chunk's data: RecordIO records.
+    fn data(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.record_left == 0 {
+                let b = bytes[0];
+                bytes = &bytes[1..];
+                if b == b'\n' {
+                    let len = std::str::from_utf8(&self.record_len).unwrap();
+                    self.record_left = len.parse().unwrap_or_else(|_| panic!("RecordIO length {len:?}"));
+                    assert!(self.record_left > 0, "an empty record");
+                    self.record_len.clear();
+                    self.pb = Pb::default();
+                } else {
+                    assert!(
+                        b.is_ascii_digit() && self.record_len.len() < 20,
+                        "RecordIO length byte {b}"
+                    );
+                    self.record_len.push(b);
+                }
+                continue;
+            }
+            let n = (self.record_left.min(bytes.len() as u64)) as usize;
+            self.record(&bytes[..n]);
+            self.record_left -= n as u64;
+            bytes = &bytes[n..];
+            if self.record_left == 0 {
+                self.record_end();
+            }
+        }
+    }
+
+    /// Bytes of the current record.
+    fn record(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let pb = &mut self.pb;
+            if pb.payload_left > 0 {
+                let n = (pb.payload_left.min(bytes.len() as u64)) as usize;
+                // Data.Type: STDOUT is 2, STDERR 3.
+                let s = match pb.data_type {
+                    Some(2) => 0,
+                    Some(3) => 1,
+                    other => panic!("a payload of stream type {other:?} (before its type?)"),
+                };
+                assert!(
+                    is_pattern(self.seeds[s], self.pos[s], &bytes[..n]),
+                    "stream {s} bytes from {} differ",
+                    self.pos[s]
+                );
+                self.pos[s] += n as u64;
+                pb.payload_left -= n as u64;
+                pb.off += n as u64;
+                bytes = &bytes[n..];
+                if let Some(p) = &self.progress {
+                    p.store(self.pos[0] + self.pos[1], std::sync::atomic::Ordering::Relaxed);
+                }
+                self.field_end();
+                continue;
+            }
+            if pb.skip_left > 0 {
+                let n = (pb.skip_left.min(bytes.len() as u64)) as usize;
+                pb.skip_left -= n as u64;
+                pb.off += n as u64;
+                bytes = &bytes[n..];
+                self.field_end();
+                continue;
+            }
+            let b = bytes[0];
+            bytes = &bytes[1..];
+            pb.off += 1;
+            assert!(pb.shift < 64, "a varint too long");
+            pb.var |= u64::from(b & 0x7f) << pb.shift;
+            pb.shift += 7;
+            if b & 0x80 != 0 {
+                continue;
+            }
+            let v = std::mem::take(&mut pb.var);
+            pb.shift = 0;
+            let inside = pb.data_end.is_some();
+            match pb.want {
+                Want::Tag => {
+                    let (field, wire) = (v >> 3, v & 7);
+                    pb.want = match wire {
+                        0 => Want::Value(field),
+                        2 => Want::Len(field),
+                        _ => panic!("wire type {wire} in a ProcessIO record"),
+                    };
+                }
+                Want::Value(field) => {
+                    pb.want = Want::Tag;
+                    match (inside, field) {
+                        (false, 1) => pb.io_type = Some(v),
+                        (true, 1) => pb.data_type = Some(v),
+                        _ => {}
+                    }
+                    self.field_end();
+                }
+                Want::Len(field) => {
+                    pb.want = Want::Tag;
+                    match (inside, field) {
+                        (false, 2) => pb.data_end = Some(pb.off + v),
+                        (true, 2) => {
+                            assert!(v > 0, "an empty DATA record");
+                            pb.payload_left = v;
+                        }
+                        _ => pb.skip_left = v,
+                    }
+                    self.field_end();
+                }
+            }
+        }
+    }
+
+    /// After a field: leaves the Data message at its end.
+    fn field_end(&mut self) {
+        let pb = &mut self.pb;
+        if pb.payload_left == 0 && pb.skip_left == 0 && pb.want == Want::Tag && pb.data_end == Some(pb.off) {
+            pb.data_end = None;
+        }
+    }
+
+    fn record_end(&mut self) {
+        let pb = &self.pb;
+        assert!(
+            pb.want == Want::Tag && pb.payload_left == 0 && pb.skip_left == 0 && pb.data_end.is_none(),
+            "a record ends inside a field"
+        );
+        match pb.io_type {
+            Some(1) => assert!(pb.data_type.is_some(), "a DATA record without data"),
+            Some(2) => self.heartbeats += 1,
+            other => panic!("a ProcessIO record of type {other:?}"),
+        }
+    }
+}
+
+impl Checker for StreamingBodyChecker {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.chunk {
+                ChunkState::Size => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if b != b'\n' {
+                        assert!(self.line.len() < 64, "a chunk-size line too long");
+                        self.line.push(b);
+                        continue;
+                    }
+                    let line = std::str::from_utf8(&self.line).unwrap();
+                    let hex = line
+                        .strip_suffix('\r')
+                        .unwrap_or_else(|| panic!("chunk-size line {line:?}"));
+                    let size = u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("chunk size {hex:?}"));
+                    self.line.clear();
+                    self.chunk = if size == 0 {
+                        ChunkState::Last(2)
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    let n = (left.min(bytes.len() as u64)) as usize;
+                    self.data(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    self.chunk = if left == n as u64 {
+                        ChunkState::DataEnd(2)
+                    } else {
+                        ChunkState::Data(left - n as u64)
+                    };
+                }
+                ChunkState::DataEnd(k) | ChunkState::Last(k) => {
+                    let want = if k == 2 { b'\r' } else { b'\n' };
+                    assert_eq!(bytes[0], want, "a chunk does not end with CRLF");
+                    bytes = &bytes[1..];
+                    self.chunk = match (self.chunk, k) {
+                        (ChunkState::DataEnd(_), 2) => ChunkState::DataEnd(1),
+                        (ChunkState::DataEnd(_), _) => ChunkState::Size,
+                        (_, 2) => ChunkState::Last(1),
+                        _ => {
+                            self.ended = true;
+                            ChunkState::Done
+                        }
+                    };
+                }
+                ChunkState::Done => panic!("bytes after the last chunk"),
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(len) = self.expect_len {
+            assert!(
+                self.ended,
+                "the body did not end with the last chunk (at {:?} of {len:?})",
+                self.pos
+            );
+            assert_eq!(self.pos, len, "stream lengths");
+            assert_eq!(self.record_left, 0, "a record cut short");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The benchmarks' streaming body checker agrees with the decoding one, whatever the
+//! split of the body, and notices a wrong byte.
+
+mod common;
+
+use common::{BodyChecker, Checker, StreamingBodyChecker, fill_pattern};
+use switchboard::wire::http::{CHUNK_END, write_chunk_size};
+use switchboard::wire::message::{data_message, heartbeat_message, record};
+use switchboard::wire::{Format, Stream};
+
+const SEEDS: [u64; 2] = [11, 12];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A body of random DATA records of both streams and heartbeats, then a 50,000-byte
+/// stdout record, chunked either one record per chunk (as the server sends it) or at
+/// random places. Returns it and the streams' lengths.
+fn body(rng: &mut Rng, records: usize, one_per_chunk: bool) -> (Vec<u8>, [u64; 2]) {
+    let mut pos = [0u64; 2];
+    let mut recs = Vec::new();
+    for i in 0..=records {
+        if i < records && rng.below(8) == 0 {
+            recs.push(record(Format::Protobuf, &heartbeat_message(1_000_000_000)));
+            continue;
+        }
+        let s = rng.below(2) as usize;
+        // Sizes around the varint and page edges as well as up to a record and more.
+        let len = match rng.below(4) {
+            _ if i == records => 50_000,
+            0 => 1 + rng.below(200),
+            1 => 16_000 + rng.below(800),
+            _ => 1 + rng.below(70_000),
+        } as usize;
+        let s = if i == records { 0 } else { s };
+        let mut data = vec![0; len];
+        fill_pattern(SEEDS[s], pos[s], &mut data);
+        pos[s] += len as u64;
+        let stream = if s == 0 { Stream::Stdout } else { Stream::Stderr };
+        recs.push(record(Format::Protobuf, &data_message(stream, &data)));
+    }
+    let mut out = Vec::new();
+    let chunk = |bytes: &[u8], out: &mut Vec<u8>| {
+        write_chunk_size(bytes.len(), out);
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(CHUNK_END);
+    };
+    if one_per_chunk {
+        for r in &recs {
+            chunk(r, &mut out);
+        }
+    } else {
+        let all = recs.concat();
+        let mut at = 0;
+        while at < all.len() {
+            let n = (1 + rng.below(100_000) as usize).min(all.len() - at);
+            chunk(&all[at..at + n], &mut out);
+            at += n;
+        }
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    (out, pos)
+}
+
+/// Feeds `bytes` to `c` in pieces of random sizes (some of one byte).
+fn feed(rng: &mut Rng, c: &mut dyn Checker, bytes: &[u8]) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = if rng.below(3) == 0 {
+            1 + rng.below(8)
+        } else {
+            1 + rng.below(300_000)
+        };
+        let n = (n as usize).min(bytes.len() - at);
+        c.feed(&bytes[at..at + n]);
+        at += n;
+    }
+    c.finish();
+}
+
+#[test]
+fn agrees_with_the_decoding_checker_however_split() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let records = 1 + rng.below(60) as usize;
+        let (body, lens) = body(&mut rng, records, seed % 2 == 0);
+        let mut fast = StreamingBodyChecker::new(SEEDS, Some(lens));
+        feed(&mut rng, &mut fast, &body);
+        let mut slow = BodyChecker::new(Format::Protobuf, SEEDS, Some(lens));
+        feed(&mut rng, &mut slow, &body);
+        assert_eq!(fast.pos, lens, "seed {seed}");
+        assert_eq!(fast.heartbeats, slow.heartbeats, "seed {seed}");
+        assert!(fast.ended);
+    }
+}
+
+#[test]
+fn finds_a_wrong_byte_a_short_body_and_bad_framing() {
+    let mut rng = Rng(7);
+    let (body, lens) = body(&mut rng, 30, true);
+    let run = |bytes: Vec<u8>| {
+        std::panic::catch_unwind(move || {
+            let mut c = StreamingBodyChecker::new(SEEDS, Some(lens));
+            c.feed(&bytes);
+            c.finish();
+        })
+    };
+    assert!(run(body.clone()).is_ok());
+    // A payload byte changed (in the last record's).
+    let mut wrong = body.clone();
+    let at = wrong.len() - 1000;
+    wrong[at] ^= 0x5a;
+    assert!(run(wrong).is_err(), "a changed payload byte went unnoticed");
+    // The body cut short, and the last chunk missing.
+    assert!(run(body[..body.len() / 2].to_vec()).is_err());
+    assert!(run(body[..body.len() - 5].to_vec()).is_err());
+    // A chunk's CRLF broken.
+    let mut framing = body.clone();
+    let first_end = framing.windows(2).position(|w| w == b"\r\n").unwrap();
+    let size = usize::from_str_radix(std::str::from_utf8(&framing[..first_end]).unwrap(), 16).unwrap();
+    framing[first_end + 2 + size] = b'x';
+    assert!(run(framing).is_err());
+}

@@ -14,9 +14,15 @@
 //!
 //! Run: `cargo bench --bench fanout -- [--reps 5] [--ns 1,8,64,256] [--quick]
 //! [--framing raw|protobuf|json] [--modes naive,core,zerocopy,tee-splice]
-//! [--source pipe|pty]`. With `--source pty` the container writes into a PTY in raw mode
+//! [--source pipe|pty] [--vary KNOB=V1,V2,...]`. With `--source pty` the container writes into a PTY in raw mode
 //! (the relay reads its master; there is no tee-splice row: tee refuses a PTY). The ratio
 //! columns compare each mode with the copy path (`core`) of the same N.
+//!
+//! `--vary` runs every case once per value of one knob (sizes take k and m suffixes):
+//! `read` (largest read, the zero-copy round; the lag limit shrinks to fit), `buffer`
+//! (stream buffer; the lag limit follows it), `lag` (lag limit, also the zero-copy
+//! client pipe), `record` (largest record payload), `ring` (submission queue entries) or
+//! `pipe` (the container's pipe; the baselines read it too).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -65,8 +71,69 @@ impl Mode {
     }
 }
 
+/// The settings of a run: ours, and the container pipe's size.
+#[derive(Clone, Copy, Debug)]
+struct Knobs {
+    relay: relay::Config,
+    ring: RingConfig,
+    pipe: usize,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            relay: relay::Config::default(),
+            ring: RingConfig::default(),
+            pipe: 1 << 20,
+        }
+    }
+}
+
+fn parse_size(v: &str) -> usize {
+    let (digits, unit) = match v.as_bytes().last() {
+        Some(b'k' | b'K') => (&v[..v.len() - 1], 1 << 10),
+        Some(b'm' | b'M') => (&v[..v.len() - 1], 1 << 20),
+        _ => (v, 1),
+    };
+    digits
+        .parse::<usize>()
+        .map(|n| n * unit)
+        .unwrap_or_else(|_| panic!("bad size {v}"))
+}
+
+/// The settings of `--vary KNOB=V1,V2,...`, with their labels.
+fn variants(spec: &str) -> Vec<(String, Knobs)> {
+    let (knob, values) = spec.split_once('=').expect("--vary KNOB=V1,V2,...");
+    values
+        .split(',')
+        .map(|v| {
+            let mut k = Knobs::default();
+            let size = parse_size(v);
+            let r = &mut k.relay;
+            match knob {
+                "read" => {
+                    r.max_read = size;
+                    r.lag_limit = r.lag_limit.min(r.buffer_bytes.saturating_sub(size));
+                }
+                "buffer" => {
+                    r.buffer_bytes = size;
+                    r.lag_limit = size.saturating_sub(r.max_read);
+                }
+                "lag" => r.lag_limit = size,
+                "record" => r.max_record = size,
+                "ring" => k.ring.entries = size as u32,
+                "pipe" => k.pipe = size,
+                other => panic!("unknown knob {other}: read, buffer, lag, record, ring or pipe"),
+            }
+            r.validate().unwrap_or_else(|e| panic!("--vary {knob}={v}: {e}"));
+            (format!("{knob}={v}"), k)
+        })
+        .collect()
+}
+
 struct Case {
     mode: Mode,
+    knobs: Knobs,
     n: usize,
     source_bytes: u64,
     framing: Framing,
@@ -142,7 +209,7 @@ fn run(case: &Case) -> Sample {
         (pty.master, pty.slave)
     } else {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        switchboard::sys::grow_pipe(&w, 1 << 20).unwrap();
+        switchboard::sys::grow_pipe(&w, case.knobs.pipe).unwrap();
         (r, w)
     };
     let logger: OwnedFd = File::options().write(true).open("/dev/null").unwrap().into();
@@ -160,7 +227,7 @@ fn run(case: &Case) -> Sample {
         Mode::Core | Mode::ZeroCopy => {
             let clients = ours.into_iter().map(|fd| (fd, case.framing, Vec::new())).collect();
             let spec = FanoutSpec {
-                relay: relay::Config::default(),
+                relay: case.knobs.relay,
                 sources: vec![(src_r, case.pty)],
                 loggers: vec![logger],
                 clients,
@@ -168,7 +235,7 @@ fn run(case: &Case) -> Sample {
                 policy: LagPolicy::Block,
                 zero_copy: case.mode == Mode::ZeroCopy,
             };
-            let report = fanout::run(spec, RingConfig::default()).expect("relay");
+            let report = fanout::run(spec, case.knobs.ring).expect("relay");
             assert!(report.failure.is_none() && report.stats.clients_cut == 0, "{report:?}");
         }
     }
@@ -240,20 +307,24 @@ fn main() {
         // tee(2) refuses a PTY (EINVAL): there is no raw tee loop to compare with.
         modes.retain(|m| *m != Mode::TeeSplice);
     }
-    let mut results: Vec<(usize, Mode, Vec<Sample>)> = Vec::new();
+    let variants = arg("--vary").map_or(vec![(String::new(), Knobs::default())], |v| variants(&v));
+    let mut results: Vec<(usize, Mode, usize, Vec<Sample>)> = Vec::new();
     for n in &ns {
         for mode in &modes {
-            results.push((*n, *mode, Vec::new()));
+            for v in 0..variants.len() {
+                results.push((*n, *mode, v, Vec::new()));
+            }
         }
     }
     for rep in 0..reps {
-        for (n, mode, samples) in &mut results {
+        for (n, mode, v, samples) in &mut results {
             let mut source_bytes = ((2u64 << 30) / *n as u64).max(16 << 20);
             if quick {
                 source_bytes /= 8;
             }
             let sample = run(&Case {
                 mode: *mode,
+                knobs: variants[*v].1,
                 n: *n,
                 source_bytes,
                 framing,
@@ -261,9 +332,10 @@ fn main() {
                 pty,
             });
             eprintln!(
-                "rep {} N={n:<4} {:<10} {:6.2} GB/s  relay {:.3} CPU-s/GB",
+                "rep {} N={n:<4} {:<10} {:<12} {:6.2} GB/s  relay {:.3} CPU-s/GB",
                 rep + 1,
                 mode.name(),
+                variants[*v].0,
                 sample.gbps,
                 sample.relay_cpu_per_gb
             );
@@ -272,15 +344,20 @@ fn main() {
     }
     // Medians per case, then ratios against the copy path (and the naive relay) of the
     // same N, measured in the same run.
-    let medians: Vec<(usize, Mode, [f64; 6])> = results
+    let medians: Vec<(usize, Mode, usize, [f64; 6])> = results
         .iter()
-        .map(|(n, mode, samples)| {
+        .map(|(n, mode, v, samples)| {
             let (g, gmin, gmax) = median(&mut samples.iter().map(|s| s.gbps).collect::<Vec<_>>());
             let (c, cmin, cmax) = median(&mut samples.iter().map(|s| s.relay_cpu_per_gb).collect::<Vec<_>>());
-            (*n, *mode, [g, gmin, gmax, c, cmin, cmax])
+            (*n, *mode, *v, [g, gmin, gmax, c, cmin, cmax])
         })
         .collect();
-    let find = |n: usize, mode: Mode| medians.iter().find(|m| m.0 == n && m.1 == mode).map(|m| m.2);
+    let find = |n: usize, mode: Mode, v: usize| {
+        medians
+            .iter()
+            .find(|m| m.0 == n && m.1 == mode && m.2 == v)
+            .map(|m| m.3)
+    };
     let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
     let framing_name = match framing {
         Framing::Raw => "raw",
@@ -291,15 +368,18 @@ fn main() {
         "| N | relay | GB/s median [min-max] | relay CPU s/GB median [min-max] | GB/s vs copy path | CPU/GB vs copy path | GB/s vs naive |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (n, mode, [g, gmin, gmax, c, cmin, cmax]) in &medians {
-        let name = match mode {
+    for (n, mode, v, [g, gmin, gmax, c, cmin, cmax]) in &medians {
+        let mut name = match mode {
             Mode::Naive => "naive read + write()".to_string(),
             Mode::Core => format!("switchboard copy path ({framing_name})"),
             Mode::ZeroCopy => format!("switchboard zero-copy path ({framing_name})"),
             Mode::TeeSplice => "raw tee + splice (no framing)".to_string(),
         };
-        let core = find(*n, Mode::Core);
-        let naive = find(*n, Mode::Naive);
+        if !variants[*v].0.is_empty() {
+            name = format!("{name}, {}", variants[*v].0);
+        }
+        let core = find(*n, Mode::Core, *v);
+        let naive = find(*n, Mode::Naive, *v);
         println!(
             "| {n} | {name} | {g:.2} [{gmin:.2}-{gmax:.2}] | {c:.3} [{cmin:.3}-{cmax:.3}] | {} | {} | {} |",
             ratio(*g, core.map(|m| m[0])),

@@ -503,9 +503,10 @@ fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
                 .store(shared.base.elapsed().as_nanos() as u64, Ordering::SeqCst);
             shared.seq.store(pos + n as u64, Ordering::SeqCst);
             write_all(&out, &buf[..n]);
-            // (Yielding: the server shares this CPU.)
+            // (Sleeping, not spinning: the relay shares this CPU, and every cycle spent
+            // here would be part of the latency measured.)
             while shared.delivered.load(Ordering::SeqCst) < pos + n as u64 {
-                std::thread::yield_now();
+                std::thread::sleep(Duration::from_micros(20));
             }
             // A pause between writes, as a terminal user or a log line would leave.
             std::thread::sleep(Duration::from_micros(200));

@@ -145,6 +145,8 @@ struct Case {
 struct Sample {
     gbps: f64,
     relay_cpu_per_gb: f64,
+    /// Whether our relay's buffers were registered with the ring (RLIMIT_MEMLOCK).
+    registered: Option<bool>,
 }
 
 fn cpu_ns(clock: ClockId) -> u64 {
@@ -221,9 +223,15 @@ fn run(case: &Case) -> Sample {
     let p0 = cpu_ns(ClockId::CLOCK_PROCESS_CPUTIME_ID);
     let (total, pinned) = (case.source_bytes, case.pin);
     let producer = std::thread::spawn(move || produce(src_w, total, pinned));
-    match case.mode {
-        Mode::Naive => naive(src_r, ours, logger),
-        Mode::TeeSplice => tee_splice(src_r, ours, logger),
+    let registered = match case.mode {
+        Mode::Naive => {
+            naive(src_r, ours, logger);
+            None
+        }
+        Mode::TeeSplice => {
+            tee_splice(src_r, ours, logger);
+            None
+        }
         Mode::Core | Mode::ZeroCopy => {
             let clients = ours.into_iter().map(|fd| (fd, case.framing, Vec::new())).collect();
             let spec = FanoutSpec {
@@ -237,8 +245,9 @@ fn run(case: &Case) -> Sample {
             };
             let report = fanout::run(spec, case.knobs.ring).expect("relay");
             assert!(report.failure.is_none() && report.stats.clients_cut == 0, "{report:?}");
+            Some(report.registered)
         }
-    }
+    };
     let producer_cpu = producer.join().unwrap();
     let mut consumers_cpu = 0u64;
     for c in consumers {
@@ -259,6 +268,7 @@ fn run(case: &Case) -> Sample {
     Sample {
         gbps: gb / wall,
         relay_cpu_per_gb: relay_cpu / gb,
+        registered,
     }
 }
 
@@ -332,12 +342,16 @@ fn main() {
                 pty,
             });
             eprintln!(
-                "rep {} N={n:<4} {:<10} {:<12} {:6.2} GB/s  relay {:.3} CPU-s/GB",
+                "rep {} N={n:<4} {:<10} {:<12} {:6.2} GB/s  relay {:.3} CPU-s/GB{}",
                 rep + 1,
                 mode.name(),
                 variants[*v].0,
                 sample.gbps,
-                sample.relay_cpu_per_gb
+                sample.relay_cpu_per_gb,
+                match sample.registered {
+                    Some(false) => "  (buffers not registered: RLIMIT_MEMLOCK)",
+                    _ => "",
+                }
             );
             samples.push(sample);
         }

@@ -9,15 +9,16 @@
 //! * `tee-splice`: the raw limit, a lockstep loop of blocking tee into a pipe per client and
 //!   splice into its socket, 256 KiB at a time (raw bytes, no protocol; pipes only);
 //! * `conmon`: conmon (Debian package `conmon`), when it is installed, driven through a
-//!   fake OCI runtime (benches/support/conmon.rs), its log `k8s-file:/dev/null`, its
-//!   clients on its SEQPACKET attach socket; when it is not, the run says so and goes on.
+//!   fake OCI runtime (benches/support/conmon.rs), its log `--conmon-log` (`none:` by
+//!   default), its clients on its SEQPACKET attach socket; when it is not installed, the
+//!   run says so and goes on.
 //!
-//! Placement (LIMITS.md §B): the workload and the server (or relay thread) on CPU 0; the
-//! clients, one light epoll loop of ours, on CPU 1. The workload keeps within a window of
+//! Placement (LIMITS.md §B): the workload and the server (conmon, or relay thread) on
+//! CPU 0; the clients, one light epoll loop of ours (`--spin`: never sleeping), on CPU 1. The workload keeps within a window of
 //! the slowest client, so nobody is cut for lagging and throughput is what the relay and
 //! the clients can move. Client 0 decodes and checks every byte it gets (protobuf bodies
-//! as they stream, without copying them); the others count
-//! body bytes (and with `--verify`, hash them: every body must be identical to client 0's).
+//! as they stream, without copying them); the others count body bytes (and with
+//! `--verify`, hash them: every body must be identical to client 0's).
 //!
 //! Workloads: `chunks` (64 KiB writes; GB/s of container bytes delivered to all clients),
 //! `lines` (100-byte writes; lines per second, each delivered to every client), `latency`
@@ -26,7 +27,7 @@
 //! Run (not part of CI): `cargo bench --bench e2e -- [--ns 1,16,64,256,1024] [--reps 3]
 //! [--work chunks|lines|latency] [--format protobuf|json] [--source pipe|pty]
 //! [--modes switchboard,switchboard-copy,naive,tee-splice,conmon] [--mib 1024] [--verify]
-//! [--idle 10000]`. `--idle N` instead attaches N idle clients to one server and reports
+//! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000]`. `--idle N` instead attaches N idle clients to one server and reports
 //! the server's RSS per attached client.
 
 #[path = "../tests/common/mod.rs"]
@@ -164,6 +165,8 @@ struct Shared {
     seq: AtomicU64,
     t_write: AtomicU64,
     latencies: Mutex<Vec<u64>>,
+    /// The workload's thread, for the clients to wake once they have its write.
+    workload: Mutex<Option<std::thread::Thread>>,
     /// Container bytes the workload writes.
     total: u64,
     /// When the workload started, and when every client had its last byte (ns since
@@ -466,6 +469,9 @@ fn clients(
             let now = shared.base.elapsed().as_nanos() as u64;
             latencies.push(now.saturating_sub(shared.t_write.load(Ordering::SeqCst)));
             last_seq = seq;
+            if let Some(w) = &*shared.workload.lock().unwrap() {
+                w.unpark();
+            }
         }
     }
     *shared.latencies.lock().unwrap() = latencies;
@@ -481,6 +487,7 @@ fn clients(
 /// every client to have it).
 fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
     pin(0);
+    *shared.workload.lock().unwrap() = Some(std::thread::current());
     while !shared.attached.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -503,10 +510,10 @@ fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
                 .store(shared.base.elapsed().as_nanos() as u64, Ordering::SeqCst);
             shared.seq.store(pos + n as u64, Ordering::SeqCst);
             write_all(&out, &buf[..n]);
-            // (Sleeping, not spinning: the relay shares this CPU, and every cycle spent
-            // here would be part of the latency measured.)
+            // Parked until the clients have it (they unpark it once they took the
+            // time): spinning or polling here would take the relay's CPU while it works.
             while shared.delivered.load(Ordering::SeqCst) < pos + n as u64 {
-                std::thread::sleep(Duration::from_micros(20));
+                std::thread::park_timeout(Duration::from_millis(10));
             }
             // A pause between writes, as a terminal user or a log line would leave.
             std::thread::sleep(Duration::from_micros(200));
@@ -690,6 +697,7 @@ fn run(case: &Case) -> Sample {
         seq: AtomicU64::new(0),
         t_write: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
+        workload: Mutex::new(None),
         total: case.bytes,
         started: AtomicU64::new(0),
         done_at: AtomicU64::new(0),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Rng;
 use common::sb::*;
 
 const SEED: u64 = 77;
@@ -26,22 +27,6 @@ struct Counts {
     stalled: AtomicU64,
     inputs: AtomicU64,
     refused: AtomicU64,
-}
-
-/// A tiny xorshift, so runs are repeatable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// One client's life: what kind is drawn at random.

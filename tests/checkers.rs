@@ -3,27 +3,12 @@
 
 mod common;
 
-use common::{BodyChecker, Checker, StreamingBodyChecker, fill_pattern};
+use common::{BodyChecker, Checker, Rng, StreamingBodyChecker, fill_pattern};
 use switchboard::wire::http::{CHUNK_END, write_chunk_size};
 use switchboard::wire::message::{data_message, heartbeat_message, record};
 use switchboard::wire::{Format, Stream};
 
 const SEEDS: [u64; 2] = [11, 12];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A body of random DATA records of both streams and heartbeats, then a 50,000-byte
 /// stdout record, chunked either one record per chunk (as the server sends it) or at

@@ -104,6 +104,22 @@ impl Progress {
     }
 }
 
+/// A tiny xorshift, so runs are repeatable.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// A pipe (read end, write end), close-on-exec, raised to `size` bytes.
 pub fn pipe(size: usize) -> (OwnedFd, OwnedFd) {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -132,13 +148,8 @@ pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'stat
 /// up to `max_chunk`, interleaving the streams; closes the pipes at the end. With a
 /// `gate`, it waits while any reader is more than `window` bytes behind.
 pub fn produce(writers: Vec<(OwnedFd, u64)>, len: u64, max_chunk: usize, seed: u64, gate: Option<(Progress, u64)>) {
-    let mut rng = seed | 1;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = Rng(seed | 1);
+    let mut next = || rng.next();
     let mut pos = vec![0u64; writers.len()];
     let mut buf = vec![0u8; max_chunk];
     while pos.iter().any(|&p| p < len) {

@@ -14,11 +14,12 @@
 //!   run says so and goes on.
 //!
 //! Placement (LIMITS.md §B): the workload and the server (conmon, or relay thread) on
-//! CPU 0; the clients, one light epoll loop of ours (`--spin`: never sleeping), on CPU 1. The workload keeps within a window of
-//! the slowest client, so nobody is cut for lagging and throughput is what the relay and
-//! the clients can move. Client 0 decodes and checks every byte it gets (protobuf bodies
-//! as they stream, without copying them); the others count body bytes (and with
-//! `--verify`, hash them: every body must be identical to client 0's).
+//! CPU 0; the clients, one light epoll loop of ours (`--spin`: never sleeping), on CPU 1.
+//! The workload keeps within a window of the slowest client, so nobody is cut for
+//! lagging and throughput is what the relay and the clients can move. Client 0 decodes
+//! and checks every byte it gets (protobuf bodies as they stream, without copying them);
+//! the others count body bytes (and with `--verify`, hash them: every body must be
+//! identical to client 0's).
 //!
 //! Workloads: `chunks` (64 KiB writes; GB/s of container bytes delivered to all clients),
 //! `lines` (100-byte writes; lines per second, each delivered to every client), `latency`
@@ -27,8 +28,8 @@
 //! Run (not part of CI): `cargo bench --bench e2e -- [--ns 1,16,64,256,1024] [--reps 3]
 //! [--work chunks|lines|latency] [--format protobuf|json] [--source pipe|pty]
 //! [--modes switchboard,switchboard-copy,naive,tee-splice,conmon] [--mib 1024] [--verify]
-//! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000]`. `--idle N` instead attaches N idle clients to one server and reports
-//! the server's RSS per attached client.
+//! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000]`. `--idle N` instead
+//! attaches N idle clients to one server and reports the server's RSS per attached client.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -233,7 +234,6 @@ struct Conn {
     head: Option<Vec<u8>>,
     body: u64,
     hash: Hash,
-    eof: bool,
 }
 
 impl Conn {
@@ -244,7 +244,6 @@ impl Conn {
             head: (wire == Wire::Http).then(Vec::new),
             body: 0,
             hash: Hash::default(),
-            eof: false,
         }
     }
 }
@@ -329,6 +328,14 @@ impl Sink {
         }
     }
 
+    /// Connection `i` reached its end: it is watched no more.
+    fn ended(&mut self, epoll: &Epoll, i: usize, c: &Conn) {
+        epoll.delete(&c.fd).expect("epoll delete");
+        if i == 0 {
+            self.checker.finish();
+        }
+    }
+
     /// Bytes just read from connection `i`. Returns whether its response head just ended.
     fn take(&mut self, i: usize, c: &mut Conn, bytes: &[u8]) -> bool {
         match c.wire {
@@ -408,12 +415,8 @@ fn clients(
                 match recv_packets(&c.fd, &mut buf) {
                     None => {}
                     Some(lens) if lens.contains(&0) => {
-                        c.eof = true;
+                        sink.ended(&epoll, i, c);
                         open -= 1;
-                        epoll.delete(&c.fd).expect("epoll delete");
-                        if i == 0 {
-                            sink.checker.finish();
-                        }
                     }
                     Some(lens) => {
                         for (k, n) in lens.into_iter().enumerate() {
@@ -431,12 +434,8 @@ fn clients(
                     Err(e) => panic!("client {i}: read: {e}"),
                 };
                 if n == 0 {
-                    c.eof = true;
+                    sink.ended(&epoll, i, c);
                     open -= 1;
-                    epoll.delete(&c.fd).expect("epoll delete");
-                    if i == 0 {
-                        sink.checker.finish();
-                    }
                     break;
                 }
                 if sink.take(i, c, &buf[..n]) {

@@ -14,9 +14,10 @@
 //!
 //! Run: `cargo bench --bench fanout -- [--reps 5] [--ns 1,8,64,256] [--quick]
 //! [--framing raw|protobuf|json] [--modes naive,core,zerocopy,tee-splice]
-//! [--source pipe|pty] [--vary KNOB=V1,V2,...]`. With `--source pty` the container writes into a PTY in raw mode
-//! (the relay reads its master; there is no tee-splice row: tee refuses a PTY). The ratio
-//! columns compare each mode with the copy path (`core`) of the same N.
+//! [--source pipe|pty] [--vary KNOB=V1,V2,...]`. With `--source pty` the container writes
+//! into a PTY in raw mode (the relay reads its master; there is no tee-splice row: tee
+//! refuses a PTY). The ratio columns compare each mode with the copy path (`core`) of the
+//! same N.
 //!
 //! `--vary` runs every case once per value of one knob (sizes take k and m suffixes):
 //! `read` (largest read, the zero-copy round; the lag limit shrinks to fit), `buffer`

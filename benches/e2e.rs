@@ -166,14 +166,29 @@ struct Shared {
     seq: AtomicU64,
     t_write: AtomicU64,
     latencies: Mutex<Vec<u64>>,
-    /// The workload's thread, for the clients to wake once they have its write.
+    /// The workload's thread, and whether it waits for the clients (they wake it).
     workload: Mutex<Option<std::thread::Thread>>,
+    waiting: AtomicBool,
     /// Container bytes the workload writes.
     total: u64,
     /// When the workload started, and when every client had its last byte (ns since
     /// `base`).
     started: AtomicU64,
     done_at: AtomicU64,
+}
+
+impl Shared {
+    /// Parks the workload until every client has `delivered` container bytes: spinning
+    /// or polling would take the CPU it shares with the relay.
+    fn wait_for(&self, delivered: u64) {
+        while self.delivered.load(Ordering::SeqCst) < delivered {
+            self.waiting.store(true, Ordering::SeqCst);
+            if self.delivered.load(Ordering::SeqCst) < delivered {
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
+            self.waiting.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A fast position-sensitive hash of a byte stream split anywhere (words of 8 bytes,
@@ -468,9 +483,12 @@ fn clients(
             let now = shared.base.elapsed().as_nanos() as u64;
             latencies.push(now.saturating_sub(shared.t_write.load(Ordering::SeqCst)));
             last_seq = seq;
-            if let Some(w) = &*shared.workload.lock().unwrap() {
-                w.unpark();
-            }
+        }
+        // (After the latency sample: its write's time is taken.)
+        if shared.waiting.load(Ordering::SeqCst)
+            && let Some(w) = &*shared.workload.lock().unwrap()
+        {
+            w.unpark();
         }
     }
     *shared.latencies.lock().unwrap() = latencies;
@@ -509,17 +527,11 @@ fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
                 .store(shared.base.elapsed().as_nanos() as u64, Ordering::SeqCst);
             shared.seq.store(pos + n as u64, Ordering::SeqCst);
             write_all(&out, &buf[..n]);
-            // Parked until the clients have it (they unpark it once they took the
-            // time): spinning or polling here would take the relay's CPU while it works.
-            while shared.delivered.load(Ordering::SeqCst) < pos + n as u64 {
-                std::thread::park_timeout(Duration::from_millis(10));
-            }
+            shared.wait_for(pos + n as u64);
             // A pause between writes, as a terminal user or a log line would leave.
             std::thread::sleep(Duration::from_micros(200));
         } else {
-            while pos.saturating_sub(shared.delivered.load(Ordering::Relaxed)) > WINDOW {
-                std::thread::yield_now();
-            }
+            shared.wait_for(pos.saturating_sub(WINDOW));
             write_all(&out, &buf[..n]);
         }
         pos += n as u64;
@@ -697,6 +709,7 @@ fn run(case: &Case) -> Sample {
         t_write: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
         workload: Mutex::new(None),
+        waiting: AtomicBool::new(false),
         total: case.bytes,
         started: AtomicU64::new(0),
         done_at: AtomicU64::new(0),

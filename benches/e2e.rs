@@ -131,6 +131,8 @@ struct Sample {
     p99_us: f64,
     /// Share of CPU 1 the clients used.
     client_load: f64,
+    /// Share of the machine's CPU time the hypervisor gave to others meanwhile (%).
+    steal_pct: f64,
 }
 
 fn pin(cpu: usize) {
@@ -166,9 +168,10 @@ struct Shared {
     seq: AtomicU64,
     t_write: AtomicU64,
     latencies: Mutex<Vec<u64>>,
-    /// The workload's thread, and whether it waits for the clients (they wake it).
+    /// The workload's thread, and what it waits for (`u64::MAX`: nothing): the clients
+    /// wake it once every one of them has that many container bytes.
     workload: Mutex<Option<std::thread::Thread>>,
-    waiting: AtomicBool,
+    wanted: AtomicU64,
     /// Container bytes the workload writes.
     total: u64,
     /// When the workload started, and when every client had its last byte (ns since
@@ -182,11 +185,11 @@ impl Shared {
     /// or polling would take the CPU it shares with the relay.
     fn wait_for(&self, delivered: u64) {
         while self.delivered.load(Ordering::SeqCst) < delivered {
-            self.waiting.store(true, Ordering::SeqCst);
+            self.wanted.store(delivered, Ordering::SeqCst);
             if self.delivered.load(Ordering::SeqCst) < delivered {
                 std::thread::park_timeout(Duration::from_millis(10));
             }
-            self.waiting.store(false, Ordering::SeqCst);
+            self.wanted.store(u64::MAX, Ordering::SeqCst);
         }
     }
 }
@@ -485,7 +488,7 @@ fn clients(
             last_seq = seq;
         }
         // (After the latency sample: its write's time is taken.)
-        if shared.waiting.load(Ordering::SeqCst)
+        if delivered >= shared.wanted.load(Ordering::SeqCst)
             && let Some(w) = &*shared.workload.lock().unwrap()
         {
             w.unpark();
@@ -709,7 +712,7 @@ fn run(case: &Case) -> Sample {
         t_write: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
         workload: Mutex::new(None),
-        waiting: AtomicBool::new(false),
+        wanted: AtomicU64::new(u64::MAX),
         total: case.bytes,
         started: AtomicU64::new(0),
         done_at: AtomicU64::new(0),
@@ -880,6 +883,7 @@ fn run(case: &Case) -> Sample {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         client_load: report.cpu_s / wall,
+        steal_pct: 0.0,
     }
 }
 
@@ -934,6 +938,23 @@ fn idle(n: usize, format: Format) {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(socket.parent().unwrap());
+}
+
+/// The machine's steal and total CPU ticks so far (/proc/stat).
+fn steal_and_total() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .map(|l| l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    (ticks.get(7).copied().unwrap_or(0), ticks.iter().take(8).sum())
+}
+
+/// Steal ticks and all ticks between two readings.
+fn steal_share(a: (u64, u64), b: (u64, u64)) -> (f64, f64) {
+    ((b.0 - a.0) as f64, (b.1 - a.1) as f64)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -1017,6 +1038,7 @@ fn main() {
             results.push((*n, *m, Vec::new()));
         }
     }
+    let mut all_steal = (0.0, 0.0);
     for rep in 0..reps {
         for (n, mode, samples) in &mut results {
             let bytes = match work {
@@ -1025,7 +1047,8 @@ fn main() {
                 Work::Lines => mib.map_or(((64u64 << 20) / *n as u64).max(4 << 20), |m| m << 20),
                 Work::Latency => 2000,
             };
-            let s = run(&Case {
+            let steal0 = steal_and_total();
+            let mut s = run(&Case {
                 mode: *mode,
                 n: *n,
                 work,
@@ -1036,8 +1059,12 @@ fn main() {
                 conmon_log,
                 spin,
             });
+            let steal = steal_share(steal0, steal_and_total());
+            all_steal = (all_steal.0 + steal.0, all_steal.1 + steal.1);
+            s.steal_pct = steal.0 * 100.0 / steal.1.max(1.0);
             eprintln!(
-                "rep {} N={n:<5} {:<30} {:8.3} {}  {:.3} CPU-s/GiB  p50 {:.0} us p99 {:.0} us  clients {:.0}% of a CPU",
+                "rep {} N={n:<5} {:<30} {:8.3} {}  {:.3} CPU-s/GiB  p50 {:.0} us p99 {:.0} us  clients {:.0}% of a CPU  \
+                 steal {:.0}%",
                 rep + 1,
                 mode.name(),
                 s.rate,
@@ -1045,16 +1072,23 @@ fn main() {
                 s.cpu_per_gib,
                 s.p50_us,
                 s.p99_us,
-                s.client_load * 100.0
+                s.client_load * 100.0,
+                s.steal_pct,
             );
             samples.push(s);
         }
     }
+    // Time the hypervisor gave the CPUs to others: runs in a noisy stretch show it.
+    println!(
+        "host steal during the runs: {:.1}% of CPU time",
+        all_steal.0 * 100.0 / all_steal.1.max(1.0)
+    );
     let unit = if work == Work::Lines { "M lines/s" } else { "GB/s" };
     println!(
-        "| N | relay | {unit} | server CPU s/GiB | server RSS peak MiB | RSS per attached client KiB | p50 us | p99 us | {unit} vs raw tee+splice |"
+        "| N | relay | {unit} | server CPU s/GiB | server RSS peak MiB | RSS per attached client KiB | p50 us | p99 us | \
+         {unit} vs raw tee+splice | host steal % |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let med =
         |samples: &Vec<Sample>, f: &dyn Fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
     for (n, mode, samples) in &results {
@@ -1088,8 +1122,9 @@ fn main() {
             )
         };
         println!(
-            "| {n} | {} | {rate} | {cpu} | {rss} | {per} | {p50} | {p99} | {vs_raw} |",
-            mode.name()
+            "| {n} | {} | {rate} | {cpu} | {rss} | {per} | {p50} | {p99} | {vs_raw} | {:.1} |",
+            mode.name(),
+            med(samples, &|s| s.steal_pct)
         );
     }
 }

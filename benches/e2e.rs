@@ -17,7 +17,8 @@
 //! CPU 0; the clients, one light epoll loop of ours (`--spin`: never sleeping), on CPU 1.
 //! The workload keeps within a window of the slowest client, so nobody is cut for
 //! lagging and throughput is what the relay and the clients can move. Client 0 decodes
-//! and checks every byte it gets (protobuf bodies as they stream, without copying them);
+//! and checks every byte it gets, as the body streams (protobuf payloads where they lie,
+//! JSON ones as their base64 is decoded);
 //! the others count body bytes (and with `--verify`, hash them: every body must be
 //! identical to client 0's).
 //!
@@ -49,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
 use common::sb::output_request;
-use common::{BodyChecker, Checker, RawChecker, StreamingBodyChecker, fill_pattern};
+use common::{Checker, RawChecker, StreamingBodyChecker, fill_pattern};
 use conmon::Conmon;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{UsageWho, getrusage};
@@ -667,12 +668,8 @@ fn connect(socket: &Path, format: Format) -> OwnedFd {
 
 fn checker(case: &Case, checked: Arc<AtomicU64>) -> Box<dyn Checker> {
     let lens = Some([case.bytes, 0]);
-    if case.mode.framed() && case.format == Format::Protobuf {
-        let mut c = StreamingBodyChecker::new([SEED, SEED + 1], lens);
-        c.progress = Some(checked);
-        Box::new(c)
-    } else if case.mode.framed() {
-        let mut c = BodyChecker::new(case.format, [SEED, SEED + 1], lens);
+    if case.mode.framed() {
+        let mut c = StreamingBodyChecker::new(case.format, [SEED, SEED + 1], lens);
         c.progress = Some(checked);
         Box::new(c)
     } else {

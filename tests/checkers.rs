@@ -5,20 +5,23 @@ mod common;
 
 use common::{BodyChecker, Checker, Rng, StreamingBodyChecker, fill_pattern};
 use switchboard::wire::http::{CHUNK_END, write_chunk_size};
-use switchboard::wire::message::{data_message, heartbeat_message, record};
+use switchboard::wire::message::{
+    data_message, data_record_prefix, data_record_suffix, heartbeat_message, json_data_payload, record,
+};
 use switchboard::wire::{Format, Stream};
 
 const SEEDS: [u64; 2] = [11, 12];
 
-/// A body of random DATA records of both streams and heartbeats, then a 50,000-byte
+/// A body of random DATA records of both streams (framed as the server does, or by the
+/// generic encoder) and heartbeats, then a 50,000-byte
 /// stdout record, chunked either one record per chunk (as the server sends it) or at
 /// random places. Returns it and the streams' lengths.
-fn body(rng: &mut Rng, records: usize, one_per_chunk: bool) -> (Vec<u8>, [u64; 2]) {
+fn body(rng: &mut Rng, format: Format, records: usize, one_per_chunk: bool) -> (Vec<u8>, [u64; 2]) {
     let mut pos = [0u64; 2];
     let mut recs = Vec::new();
     for i in 0..=records {
         if i < records && rng.below(8) == 0 {
-            recs.push(record(Format::Protobuf, &heartbeat_message(1_000_000_000)));
+            recs.push(record(format, &heartbeat_message(1_000_000_000)));
             continue;
         }
         let s = rng.below(2) as usize;
@@ -34,7 +37,22 @@ fn body(rng: &mut Rng, records: usize, one_per_chunk: bool) -> (Vec<u8>, [u64; 2
         fill_pattern(SEEDS[s], pos[s], &mut data);
         pos[s] += len as u64;
         let stream = if s == 0 { Stream::Stdout } else { Stream::Stderr };
-        recs.push(record(Format::Protobuf, &data_message(stream, &data)));
+        if rng.below(2) == 0 {
+            // As the server frames them (for JSON: its own fast shape).
+            let mut payload = data.clone();
+            if format == Format::Json {
+                payload.clear();
+                json_data_payload(&data, &mut payload);
+            }
+            let mut r = Vec::new();
+            data_record_prefix(format, stream, payload.len(), &mut r);
+            r.extend_from_slice(&payload);
+            r.extend_from_slice(data_record_suffix(format));
+            recs.push(r);
+        } else {
+            // Through the generic encoder.
+            recs.push(record(format, &data_message(stream, &data)));
+        }
     }
     let mut out = Vec::new();
     let chunk = |bytes: &[u8], out: &mut Vec<u8>| {
@@ -77,44 +95,56 @@ fn feed(rng: &mut Rng, c: &mut dyn Checker, bytes: &[u8]) {
 
 #[test]
 fn agrees_with_the_decoding_checker_however_split() {
-    for seed in 1..=40u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let records = 1 + rng.below(60) as usize;
-        let (body, lens) = body(&mut rng, records, seed % 2 == 0);
-        let mut fast = StreamingBodyChecker::new(SEEDS, Some(lens));
-        feed(&mut rng, &mut fast, &body);
-        let mut slow = BodyChecker::new(Format::Protobuf, SEEDS, Some(lens));
-        feed(&mut rng, &mut slow, &body);
-        assert_eq!(fast.pos, lens, "seed {seed}");
-        assert_eq!(fast.heartbeats, slow.heartbeats, "seed {seed}");
-        assert!(fast.ended);
+    let (mut streamed, mut decoded) = (0, 0);
+    for format in [Format::Protobuf, Format::Json] {
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let records = 1 + rng.below(60) as usize;
+            let (body, lens) = body(&mut rng, format, records, seed % 2 == 0);
+            let mut fast = StreamingBodyChecker::new(format, SEEDS, Some(lens));
+            feed(&mut rng, &mut fast, &body);
+            let mut slow = BodyChecker::new(format, SEEDS, Some(lens));
+            feed(&mut rng, &mut slow, &body);
+            assert_eq!(fast.pos, lens, "{format:?} seed {seed}");
+            assert_eq!(fast.heartbeats, slow.heartbeats, "{format:?} seed {seed}");
+            assert!(fast.ended);
+            streamed += fast.json_streamed;
+            decoded += fast.json_decoded;
+        }
     }
+    // Both of the JSON checker's ways were taken.
+    assert!(
+        streamed > 100 && decoded > 100,
+        "{streamed} JSON records streamed, {decoded} decoded"
+    );
 }
 
 #[test]
 fn finds_a_wrong_byte_a_short_body_and_bad_framing() {
-    let mut rng = Rng(7);
-    let (body, lens) = body(&mut rng, 30, true);
-    let run = |bytes: Vec<u8>| {
-        std::panic::catch_unwind(move || {
-            let mut c = StreamingBodyChecker::new(SEEDS, Some(lens));
-            c.feed(&bytes);
-            c.finish();
-        })
-    };
-    assert!(run(body.clone()).is_ok());
-    // A payload byte changed (in the last record's).
-    let mut wrong = body.clone();
-    let at = wrong.len() - 1000;
-    wrong[at] ^= 0x5a;
-    assert!(run(wrong).is_err(), "a changed payload byte went unnoticed");
-    // The body cut short, and the last chunk missing.
-    assert!(run(body[..body.len() / 2].to_vec()).is_err());
-    assert!(run(body[..body.len() - 5].to_vec()).is_err());
-    // A chunk's CRLF broken.
-    let mut framing = body.clone();
-    let first_end = framing.windows(2).position(|w| w == b"\r\n").unwrap();
-    let size = usize::from_str_radix(std::str::from_utf8(&framing[..first_end]).unwrap(), 16).unwrap();
-    framing[first_end + 2 + size] = b'x';
-    assert!(run(framing).is_err());
+    for format in [Format::Protobuf, Format::Json] {
+        let mut rng = Rng(7);
+        let (body, lens) = body(&mut rng, format, 30, true);
+        let run = |bytes: Vec<u8>| {
+            std::panic::catch_unwind(move || {
+                let mut c = StreamingBodyChecker::new(format, SEEDS, Some(lens));
+                c.feed(&bytes);
+                c.finish();
+            })
+        };
+        assert!(run(body.clone()).is_ok());
+        // A payload byte changed (in the last record's; for JSON, a base64 letter).
+        let mut wrong = body.clone();
+        let at = wrong.len() - 1000;
+        wrong[at] = if wrong[at] == b'A' { b'B' } else { b'A' };
+        assert!(run(wrong).is_err(), "{format:?}: a changed payload byte went unnoticed");
+        // The body cut short, and the last chunk missing.
+        assert!(run(body[..body.len() / 2].to_vec()).is_err());
+        assert!(run(body[..body.len() - 5].to_vec()).is_err());
+        // A chunk's CRLF broken.
+        let mut framing = body.clone();
+        let first_end = framing.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&framing[..first_end]).unwrap(), 16).unwrap();
+        framing[first_end + 2 + size] = b'x';
+        assert!(run(framing).is_err(), "{format:?}: a broken chunk went unnoticed");
+    }
 }

@@ -408,14 +408,19 @@ pub fn rss_kib() -> u64 {
         .unwrap()
 }
 
-/// A protobuf output body (chunked RecordIO of ProcessIO records) checked as it
-/// streams: payloads are compared with the patterns where they lie, nothing is copied
-/// (unlike [`BodyChecker`], which decodes each record into messages). For clients that
-/// must keep up with gigabytes a second.
+/// An output body (chunked RecordIO of ProcessIO records) checked as it streams:
+/// protobuf payloads are compared with the patterns where they lie, nothing is copied;
+/// JSON DATA records of the server's own shape have their base64 decoded on the way
+/// (any other JSON record is decoded whole). [`BodyChecker`] decodes each record into
+/// messages; this is for clients that must keep up with gigabytes a second.
 pub struct StreamingBodyChecker {
+    format: Format,
     seeds: [u64; 2],
     pub pos: [u64; 2],
     pub heartbeats: usize,
+    /// JSON records streamed (of the server's DATA shape), and decoded whole.
+    pub json_streamed: usize,
+    pub json_decoded: usize,
     pub ended: bool,
     expect_len: Option<[u64; 2]>,
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
@@ -426,7 +431,42 @@ pub struct StreamingBodyChecker {
     record_len: Vec<u8>,
     record_left: u64,
     pb: Pb,
+    json: JsonRecord,
 }
+
+/// Where the parse of a JSON record stands.
+#[derive(Default)]
+struct JsonRecord {
+    /// The record's first bytes, until they tell whether it is a DATA record of ours;
+    /// a record that is not is kept whole here and decoded at its end.
+    head: Vec<u8>,
+    /// The stream of a DATA record being streamed, once its head matched.
+    stream: Option<usize>,
+    /// In the payload: base64 characters of a quad so far, a `\` pending, the payload
+    /// decoded but not yet checked; then the bytes of the suffix seen.
+    quad: [u8; 4],
+    quad_len: usize,
+    escaped: bool,
+    decoded: Vec<u8>,
+    suffix: Option<usize>,
+}
+
+const JSON_HEADS: [&[u8]; 2] = [
+    br#"{"type":"DATA","data":{"type":"STDOUT","data":""#,
+    br#"{"type":"DATA","data":{"type":"STDERR","data":""#,
+];
+const JSON_SUFFIX: &[u8] = br#"}}"#;
+
+/// Base64 letters' values; 0xff for anything else (`=`, an escape, the closing quote).
+const BASE64: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 64 {
+        t[b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum ChunkState {
@@ -471,11 +511,14 @@ enum Want {
 }
 
 impl StreamingBodyChecker {
-    pub fn new(seeds: [u64; 2], expect_len: Option<[u64; 2]>) -> Self {
+    pub fn new(format: Format, seeds: [u64; 2], expect_len: Option<[u64; 2]>) -> Self {
         StreamingBodyChecker {
+            format,
             seeds,
             pos: [0, 0],
             heartbeats: 0,
+            json_streamed: 0,
+            json_decoded: 0,
             ended: false,
             expect_len,
             progress: None,
@@ -484,6 +527,133 @@ impl StreamingBodyChecker {
             record_len: Vec::new(),
             record_left: 0,
             pb: Pb::default(),
+            json: JsonRecord::default(),
+        }
+    }
+
+    /// Payload bytes of stream `s`, in order.
+    fn payload(&mut self, s: usize, bytes: &[u8]) {
+        assert!(
+            is_pattern(self.seeds[s], self.pos[s], bytes),
+            "stream {s} bytes from {} differ",
+            self.pos[s]
+        );
+        self.pos[s] += bytes.len() as u64;
+        if let Some(p) = &self.progress {
+            p.store(self.pos[0] + self.pos[1], std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes of the current JSON record.
+    fn json_record(&mut self, mut bytes: &[u8]) {
+        let head_len = JSON_HEADS[0].len();
+        while !bytes.is_empty() {
+            let j = &mut self.json;
+            if j.stream.is_none() {
+                // Not yet known (or not ours: then kept whole).
+                let take = if j.head.len() < head_len {
+                    (head_len - j.head.len()).min(bytes.len())
+                } else {
+                    bytes.len()
+                };
+                j.head.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if j.head.len() == head_len
+                    && let Some(s) = JSON_HEADS.iter().position(|h| *h == &j.head[..])
+                {
+                    j.stream = Some(s);
+                    j.head.clear();
+                }
+                continue;
+            }
+            let s = j.stream.unwrap();
+            if let Some(seen) = j.suffix {
+                let n = (JSON_SUFFIX.len() - seen).min(bytes.len());
+                assert_eq!(&bytes[..n], &JSON_SUFFIX[seen..seen + n], "a DATA record's end");
+                j.suffix = Some(seen + n);
+                bytes = &bytes[n..];
+                continue;
+            }
+            let mut ended = false;
+            let mut used = 0;
+            while used < bytes.len() {
+                // Whole quads of plain base64 letters, four at a time.
+                if j.quad_len == 0 && !j.escaped {
+                    for q in bytes[used..].chunks_exact(4) {
+                        let v = q.iter().map(|&c| BASE64[c as usize]);
+                        if v.clone().any(|x| x == 0xff) {
+                            break;
+                        }
+                        let n = v.fold(0u32, |n, x| (n << 6) | u32::from(x));
+                        j.decoded.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+                        used += 4;
+                    }
+                    if used == bytes.len() {
+                        break;
+                    }
+                }
+                let c = bytes[used];
+                used += 1;
+                if j.escaped {
+                    assert_eq!(c, b'/', "an escape in base64");
+                    j.escaped = false;
+                } else if c == b'\\' {
+                    j.escaped = true;
+                    continue;
+                } else if c == b'"' {
+                    ended = true;
+                    break;
+                }
+                j.quad[j.quad_len] = c;
+                j.quad_len += 1;
+                if j.quad_len == 4 {
+                    j.quad_len = 0;
+                    let q = j.quad;
+                    let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+                    let mut n = 0u32;
+                    for &c in &q[..4 - pad] {
+                        let x = BASE64[c as usize];
+                        assert!(x != 0xff, "{c:?} in a base64 payload");
+                        n = (n << 6) | u32::from(x);
+                    }
+                    n <<= 6 * pad as u32;
+                    let out = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+                    j.decoded.extend_from_slice(&out[..3 - pad]);
+                }
+            }
+            bytes = &bytes[used..];
+            if ended || self.json.decoded.len() >= 48 << 10 {
+                let decoded = std::mem::take(&mut self.json.decoded);
+                self.payload(s, &decoded);
+                self.json.decoded = decoded;
+                self.json.decoded.clear();
+            }
+            if ended {
+                let j = &mut self.json;
+                assert!(j.quad_len == 0 && !j.escaped, "a base64 payload cut short");
+                j.suffix = Some(0);
+            }
+        }
+    }
+
+    fn json_record_end(&mut self) {
+        let j = std::mem::take(&mut self.json);
+        if j.stream.is_some() {
+            assert_eq!(j.suffix, Some(JSON_SUFFIX.len()), "a DATA record ends early");
+            self.json_streamed += 1;
+            return;
+        }
+        self.json_decoded += 1;
+        // Not of the server's DATA shape: decoded whole.
+        let pio: ProcessIo = decode(Format::Json, &j.head).unwrap();
+        if pio.r#type == Some(process_io::Type::Data as i32) {
+            let data = pio.data.unwrap();
+            let s = usize::from(data.r#type == Some(process_io::data::Type::Stderr as i32));
+            let bytes = data.data.unwrap();
+            assert!(!bytes.is_empty(), "an empty DATA record");
+            self.payload(s, &bytes);
+        } else {
+            self.heartbeats += 1;
         }
     }
 
@@ -499,6 +669,7 @@ impl StreamingBodyChecker {
                     assert!(self.record_left > 0, "an empty record");
                     self.record_len.clear();
                     self.pb = Pb::default();
+                    self.json = JsonRecord::default();
                 } else {
                     assert!(
                         b.is_ascii_digit() && self.record_len.len() < 20,
@@ -509,11 +680,17 @@ impl StreamingBodyChecker {
                 continue;
             }
             let n = (self.record_left.min(bytes.len() as u64)) as usize;
-            self.record(&bytes[..n]);
+            match self.format {
+                Format::Protobuf => self.record(&bytes[..n]),
+                Format::Json => self.json_record(&bytes[..n]),
+            }
             self.record_left -= n as u64;
             bytes = &bytes[n..];
             if self.record_left == 0 {
-                self.record_end();
+                match self.format {
+                    Format::Protobuf => self.record_end(),
+                    Format::Json => self.json_record_end(),
+                }
             }
         }
     }
@@ -530,18 +707,10 @@ impl StreamingBodyChecker {
                     Some(3) => 1,
                     other => panic!("a payload of stream type {other:?} (before its type?)"),
                 };
-                assert!(
-                    is_pattern(self.seeds[s], self.pos[s], &bytes[..n]),
-                    "stream {s} bytes from {} differ",
-                    self.pos[s]
-                );
-                self.pos[s] += n as u64;
                 pb.payload_left -= n as u64;
                 pb.off += n as u64;
+                self.payload(s, &bytes[..n]);
                 bytes = &bytes[n..];
-                if let Some(p) = &self.progress {
-                    p.store(self.pos[0] + self.pos[1], std::sync::atomic::Ordering::Relaxed);
-                }
                 self.field_end();
                 continue;
             }

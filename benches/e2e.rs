@@ -701,6 +701,7 @@ impl Relay {
 }
 
 fn run(case: &Case) -> Sample {
+    let steal0 = steal_and_total();
     let shared = Arc::new(Shared {
         base: Instant::now(),
         delivered: AtomicU64::new(0),
@@ -880,7 +881,7 @@ fn run(case: &Case) -> Sample {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         client_load: report.cpu_s / wall,
-        steal_pct: 0.0,
+        steal_pct: steal_pct(steal0, steal_and_total()),
     }
 }
 
@@ -950,8 +951,9 @@ fn steal_and_total() -> (u64, u64) {
 }
 
 /// Steal ticks and all ticks between two readings.
-fn steal_share(a: (u64, u64), b: (u64, u64)) -> (f64, f64) {
-    ((b.0 - a.0) as f64, (b.1 - a.1) as f64)
+/// The steal share (%) of the CPU time between two [`steal_and_total`] readings.
+fn steal_pct(a: (u64, u64), b: (u64, u64)) -> f64 {
+    (b.0 - a.0) as f64 * 100.0 / ((b.1 - a.1) as f64).max(1.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -1035,7 +1037,7 @@ fn main() {
             results.push((*n, *m, Vec::new()));
         }
     }
-    let mut all_steal = (0.0, 0.0);
+    let steal0 = steal_and_total();
     for rep in 0..reps {
         for (n, mode, samples) in &mut results {
             let bytes = match work {
@@ -1044,8 +1046,7 @@ fn main() {
                 Work::Lines => mib.map_or(((64u64 << 20) / *n as u64).max(4 << 20), |m| m << 20),
                 Work::Latency => 2000,
             };
-            let steal0 = steal_and_total();
-            let mut s = run(&Case {
+            let s = run(&Case {
                 mode: *mode,
                 n: *n,
                 work,
@@ -1056,9 +1057,6 @@ fn main() {
                 conmon_log,
                 spin,
             });
-            let steal = steal_share(steal0, steal_and_total());
-            all_steal = (all_steal.0 + steal.0, all_steal.1 + steal.1);
-            s.steal_pct = steal.0 * 100.0 / steal.1.max(1.0);
             eprintln!(
                 "rep {} N={n:<5} {:<30} {:8.3} {}  {:.3} CPU-s/GiB  p50 {:.0} us p99 {:.0} us  clients {:.0}% of a CPU  \
                  steal {:.0}%",
@@ -1078,7 +1076,7 @@ fn main() {
     // Time the hypervisor gave the CPUs to others: runs in a noisy stretch show it.
     println!(
         "host steal during the runs: {:.1}% of CPU time",
-        all_steal.0 * 100.0 / all_steal.1.max(1.0)
+        steal_pct(steal0, steal_and_total())
     );
     let unit = if work == Work::Lines { "M lines/s" } else { "GB/s" };
     println!(

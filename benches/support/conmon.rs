@@ -66,7 +66,7 @@ pub fn dispatch() {
     std::process::exit(0);
 }
 
-/// Whether conmon is on the PATH.
+/// conmon's version line, when it is on the PATH.
 pub fn installed() -> Option<String> {
     let out = Command::new("conmon").arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use switchboard::wire::http::{ChunkedDecoder, Limits};
 use switchboard::wire::message::mesos::agent::{ProcessIo, process_io};
-use switchboard::wire::message::{Format, decode};
+use switchboard::wire::message::{Format, Stream, data_record_prefix, data_record_suffix, decode};
 use switchboard::wire::recordio;
 
 /// The period of the test pattern: a prime, so that it never lines up with chunk sizes.
@@ -239,25 +239,35 @@ impl BodyChecker {
     }
 
     fn record(&mut self, rec: &[u8]) {
-        let pio: ProcessIo = decode(self.format, rec).unwrap();
-        if pio.r#type == Some(process_io::Type::Data as i32) {
-            let data = pio.data.unwrap();
-            let s = usize::from(data.r#type == Some(process_io::data::Type::Stderr as i32));
-            let bytes = data.data.unwrap();
-            assert!(!bytes.is_empty(), "an empty DATA record");
-            assert!(
-                is_pattern(self.seeds[s], self.pos[s], &bytes),
-                "stream {s} bytes from {} differ",
-                self.pos[s]
-            );
-            self.pos[s] += bytes.len() as u64;
-            if let Some(p) = &self.progress {
-                p.store(self.pos[0] + self.pos[1], std::sync::atomic::Ordering::Relaxed);
+        match record_data(self.format, rec) {
+            Some((s, bytes)) => {
+                assert!(
+                    is_pattern(self.seeds[s], self.pos[s], &bytes),
+                    "stream {s} bytes from {} differ",
+                    self.pos[s]
+                );
+                self.pos[s] += bytes.len() as u64;
+                if let Some(p) = &self.progress {
+                    p.store(self.pos[0] + self.pos[1], std::sync::atomic::Ordering::Relaxed);
+                }
             }
-        } else {
-            self.heartbeats += 1;
+            None => self.heartbeats += 1,
         }
     }
+}
+
+/// A whole record decoded: its DATA payload and stream (0 stdout, 1 stderr), or `None`
+/// for a control record (a heartbeat).
+fn record_data(format: Format, rec: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let pio: ProcessIo = decode(format, rec).unwrap();
+    if pio.r#type != Some(process_io::Type::Data as i32) {
+        return None;
+    }
+    let data = pio.data.unwrap();
+    let s = usize::from(data.r#type == Some(process_io::data::Type::Stderr as i32));
+    let bytes = data.data.unwrap();
+    assert!(!bytes.is_empty(), "an empty DATA record");
+    Some((s, bytes))
 }
 
 impl Checker for BodyChecker {
@@ -424,14 +434,15 @@ pub struct StreamingBodyChecker {
     pub ended: bool,
     expect_len: Option<[u64; 2]>,
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
-    chunk: ChunkState,
-    /// The chunk-size line so far.
-    line: Vec<u8>,
+    chunked: ChunkedDecoder,
     /// RecordIO: the length line so far, or the bytes of the record still to come.
     record_len: Vec<u8>,
     record_left: u64,
     pb: Pb,
     json: JsonRecord,
+    /// [`json_data_shape`].
+    json_heads: [Vec<u8>; 2],
+    json_suffix: &'static [u8],
 }
 
 /// Where the parse of a JSON record stands.
@@ -451,11 +462,20 @@ struct JsonRecord {
     suffix: Option<usize>,
 }
 
-const JSON_HEADS: [&[u8]; 2] = [
-    br#"{"type":"DATA","data":{"type":"STDOUT","data":""#,
-    br#"{"type":"DATA","data":{"type":"STDERR","data":""#,
-];
-const JSON_SUFFIX: &[u8] = br#"}}"#;
+/// What comes before the base64 payload of the server's JSON DATA records of stdout and
+/// stderr, and what follows its closing quote: from the server's own encoder.
+fn json_data_shape() -> ([Vec<u8>; 2], &'static [u8]) {
+    let head = |stream| {
+        let mut prefix = Vec::new();
+        data_record_prefix(Format::Json, stream, 0, &mut prefix);
+        // Without the RecordIO length line.
+        let line = prefix.iter().position(|&b| b == b'\n').unwrap();
+        prefix.split_off(line + 1)
+    };
+    let suffix = data_record_suffix(Format::Json);
+    assert_eq!(suffix.first(), Some(&b'"'), "a JSON payload ends with its quote");
+    ([head(Stream::Stdout), head(Stream::Stderr)], &suffix[1..])
+}
 
 /// Base64 letters' values; 0xff for anything else (`=`, an escape, the closing quote).
 const BASE64: [u8; 256] = {
@@ -467,19 +487,6 @@ const BASE64: [u8; 256] = {
     }
     t
 };
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum ChunkState {
-    /// In a chunk-size line.
-    Size,
-    /// In a chunk's data: bytes left.
-    Data(u64),
-    /// The CRLF after a chunk's data: bytes of it left.
-    DataEnd(u8),
-    /// The CRLF after the last (empty) chunk: bytes of it left.
-    Last(u8),
-    Done,
-}
 
 /// Where the protobuf parse of a record stands.
 #[derive(Default)]
@@ -512,7 +519,10 @@ enum Want {
 
 impl StreamingBodyChecker {
     pub fn new(format: Format, seeds: [u64; 2], expect_len: Option<[u64; 2]>) -> Self {
+        let (json_heads, json_suffix) = json_data_shape();
         StreamingBodyChecker {
+            json_heads,
+            json_suffix,
             format,
             seeds,
             pos: [0, 0],
@@ -522,8 +532,7 @@ impl StreamingBodyChecker {
             ended: false,
             expect_len,
             progress: None,
-            chunk: ChunkState::Size,
-            line: Vec::new(),
+            chunked: ChunkedDecoder::new(&Limits::default()),
             record_len: Vec::new(),
             record_left: 0,
             pb: Pb::default(),
@@ -546,7 +555,7 @@ impl StreamingBodyChecker {
 
     /// Bytes of the current JSON record.
     fn json_record(&mut self, mut bytes: &[u8]) {
-        let head_len = JSON_HEADS[0].len();
+        let head_len = self.json_heads[0].len();
         while !bytes.is_empty() {
             let j = &mut self.json;
             if j.stream.is_none() {
@@ -559,7 +568,7 @@ impl StreamingBodyChecker {
                 j.head.extend_from_slice(&bytes[..take]);
                 bytes = &bytes[take..];
                 if j.head.len() == head_len
-                    && let Some(s) = JSON_HEADS.iter().position(|h| *h == &j.head[..])
+                    && let Some(s) = self.json_heads.iter().position(|h| *h == j.head)
                 {
                     j.stream = Some(s);
                     j.head.clear();
@@ -568,8 +577,9 @@ impl StreamingBodyChecker {
             }
             let s = j.stream.unwrap();
             if let Some(seen) = j.suffix {
-                let n = (JSON_SUFFIX.len() - seen).min(bytes.len());
-                assert_eq!(&bytes[..n], &JSON_SUFFIX[seen..seen + n], "a DATA record's end");
+                let suffix = self.json_suffix;
+                let n = (suffix.len() - seen).min(bytes.len());
+                assert_eq!(&bytes[..n], &suffix[seen..seen + n], "a DATA record's end");
                 j.suffix = Some(seen + n);
                 bytes = &bytes[n..];
                 continue;
@@ -639,21 +649,15 @@ impl StreamingBodyChecker {
     fn json_record_end(&mut self) {
         let j = std::mem::take(&mut self.json);
         if j.stream.is_some() {
-            assert_eq!(j.suffix, Some(JSON_SUFFIX.len()), "a DATA record ends early");
+            assert_eq!(j.suffix, Some(self.json_suffix.len()), "a DATA record ends early");
             self.json_streamed += 1;
             return;
         }
         self.json_decoded += 1;
         // Not of the server's DATA shape: decoded whole.
-        let pio: ProcessIo = decode(Format::Json, &j.head).unwrap();
-        if pio.r#type == Some(process_io::Type::Data as i32) {
-            let data = pio.data.unwrap();
-            let s = usize::from(data.r#type == Some(process_io::data::Type::Stderr as i32));
-            let bytes = data.data.unwrap();
-            assert!(!bytes.is_empty(), "an empty DATA record");
-            self.payload(s, &bytes);
-        } else {
-            self.heartbeats += 1;
+        match record_data(Format::Json, &j.head) {
+            Some((s, bytes)) => self.payload(s, &bytes),
+            None => self.heartbeats += 1,
         }
     }
 
@@ -793,53 +797,11 @@ impl StreamingBodyChecker {
 impl Checker for StreamingBodyChecker {
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            match self.chunk {
-                ChunkState::Size => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    if b != b'\n' {
-                        assert!(self.line.len() < 64, "a chunk-size line too long");
-                        self.line.push(b);
-                        continue;
-                    }
-                    let line = std::str::from_utf8(&self.line).unwrap();
-                    let hex = line
-                        .strip_suffix('\r')
-                        .unwrap_or_else(|| panic!("chunk-size line {line:?}"));
-                    let size = u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("chunk size {hex:?}"));
-                    self.line.clear();
-                    self.chunk = if size == 0 {
-                        ChunkState::Last(2)
-                    } else {
-                        ChunkState::Data(size)
-                    };
-                }
-                ChunkState::Data(left) => {
-                    let n = (left.min(bytes.len() as u64)) as usize;
-                    self.data(&bytes[..n]);
-                    bytes = &bytes[n..];
-                    self.chunk = if left == n as u64 {
-                        ChunkState::DataEnd(2)
-                    } else {
-                        ChunkState::Data(left - n as u64)
-                    };
-                }
-                ChunkState::DataEnd(k) | ChunkState::Last(k) => {
-                    let want = if k == 2 { b'\r' } else { b'\n' };
-                    assert_eq!(bytes[0], want, "a chunk does not end with CRLF");
-                    bytes = &bytes[1..];
-                    self.chunk = match (self.chunk, k) {
-                        (ChunkState::DataEnd(_), 2) => ChunkState::DataEnd(1),
-                        (ChunkState::DataEnd(_), _) => ChunkState::Size,
-                        (_, 2) => ChunkState::Last(1),
-                        _ => {
-                            self.ended = true;
-                            ChunkState::Done
-                        }
-                    };
-                }
-                ChunkState::Done => panic!("bytes after the last chunk"),
-            }
+            assert!(!self.ended, "bytes after the last chunk");
+            let d = self.chunked.decode(bytes).unwrap();
+            bytes = &bytes[d.used..];
+            self.data(d.data);
+            self.ended |= d.done;
         }
     }
 

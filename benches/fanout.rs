@@ -31,8 +31,8 @@ use std::time::Instant;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::time::{ClockId, clock_gettime};
-use switchboard::relay::{self, Framing, LagPolicy};
-use switchboard::ring::RingConfig;
+use switchboard::config::{LagPolicy, RelayConfig, RingConfig};
+use switchboard::relay::Framing;
 use switchboard::server::fanout::{self, FanoutSpec};
 use switchboard::wire::Format;
 
@@ -75,7 +75,7 @@ impl Mode {
 /// The settings of a run: ours, and the container pipe's size.
 #[derive(Clone, Copy, Debug)]
 struct Knobs {
-    relay: relay::Config,
+    relay: RelayConfig,
     ring: RingConfig,
     pipe: usize,
 }
@@ -83,7 +83,7 @@ struct Knobs {
 impl Default for Knobs {
     fn default() -> Self {
         Knobs {
-            relay: relay::Config::default(),
+            relay: RelayConfig::default(),
             ring: RingConfig::default(),
             pipe: 1 << 20,
         }

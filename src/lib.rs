@@ -17,6 +17,8 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod msg;
 pub mod relay;
 #[allow(unsafe_code)]
 pub mod ring;

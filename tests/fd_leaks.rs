@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use switchboard::relay::{self, Framing};
-use switchboard::ring::RingConfig;
+use switchboard::config::{LagPolicy, RelayConfig, RingConfig};
+use switchboard::relay::Framing;
 use switchboard::server::fanout::{self, FanoutSpec};
 use switchboard::wire::Format;
 
@@ -34,12 +34,12 @@ fn a_relay_run_closes_every_descriptor() {
                 }
             }
             let spec = FanoutSpec {
-                relay: relay::Config::default(),
+                relay: RelayConfig::default(),
                 sources: vec![(src_r, false)],
                 loggers: vec![log_w],
                 clients,
                 hangup_polls: true,
-                policy: relay::LagPolicy::Disconnect,
+                policy: LagPolicy::Disconnect,
                 // By copies, then by pipe pages (each client has a pipe of its own).
                 zero_copy: round % 2 == 1,
             };

@@ -9,8 +9,8 @@ use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
 use common::*;
-use switchboard::relay::{self, Framing};
-use switchboard::ring::RingConfig;
+use switchboard::config::{LagPolicy, RelayConfig, RingConfig};
+use switchboard::relay::Framing;
 use switchboard::server::fanout::{self, FanoutReport, FanoutSpec};
 use switchboard::wire::Format;
 
@@ -26,7 +26,7 @@ struct Setup {
     stalled: Vec<usize>,
     /// Clients whose connection closes before they read anything.
     closed: Vec<usize>,
-    relay: relay::Config,
+    relay: RelayConfig,
     /// Protobuf and raw clients by tee and splice.
     zero_copy: bool,
 }
@@ -40,7 +40,7 @@ impl Setup {
             max_chunk: 100 * 1024,
             stalled: Vec::new(),
             closed: Vec::new(),
-            relay: relay::Config::default(),
+            relay: RelayConfig::default(),
             zero_copy: false,
         }
     }
@@ -103,7 +103,7 @@ fn run(setup: Setup) -> (FanoutReport, Vec<Box<dyn Checker>>) {
         loggers,
         clients,
         hangup_polls: true,
-        policy: relay::LagPolicy::Disconnect,
+        policy: LagPolicy::Disconnect,
         zero_copy: setup.zero_copy,
     };
     let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
@@ -215,7 +215,7 @@ fn a_client_that_stops_reading_is_cut_and_holds_no_one_up() {
             setup.zero_copy = zero_copy;
             let (report, checkers) = run(setup);
             assert_eq!(report.stats.clients_cut, 1);
-            assert!(report.stats.bytes_lost > relay::Config::default().lag_limit as u64);
+            assert!(report.stats.bytes_lost > RelayConfig::default().lag_limit as u64);
             drop(checkers);
             // 128 MiB went through; memory stays bounded by the buffers, not by the backlog.
             let grown = rss_kib().saturating_sub(before);
@@ -252,11 +252,11 @@ fn small_writes_and_tiny_records() {
                 200_000,
             );
             setup.max_chunk = 7;
-            setup.relay = relay::Config {
+            setup.relay = RelayConfig {
                 max_record: 5,
                 max_read: 4096,
                 max_send_segments: 16,
-                ..relay::Config::default()
+                ..RelayConfig::default()
             };
             setup.zero_copy = zero_copy;
             let (report, _) = run(setup);
@@ -281,12 +281,12 @@ fn pty_output_ends_when_the_child_exits() {
             let (log_r, log_w) = pipe(1 << 16);
             let (ours, theirs) = socket_pair();
             let spec = FanoutSpec {
-                relay: relay::Config::default(),
+                relay: RelayConfig::default(),
                 sources: vec![(pty.master, true)],
                 loggers: vec![log_w],
                 clients: vec![(ours, Framing::Chunked(format), Vec::new())],
                 hangup_polls: true,
-                policy: relay::LagPolicy::Disconnect,
+                policy: LagPolicy::Disconnect,
                 zero_copy,
             };
             let relay = std::thread::spawn(move || fanout::run(spec, RingConfig::default()).unwrap());
@@ -319,7 +319,7 @@ fn fragmented_writes_neither_fail_staging_nor_tear_a_blocking_client() {
         // Writes of just over half a page each take a pipe buffer of their own (the next
         // does not fit the page), so a record of 64 KiB is 32 buffers. With 512 KiB of
         // them waiting before the relay starts, whole rounds of such records are staged.
-        for policy in [relay::LagPolicy::Disconnect, relay::LagPolicy::Block] {
+        for policy in [LagPolicy::Disconnect, LagPolicy::Block] {
             const WRITE: usize = 2049;
             let total: u64 = 8 << 20;
             let (src_r, src_w) = pipe(1 << 20);
@@ -359,7 +359,7 @@ fn fragmented_writes_neither_fail_staging_nor_tear_a_blocking_client() {
                 readers.push((theirs, checker));
             }
             let spec = FanoutSpec {
-                relay: relay::Config::default(),
+                relay: RelayConfig::default(),
                 sources: vec![(src_r, false)],
                 loggers: vec![lw],
                 clients,

@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use common::*;
-use switchboard::ring::{Msg, Op, Output, Ring, RingConfig};
+use switchboard::config::RingConfig;
+use switchboard::msg::Msg;
+use switchboard::ring::{Op, Output, Ring};
 
 /// Waits (if `block`) and takes every completion that is ready.
 fn collect(ring: &mut Ring, out: &mut Vec<switchboard::ring::Completion>, block: bool) {

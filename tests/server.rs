@@ -224,7 +224,7 @@ fn container_pipes_are_raised_to_one_mebibyte() {
         let mut sb = Sb::start(Opts::default());
         for fd in [sb.stdout.as_ref().unwrap(), sb.stderr.as_ref().unwrap()] {
             let size = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
-            assert_eq!(size as usize, switchboard::server::PIPE_BYTES);
+            assert_eq!(size as usize, switchboard::config::PIPE_BYTES);
         }
         sb.close_output();
         assert!(sb.wait(30).success());

@@ -194,9 +194,6 @@ pub struct Prepared {
     pub io: ContainerIo,
 }
 
-/// Pipes are raised to this (LIMITS.md §B1).
-const PIPE_BYTES: usize = 1 << 20;
-
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
@@ -287,7 +284,7 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
         for r in [&stdout_r, &stderr_r] {
-            let _ = crate::sys::grow_pipe(r, PIPE_BYTES);
+            let _ = crate::sys::grow_pipe(r, crate::config::PIPE_BYTES);
         }
         cmd.args(["--stdin-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"]);
         mappings.push(FdMapping {

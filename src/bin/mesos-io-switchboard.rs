@@ -29,10 +29,10 @@ fn main() -> ExitCode {
     }
     // A panic (a bug) must not write into the container's stderr log either.
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
-    let config = match server::Config::from_mesos(&flags) {
+    let config = match flags.config() {
         Ok(c) => c,
         Err(why) => {
-            eprint!("{}", mesos::usage(Some(&why)) + "\n");
+            eprint!("{}", mesos::usage(Some(&why.to_string())) + "\n");
             return ExitCode::FAILURE;
         }
     };

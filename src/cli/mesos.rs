@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::stout::{self, Kind, Spec};
+use crate::config::{Config, ConfigError, LagPolicy, Limits, RelayConfig, RingConfig};
 
 /// The program name Mesos prints in its usage, whatever `argv[0]` is.
 pub const NAME: &str = "mesos-io-switchboard";
@@ -311,6 +312,45 @@ pub fn parse(args: &[String]) -> Parsed {
     match flags {
         Ok(flags) => Parsed::Run(Box::new(flags)),
         Err(text) => Parsed::Usage(text),
+    }
+}
+
+impl Flags {
+    /// The server configuration: Mesos's flags, our limit flags, and our defaults for the
+    /// rest. Fails if the limits do not fit together.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let t = &self.tuning;
+        let mut limits = Limits::default();
+        limits.max_record = t.max_record.unwrap_or(limits.max_record);
+        limits.max_connections = t.max_connections.unwrap_or(limits.max_connections);
+        limits.drain_timeout = t.drain_timeout.unwrap_or(limits.drain_timeout);
+        limits.head_timeout = t.head_timeout.unwrap_or(limits.head_timeout);
+        limits.block_timeout = t.block_timeout.unwrap_or(limits.block_timeout);
+        limits.ack_timeout = t.ack_timeout.unwrap_or(limits.ack_timeout);
+        limits.max_call_body = t.max_call_body.unwrap_or(limits.max_call_body);
+        limits.input_buffer = t.input_buffer.unwrap_or(limits.input_buffer);
+        let http = &mut limits.http;
+        http.max_head_bytes = t.max_head_bytes.unwrap_or(http.max_head_bytes);
+        http.max_headers = t.max_headers.unwrap_or(http.max_headers);
+        http.max_chunk_line = t.max_chunk_line.unwrap_or(http.max_chunk_line);
+        http.max_trailer_bytes = t.max_trailer_bytes.unwrap_or(http.max_trailer_bytes);
+        Ok(Config {
+            tty: self.tty,
+            stdin_to_fd: self.stdin_to_fd,
+            stdout_from_fd: self.stdout_from_fd,
+            stdout_to_fd: self.stdout_to_fd,
+            stderr_from_fd: self.stderr_from_fd,
+            stderr_to_fd: self.stderr_to_fd,
+            wait_for_connection: self.wait_for_connection,
+            socket: self.socket_address.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            allowed_uids: t.allowed_uids.clone(),
+            zero_copy: t.zero_copy.unwrap_or(true),
+            limits,
+            relay: RelayConfig::sized(t.buffer_bytes, t.lag_limit)?,
+            lag_policy: LagPolicy::default(),
+            ring: RingConfig::default(),
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::server::{Config, Limits};
+use crate::config::{Config, ConfigError, Limits, RelayConfig};
 
 /// Parses a duration: stout's form (`30secs`, `100ms`, `2mins`) or the short units
 /// `s`, `m`, `h` (`30s`, `5m`).
@@ -80,7 +80,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The server configuration these flags describe.
-    pub fn config(&self) -> Result<Config, String> {
+    pub fn config(&self) -> Result<Config, ConfigError> {
         let (tty, stdin, stdout, stderr) = match self.pty_fd {
             Some(fd) => (true, fd, fd, fd),
             None => (
@@ -92,7 +92,7 @@ impl ServeArgs {
         };
         let mut limits = Limits::default();
         limits.drain_timeout = self.drain_timeout.unwrap_or(limits.drain_timeout);
-        let relay = crate::relay::Config::sized(self.buffer_bytes, self.lag_limit)?;
+        let relay = RelayConfig::sized(self.buffer_bytes, self.lag_limit)?;
         Ok(Config {
             tty,
             stdin_to_fd: stdin,

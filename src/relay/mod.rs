@@ -22,74 +22,10 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::rc::Rc;
 
-use crate::ring::Msg;
+use crate::config::{ConfigError, LagPolicy, RelayConfig as Config};
+use crate::msg::Msg;
 use crate::wire::http::{CHUNK_END, LAST_CHUNK, write_chunk_size};
 use crate::wire::message::{self, Format, Stream};
-
-/// Limits and sizes of the relay. Every buffer it keeps is bounded by these.
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// Buffer bytes per stream (in the arena).
-    pub buffer_bytes: usize,
-    /// Largest single read from a stream.
-    pub max_read: usize,
-    /// Largest payload of one record (Mesos sends at most 64 KiB).
-    pub max_record: usize,
-    /// Payload bytes a client may fall behind the live edge before it is cut off.
-    pub lag_limit: usize,
-    /// Records kept for clients; a client holding the oldest when the log is full is cut.
-    pub max_records: usize,
-    /// Bytes per send to one client.
-    pub max_send_bytes: usize,
-    /// Segments (iovecs) per send to one client.
-    pub max_send_segments: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            buffer_bytes: 1 << 20,
-            max_read: 256 << 10,
-            max_record: 64 << 10,
-            lag_limit: 768 << 10,
-            max_records: 16 << 10,
-            max_send_bytes: 1 << 20,
-            max_send_segments: 256,
-        }
-    }
-}
-
-impl Config {
-    /// The defaults with the given buffer size and lag limit (by default, one read less
-    /// than the buffer), checked.
-    pub fn sized(buffer_bytes: Option<usize>, lag_limit: Option<usize>) -> Result<Config, String> {
-        let mut c = Config::default();
-        c.buffer_bytes = buffer_bytes.unwrap_or(c.buffer_bytes);
-        c.lag_limit = lag_limit.unwrap_or_else(|| c.buffer_bytes.saturating_sub(c.max_read));
-        c.validate()?;
-        Ok(c)
-    }
-
-    /// Checks that the limits fit together.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_read == 0 || self.max_record == 0 || self.max_records == 0 || self.max_send_segments < 4 {
-            return Err("relay sizes must be positive (and allow at least 4 segments per send)".into());
-        }
-        if self.max_records < 2 * self.max_read.div_ceil(self.max_record) {
-            return Err(format!(
-                "the record log ({} records) must hold at least two reads of {} bytes in records of {} bytes",
-                self.max_records, self.max_read, self.max_record
-            ));
-        }
-        if self.lag_limit + self.max_read > self.buffer_bytes {
-            return Err(format!(
-                "the lag limit ({}) plus the read size ({}) must fit in the stream buffer ({})",
-                self.lag_limit, self.max_read, self.buffer_bytes
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// How a client's bytes are framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,17 +35,6 @@ pub enum Framing {
     /// RecordIO records of `ProcessIO` in this format, each in one HTTP chunk, ended by
     /// the last chunk: an `ATTACH_CONTAINER_OUTPUT` response body.
     Chunked(Format),
-}
-
-/// What happens to a client that falls behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum LagPolicy {
-    /// Past the lag limit it is cut off; nobody waits for it (the default).
-    #[default]
-    Disconnect,
-    /// It holds back reading, as the logger does: back-pressure reaches the container.
-    /// For consumers that must not lose a byte (a log shipper, a benchmark).
-    Block,
 }
 
 /// A client handle.
@@ -237,7 +162,7 @@ pub struct Relay {
 
 impl Relay {
     /// A relay for `streams` streams: 1 for a PTY (stdout only), 2 for pipes.
-    pub fn new(config: Config, streams: usize) -> Result<Relay, String> {
+    pub fn new(config: Config, streams: usize) -> Result<Relay, ConfigError> {
         config.validate()?;
         assert!(
             streams == 1 || streams == 2,

@@ -9,7 +9,7 @@ use std::ops::Range;
 use proptest::prelude::*;
 
 use super::*;
-use crate::ring::Seg;
+use crate::msg::Seg;
 use crate::wire::http::{ChunkedDecoder, Limits};
 use crate::wire::message::{decode, mesos::agent::ProcessIo, mesos::agent::process_io};
 use crate::wire::recordio;

@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
+use crate::msg::{Msg, Seg};
 use arena::Arena;
 pub use fd::Fd;
 use fd::FdTable;
 use op::CURRENT_POSITION;
-pub use op::{Completion, Msg, Op, Output, Seg};
+pub use op::{Completion, Op, Output};
 
 /// An operation handle, valid until its final completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,18 +90,7 @@ struct Slot {
     generation: u32,
 }
 
-/// Ring sizes and options.
-#[derive(Debug, Clone, Copy)]
-pub struct RingConfig {
-    /// Submission queue entries (the completion queue gets four times as many).
-    pub entries: u32,
-}
-
-impl Default for RingConfig {
-    fn default() -> Self {
-        RingConfig { entries: 256 }
-    }
-}
+pub use crate::config::RingConfig;
 
 /// The opcodes the switchboard needs, with their names for error messages.
 const REQUIRED_OPCODES: &[(u8, &str)] = &[

@@ -13,7 +13,8 @@ use std::collections::VecDeque;
 
 use nix::sys::socket::{Shutdown, shutdown};
 
-use crate::relay::{Framing, LagPolicy};
+use crate::config::{Config, LagPolicy};
+use crate::relay::Framing;
 use crate::ring::{Completion, Fd, Op, OpId, Output as OpOutput, Ring};
 use crate::wire::http::{self, Event, HttpError, RequestHead, RequestReader};
 use crate::wire::input::{self, InputAction};
@@ -22,7 +23,6 @@ use crate::wire::message::mesos::agent::{Call, call};
 use crate::wire::message::{self, Format};
 use crate::wire::recordio;
 
-use super::Config;
 use super::output::Output;
 use super::token::Token;
 

@@ -6,15 +6,16 @@
 use std::io;
 use std::os::fd::OwnedFd;
 
-use crate::relay::{self, Framing, LagPolicy, Stats};
-use crate::ring::{Ring, RingConfig};
+use crate::config::{LagPolicy, RelayConfig, RingConfig};
+use crate::relay::{Framing, Stats};
+use crate::ring::Ring;
 
 use super::output::{Options, Output, Source};
 use super::token::Token;
 
 /// What to relay.
 pub struct FanoutSpec {
-    pub relay: relay::Config,
+    pub relay: RelayConfig,
     /// The container's output streams: a fd, and whether it is a PTY master.
     pub sources: Vec<(OwnedFd, bool)>,
     /// One logger per source.

@@ -10,6 +10,7 @@
 //! not take the end of their stream within a grace period.
 
 mod conn;
+mod error;
 pub mod fanout;
 pub(crate) mod output;
 pub mod socket;
@@ -18,123 +19,19 @@ mod zerocopy;
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::relay::{self, LagPolicy};
-use crate::ring::{Completion, Fd, Op, OpId, Ring, RingConfig};
-use crate::wire::http;
+use crate::config::{Config, MIN_HEARTBEAT, PIPE_BYTES};
+use crate::ring::{Completion, Fd, Op, OpId, Ring};
 
 use conn::Conns;
 use output::{Output, Source};
 use token::Token;
 
-/// Limits on what clients can make the server hold.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub http: http::Limits,
-    /// Largest record of an input stream.
-    pub max_record: usize,
-    /// Largest body of a non-streaming call (`ATTACH_CONTAINER_OUTPUT`).
-    pub max_call_body: usize,
-    /// Input body bytes buffered ahead of the container's stdin before we stop reading.
-    pub input_buffer: usize,
-    /// Open connections (output clients included); more are closed at once.
-    pub max_connections: usize,
-    /// How long clients get to take the rest of their streams at exit.
-    pub drain_timeout: Duration,
-    /// How long a connection may take to send a request head.
-    pub head_timeout: Duration,
-    /// How long a blocking client may hold the container back without reading.
-    pub block_timeout: Duration,
-    /// How long, once output ended, acknowledgements are waited for before exiting.
-    pub ack_timeout: Duration,
-    /// The listen backlog.
-    pub backlog: i32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            http: http::Limits::default(),
-            max_record: 1 << 20,
-            max_call_body: 64 << 10,
-            input_buffer: 1 << 20,
-            max_connections: 4096,
-            drain_timeout: Duration::from_secs(5),
-            head_timeout: Duration::from_secs(30),
-            block_timeout: Duration::from_secs(30),
-            ack_timeout: Duration::from_secs(10),
-            backlog: 1024,
-        }
-    }
-}
-
-/// Everything a server needs: Mesos's flags, and our limits.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub tty: bool,
-    pub stdin_to_fd: RawFd,
-    pub stdout_from_fd: RawFd,
-    pub stdout_to_fd: RawFd,
-    pub stderr_from_fd: RawFd,
-    pub stderr_to_fd: RawFd,
-    pub wait_for_connection: bool,
-    pub socket: PathBuf,
-    pub heartbeat_interval: Option<Duration>,
-    /// Users who may connect besides our own (SO_PEERCRED); others get 403. With a list,
-    /// the socket is created with mode 0666 instead of 0600 (the check is ours, then).
-    pub allowed_uids: Option<Vec<u32>>,
-    /// Serve protobuf clients by tee and splice (pipe pages) rather than by copies.
-    pub zero_copy: bool,
-    pub limits: Limits,
-    pub relay: relay::Config,
-    pub lag_policy: LagPolicy,
-    pub ring: RingConfig,
-}
-
-impl Config {
-    /// The drop-in's configuration from Mesos's flags and our limit flags, with our
-    /// defaults for the rest. Fails if the limits do not fit together.
-    pub fn from_mesos(f: &crate::cli::mesos::Flags) -> Result<Config, String> {
-        let t = &f.tuning;
-        let mut limits = Limits::default();
-        limits.max_record = t.max_record.unwrap_or(limits.max_record);
-        limits.max_connections = t.max_connections.unwrap_or(limits.max_connections);
-        limits.drain_timeout = t.drain_timeout.unwrap_or(limits.drain_timeout);
-        limits.head_timeout = t.head_timeout.unwrap_or(limits.head_timeout);
-        limits.block_timeout = t.block_timeout.unwrap_or(limits.block_timeout);
-        limits.ack_timeout = t.ack_timeout.unwrap_or(limits.ack_timeout);
-        limits.max_call_body = t.max_call_body.unwrap_or(limits.max_call_body);
-        limits.input_buffer = t.input_buffer.unwrap_or(limits.input_buffer);
-        let http = &mut limits.http;
-        http.max_head_bytes = t.max_head_bytes.unwrap_or(http.max_head_bytes);
-        http.max_headers = t.max_headers.unwrap_or(http.max_headers);
-        http.max_chunk_line = t.max_chunk_line.unwrap_or(http.max_chunk_line);
-        http.max_trailer_bytes = t.max_trailer_bytes.unwrap_or(http.max_trailer_bytes);
-        let relay = relay::Config::sized(t.buffer_bytes, t.lag_limit)?;
-        Ok(Config {
-            tty: f.tty,
-            stdin_to_fd: f.stdin_to_fd,
-            stdout_from_fd: f.stdout_from_fd,
-            stdout_to_fd: f.stdout_to_fd,
-            stderr_from_fd: f.stderr_from_fd,
-            stderr_to_fd: f.stderr_to_fd,
-            wait_for_connection: f.wait_for_connection,
-            socket: f.socket_address.clone(),
-            heartbeat_interval: f.heartbeat_interval,
-            allowed_uids: t.allowed_uids.clone(),
-            zero_copy: t.zero_copy.unwrap_or(true),
-            limits,
-            relay,
-            lag_policy: LagPolicy::default(),
-            ring: RingConfig::default(),
-        })
-    }
-}
+pub use error::Error;
 
 /// How a server ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,12 +69,6 @@ const FD_RESERVE: usize = 64;
 /// are closed without an answer.
 const MAX_FORBIDDEN: usize = 64;
 
-/// The size container pipes are raised to.
-pub const PIPE_BYTES: usize = 1 << 20;
-
-/// A heartbeat interval of zero would be a busy loop (Mesos spins); this is the least.
-pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
-
 /// The server's state.
 pub(crate) struct Server {
     ring: Ring,
@@ -200,29 +91,26 @@ pub(crate) struct Server {
 
 /// Runs a server until it exits. Errors before it serves (the socket, the ring, bad
 /// descriptors) come back as `Err`, with Mesos's texts where it has them.
-pub fn serve(config: Config) -> Result<Exit, String> {
+pub fn serve(config: Config) -> Result<Exit, Error> {
     let mut server = Server::start(config)?;
-    server
-        .run()
-        .map_err(|e| format!("The io switchboard server failed: {e}"))
+    server.run().map_err(Error::Serving)
 }
 
 impl Server {
-    fn start(config: Config) -> Result<Server, String> {
+    fn start(config: Config) -> Result<Server, Error> {
         // SIGTERM comes through a signalfd; SIGPIPE stays pending (writes to a closed pipe
         // or socket then fail with EPIPE instead of killing us).
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGPIPE);
-        mask.thread_block()
-            .map_err(|e| format!("Failed to block signals: {e}"))?;
+        mask.thread_block().map_err(Error::BlockSignals)?;
         let mut only_term = SigSet::empty();
         only_term.add(Signal::SIGTERM);
         let signals: OwnedFd = SignalFd::with_flags(&only_term, SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| format!("Failed to register signal 'Terminated': {e}"))?
+            .map_err(Error::SignalFd)?
             .into();
 
-        let mut ring = Ring::new(config.ring).map_err(|e| e.to_string())?;
+        let mut ring = Ring::new(config.ring).map_err(Error::Ring)?;
         let signals = ring.adopt(signals);
 
         let streams: &[(RawFd, RawFd, &str)] = if config.tty {
@@ -236,12 +124,12 @@ impl Server {
         let mut sources = Vec::new();
         let mut loggers = Vec::new();
         for &(from, to, name) in streams {
-            let bad = |e: io::Error| format!("Failed redirecting {name}: {}", crate::sys::strerror(&e));
+            let bad = |source| Error::Redirect { stream: name, source };
             let source = ring.adopt_inherited(from).map_err(bad)?;
             crate::sys::set_nonblocking(ring.borrow(source)).map_err(bad)?;
             if !config.tty {
                 // A cross-core reader of a 64 KiB pipe tops out near 1.3 GB/s here; at 1 MiB
-                // it does 3x that (LIMITS.md §B1). Best effort: past the per-user pipe
+                // it does 3x that (tuning.md, "Kernel facts"). Best effort: past the per-user pipe
                 // budget (fs.pipe-user-pages-soft) the pipe keeps its size.
                 let _ = crate::sys::grow_pipe(ring.borrow(source), PIPE_BYTES);
             }
@@ -278,8 +166,7 @@ impl Server {
         // The socket comes last: once its path exists, the agent connects, so everything
         // that could still fail has been checked.
         let mode = if config.allowed_uids.is_some() { 0o666 } else { 0o600 };
-        let listener = socket::listen_at(&config.socket, config.limits.backlog, mode)
-            .map_err(|e| format!("Failed to create the io switchboard server: {e}"))?;
+        let listener = socket::listen_at(&config.socket, config.limits.backlog, mode).map_err(Error::Socket)?;
         let listener = ring.adopt(listener);
         let conns = Conns::new(stdin, config.tty);
         let mut server = Server {

@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use nix::sys::socket::{Shutdown, shutdown};
 
-use crate::relay::{ClientId, CutReason, Framing, LagPolicy, Relay};
-use crate::ring::{Completion, Fd, Msg, Op, OpId, Output as OpOutput, Ring};
+use crate::config::LagPolicy;
+use crate::msg::Msg;
+use crate::relay::{ClientId, CutReason, Framing, Relay};
+use crate::ring::{Completion, Fd, Op, OpId, Output as OpOutput, Ring};
 use crate::wire::http::{CHUNK_END, LAST_CHUNK, write_chunk_size};
 use crate::wire::message::{self, Format};
 
@@ -126,11 +128,11 @@ impl Output {
     /// benchmark of raw fan-out can do without).
     pub fn new(
         ring: &mut Ring,
-        config: crate::relay::Config,
+        config: crate::config::RelayConfig,
         sources: Vec<Source>,
         loggers: Vec<Fd>,
         options: Options,
-    ) -> Result<Output, String> {
+    ) -> Result<Output, crate::config::ConfigError> {
         assert_eq!(sources.len(), loggers.len(), "one logger per source");
         let relay = Relay::new(config, sources.len())?;
         let names = ["stdout", "stderr"];

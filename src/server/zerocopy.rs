@@ -26,7 +26,8 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, SpliceFFlags, splice, tee};
 use nix::sys::socket::MsgFlags;
 
-use crate::relay::{Framing, LagPolicy};
+use crate::config::LagPolicy;
+use crate::relay::Framing;
 use crate::ring::{Fd, OpId, Ring};
 use crate::wire::http::{CHUNK_END, write_chunk_size};
 use crate::wire::message::{self, Format, Stream};

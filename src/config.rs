@@ -1,0 +1,233 @@
+//! Every setting of a server in one place: what clients may make it hold, how long each
+//! wait lasts, the sizes of the output relay, the delivery path and the ring. Plain data,
+//! checked here; the drop-in builds a [`Config`] from Mesos's flags (`cli::mesos`),
+//! `switchboard serve` from its own (`cli::serve`). tuning.md says what each knob costs
+//! and buys.
+
+use std::fmt;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::wire::http;
+
+/// The size container pipes are raised to: a reader on another core drains a 1 MiB pipe
+/// about three times as fast as a 64 KiB one (tuning.md, "Kernel facts").
+pub const PIPE_BYTES: usize = 1 << 20;
+
+/// A heartbeat interval of zero would be a busy loop (Mesos spins); this is the least.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// Mesos answers the input requests still open when the container's output ends this
+/// long after the end (docs/protocol.md, "Lifecycle").
+pub const INPUT_ANSWER_DELAY: Duration = Duration::from_secs(1);
+
+/// A peer that is refused (`--allowed_uids`) gets this long to send its request head, to
+/// be told 403.
+pub const FORBIDDEN_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Limits on what clients can make the server hold, and how long each wait lasts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub http: http::Limits,
+    /// Largest record of an input stream.
+    pub max_record: usize,
+    /// Largest body of a non-streaming call (`ATTACH_CONTAINER_OUTPUT`).
+    pub max_call_body: usize,
+    /// Input body bytes buffered ahead of the container's stdin before we stop reading.
+    pub input_buffer: usize,
+    /// Open connections (output clients included); more are closed at once.
+    pub max_connections: usize,
+    /// How long clients get to take the rest of their streams at exit.
+    pub drain_timeout: Duration,
+    /// How long a connection may take to send a request head.
+    pub head_timeout: Duration,
+    /// How long a blocking client may hold the container back without reading.
+    pub block_timeout: Duration,
+    /// How long, once output ended, acknowledgements are waited for before exiting.
+    pub ack_timeout: Duration,
+    /// The listen backlog.
+    pub backlog: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            http: http::Limits::default(),
+            max_record: 1 << 20,
+            max_call_body: 64 << 10,
+            input_buffer: 1 << 20,
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(5),
+            head_timeout: Duration::from_secs(30),
+            block_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(10),
+            backlog: 1024,
+        }
+    }
+}
+
+/// What happens to an output client that falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LagPolicy {
+    /// Past the lag limit it is cut off; nobody waits for it (the default).
+    #[default]
+    Disconnect,
+    /// It holds back reading, as the logger does: back-pressure reaches the container.
+    /// For consumers that must not lose a byte (a log shipper, a benchmark).
+    Block,
+}
+
+/// Sizes and limits of the output relay. Every buffer it keeps is bounded by these.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    /// Buffer bytes per stream (in the arena).
+    pub buffer_bytes: usize,
+    /// Largest single read from a stream.
+    pub max_read: usize,
+    /// Largest payload of one record (Mesos sends at most 64 KiB).
+    pub max_record: usize,
+    /// Payload bytes a client may fall behind the live edge before it is cut off.
+    pub lag_limit: usize,
+    /// Records kept for clients; a client holding the oldest when the log is full is cut.
+    pub max_records: usize,
+    /// Bytes per send to one client.
+    pub max_send_bytes: usize,
+    /// Segments (iovecs) per send to one client.
+    pub max_send_segments: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            buffer_bytes: 1 << 20,
+            max_read: 256 << 10,
+            max_record: 64 << 10,
+            lag_limit: 768 << 10,
+            max_records: 16 << 10,
+            max_send_bytes: 1 << 20,
+            max_send_segments: 256,
+        }
+    }
+}
+
+/// Relay sizes that do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A size is zero, or a send may hold fewer than 4 segments.
+    ZeroSize,
+    /// The record log cannot hold two reads.
+    LogTooSmall {
+        max_records: usize,
+        max_read: usize,
+        max_record: usize,
+    },
+    /// The lag limit and one read do not fit in a stream's buffer.
+    LagTooLarge {
+        lag_limit: usize,
+        max_read: usize,
+        buffer_bytes: usize,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroSize => {
+                write!(
+                    f,
+                    "relay sizes must be positive (and allow at least 4 segments per send)"
+                )
+            }
+            ConfigError::LogTooSmall {
+                max_records,
+                max_read,
+                max_record,
+            } => write!(
+                f,
+                "the record log ({max_records} records) must hold at least two reads of {max_read} bytes in records of {max_record} bytes"
+            ),
+            ConfigError::LagTooLarge {
+                lag_limit,
+                max_read,
+                buffer_bytes,
+            } => write!(
+                f,
+                "the lag limit ({lag_limit}) plus the read size ({max_read}) must fit in the stream buffer ({buffer_bytes})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl RelayConfig {
+    /// The defaults with the given buffer size and lag limit (by default, one read less
+    /// than the buffer), checked.
+    pub fn sized(buffer_bytes: Option<usize>, lag_limit: Option<usize>) -> Result<RelayConfig, ConfigError> {
+        let mut c = RelayConfig::default();
+        c.buffer_bytes = buffer_bytes.unwrap_or(c.buffer_bytes);
+        c.lag_limit = lag_limit.unwrap_or_else(|| c.buffer_bytes.saturating_sub(c.max_read));
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks that the limits fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_read == 0 || self.max_record == 0 || self.max_records == 0 || self.max_send_segments < 4 {
+            return Err(ConfigError::ZeroSize);
+        }
+        if self.max_records < 2 * self.max_read.div_ceil(self.max_record) {
+            return Err(ConfigError::LogTooSmall {
+                max_records: self.max_records,
+                max_read: self.max_read,
+                max_record: self.max_record,
+            });
+        }
+        if self.lag_limit.saturating_add(self.max_read) > self.buffer_bytes {
+            return Err(ConfigError::LagTooLarge {
+                lag_limit: self.lag_limit,
+                max_read: self.max_read,
+                buffer_bytes: self.buffer_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Ring sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// Submission queue entries (the completion queue gets four times as many).
+    pub entries: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig { entries: 256 }
+    }
+}
+
+/// Everything a server needs: the container's descriptors and Mesos's other flags, and
+/// our limits.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tty: bool,
+    pub stdin_to_fd: RawFd,
+    pub stdout_from_fd: RawFd,
+    pub stdout_to_fd: RawFd,
+    pub stderr_from_fd: RawFd,
+    pub stderr_to_fd: RawFd,
+    pub wait_for_connection: bool,
+    pub socket: PathBuf,
+    pub heartbeat_interval: Option<Duration>,
+    /// Users who may connect besides our own (SO_PEERCRED); others get 403. With a list,
+    /// the socket is created with mode 0666 instead of 0600 (the check is ours, then).
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Serve protobuf clients by tee and splice (pipe pages) rather than by copies.
+    pub zero_copy: bool,
+    pub limits: Limits,
+    pub relay: RelayConfig,
+    pub lag_policy: LagPolicy,
+    pub ring: RingConfig,
+}

@@ -75,6 +75,24 @@ impl Msg {
         self.segs.push(Seg::Scratch(start..end));
     }
 
+    /// Appends what `write` writes to the scratch buffer, minus its first `skip` bytes, as
+    /// a segment (merged as by [`Msg::push_copy`]). Returns how many bytes `write` wrote.
+    pub fn push_copy_with(&mut self, skip: usize, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let start = self.scratch.len();
+        write(&mut self.scratch);
+        let written = self.scratch.len() - start;
+        self.scratch.drain(start..start + skip.min(written));
+        let end = self.scratch.len();
+        if end > start {
+            self.len += end - start;
+            match self.segs.last_mut() {
+                Some(Seg::Scratch(r)) if r.end == start => r.end = end,
+                _ => self.segs.push(Seg::Scratch(start..end)),
+            }
+        }
+        written
+    }
+
     /// Appends an arena range as a segment.
     pub fn push_arena(&mut self, range: Range<usize>) {
         if !range.is_empty() {

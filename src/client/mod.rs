@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use crate::wire::http::{ChunkedDecoder, Limits};
+use crate::wire::http::{self, ChunkedDecoder, Limits};
 use crate::wire::message::mesos::ContainerId;
 use crate::wire::message::mesos::agent::call::{AttachContainerInput, attach_container_input};
 use crate::wire::message::mesos::agent::process_io::{self, Control, Data, control};
@@ -70,46 +70,18 @@ fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
 }
 
 /// A response head: status and headers (lower-case names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Head {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
+pub type Head = crate::wire::http::ResponseHead;
 
 /// Reads a response head, skipping interim 100 responses; bytes after it stay in `buf`.
 pub fn read_head(sock: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Head, ClientError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(buf).map_err(|e| ClientError::Protocol(e.to_string()))? {
-            httparse::Status::Complete(n) => {
-                let status = resp.code.unwrap_or(0);
-                let headers = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                buf.drain(..n);
-                if status == 100 {
-                    continue;
-                }
-                return Ok(Head { status, headers });
+        let parsed = http::parse_response_head(buf, 64 * 1024).map_err(|e| ClientError::Protocol(e.message))?;
+        if let Some((head, n)) = parsed {
+            buf.drain(..n);
+            if head.status != 100 {
+                return Ok(head);
             }
-            httparse::Status::Partial if buf.len() > 64 * 1024 => {
-                return Err(ClientError::Protocol("response head too large".into()));
-            }
-            httparse::Status::Partial => {}
+            continue;
         }
         let mut chunk = [0u8; 4096];
         match sock.read(&mut chunk)? {

@@ -24,7 +24,7 @@ use std::rc::Rc;
 
 use crate::config::{ConfigError, LagPolicy, RelayConfig as Config};
 use crate::msg::Msg;
-use crate::wire::http::{CHUNK_END, LAST_CHUNK, write_chunk_size};
+use crate::wire::frame::{self, LAST_CHUNK};
 use crate::wire::message::{self, Format, Stream};
 
 /// How a client's bytes are framed.
@@ -602,19 +602,9 @@ impl Relay {
                     (Format::Json, None) => unreachable!("JSON payloads are made while JSON clients exist"),
                     (Format::Protobuf, _) => *len,
                 };
-                let mut prefix = Vec::with_capacity(64);
-                message::data_record_prefix(f, *stream, payload_len, &mut prefix);
-                let suffix = message::data_record_suffix(f);
-                let mut head = Vec::with_capacity(80);
-                write_chunk_size(prefix.len() + payload_len + suffix.len(), &mut head);
-                head.extend_from_slice(&prefix);
-                let mut skip = skip;
-                if skip < head.len() {
-                    msg.push_copy(&head[skip..]);
-                    skip = 0;
-                } else {
-                    skip -= head.len();
-                }
+                // Head, payload, tail; `skip` bytes of them went out in an earlier send.
+                let head = msg.push_copy_with(skip, |out| frame::data_head(f, *stream, payload_len, out));
+                let mut skip = skip.saturating_sub(head);
                 if skip < payload_len {
                     match (f, json) {
                         (Format::Json, Some(j)) => msg.push_held(j, skip..payload_len),
@@ -627,7 +617,7 @@ impl Relay {
                 } else {
                     skip -= payload_len;
                 }
-                let tail = [suffix, CHUNK_END].concat();
+                let tail = frame::data_tail(f);
                 msg.push_copy(&tail[skip.min(tail.len())..]);
             }
         }

@@ -337,14 +337,7 @@ fn heartbeats_reach_attached_chunked_clients_only() {
     let mut sim = Sim::new(small_config(), 1, 7);
     sim.attach(Framing::Chunked(Format::Json), b"HEAD", false);
     sim.attach(Framing::Raw, b"", false);
-    let hb = |f| {
-        let mut chunk = Vec::new();
-        let rec = message::record(f, &message::heartbeat_message(10_000_000));
-        write_chunk_size(rec.len(), &mut chunk);
-        chunk.extend_from_slice(&rec);
-        chunk.extend_from_slice(CHUNK_END);
-        Rc::<[u8]>::from(chunk)
-    };
+    let hb = |f| Rc::<[u8]>::from(frame::message_chunk(f, &message::heartbeat_message(10_000_000)));
     sim.relay.push_control(hb(Format::Json), hb(Format::Protobuf));
     sim.read(0, 100);
     sim.relay.push_control(hb(Format::Json), hb(Format::Protobuf));

@@ -21,7 +21,7 @@ use crate::config::LagPolicy;
 use crate::msg::Msg;
 use crate::relay::{ClientId, CutReason, Framing, Relay};
 use crate::ring::{Completion, Fd, Op, OpId, Output as OpOutput, Ring};
-use crate::wire::http::{CHUNK_END, LAST_CHUNK, write_chunk_size};
+use crate::wire::frame::{self, LAST_CHUNK};
 use crate::wire::message::{self, Format};
 
 use super::token::Token;
@@ -352,14 +352,7 @@ impl Output {
     /// Appends a heartbeat for every attached client.
     pub fn heartbeat(&mut self, ring: &mut Ring, interval: Duration) {
         let interval_ns = i64::try_from(interval.as_nanos()).unwrap_or(i64::MAX);
-        let chunk = |f: Format| {
-            let record = message::record(f, &message::heartbeat_message(interval_ns));
-            let mut out = Vec::with_capacity(record.len() + 12);
-            write_chunk_size(record.len(), &mut out);
-            out.extend_from_slice(&record);
-            out.extend_from_slice(CHUNK_END);
-            Rc::<[u8]>::from(out)
-        };
+        let chunk = |f: Format| Rc::<[u8]>::from(frame::message_chunk(f, &message::heartbeat_message(interval_ns)));
         let protobuf = chunk(Format::Protobuf);
         let cut = self.relay.push_control(chunk(Format::Json), protobuf.clone());
         self.cut_clients(ring, &cut);

@@ -29,8 +29,8 @@ use nix::sys::socket::MsgFlags;
 use crate::config::LagPolicy;
 use crate::relay::Framing;
 use crate::ring::{Fd, OpId, Ring};
-use crate::wire::http::{CHUNK_END, write_chunk_size};
-use crate::wire::message::{self, Format, Stream};
+use crate::wire::frame;
+use crate::wire::message::{Format, Stream};
 
 const NONBLOCK: SpliceFFlags = SpliceFFlags::SPLICE_F_NONBLOCK;
 const MOVE: SpliceFFlags = SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
@@ -269,11 +269,9 @@ impl Stage {
         let mut small = None;
         loop {
             // The intake holds `n` bytes: one record.
-            let mut head = Vec::with_capacity(32);
-            let mut record = Vec::with_capacity(24);
-            message::data_record_prefix(Format::Protobuf, self.stream, n, &mut record);
-            write_chunk_size(record.len() + n, &mut head);
-            head.extend_from_slice(&record);
+            let mut head = Vec::with_capacity(40);
+            frame::data_head(Format::Protobuf, self.stream, n, &mut head);
+            let tail = frame::data_tail(Format::Protobuf);
             if records == 0 && n <= SMALL_ROUND {
                 // A small round (one record), framed in memory; the payload is copied on.
                 let start = head.len();
@@ -284,7 +282,7 @@ impl Stage {
                     return Err(io::Error::other(format!("staging copied {read} of {n} bytes")));
                 }
                 write_all(payload_w, &bytes[start..])?;
-                bytes.extend_from_slice(CHUNK_END);
+                bytes.extend_from_slice(tail);
                 small = Some((bytes, start));
                 len = n;
                 break;
@@ -294,9 +292,9 @@ impl Stage {
             if teed != n {
                 return Err(io::Error::other(format!("framing took {teed} of {n} bytes")));
             }
-            write_all(&self.framed_w, CHUNK_END)?;
+            write_all(&self.framed_w, tail)?;
             move_all(&self.intake_r, payload_w, n)?;
-            framed += head.len() + n + CHUNK_END.len();
+            framed += head.len() + n + tail.len();
             framed_slots += slots_for(n) + 2;
             let worst = max_buffers(n).min(self.intake_slots);
             framed_max += worst + 2;

@@ -16,7 +16,13 @@
 //!   base64 is made once per record, when a JSON client is attached.
 //! * A client's lag is how many payload bytes it is behind the live edge. Past
 //!   `lag_limit` (or when the log holds `max_records`), the client is cut off: its loss is
-//!   counted, and the container, the logger and the other clients never wait for it.
+//!   reported, and the container, the logger and the other clients never wait for it.
+//!   A blocking client holds reading back instead.
+//!
+//! Those are the copying clients. The pipe clients of the zero-copy path keep their own
+//! account ([`pipe`]): what their pipe holds, and what their lag policy makes of a full one.
+
+pub mod pipe;
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -132,14 +138,11 @@ struct Client {
     generation: u32,
 }
 
-/// Counters for logs and benchmarks.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    /// Container bytes read, all streams.
-    pub bytes_read: u64,
-    /// Clients cut off for lagging, and the payload bytes they were behind when cut.
-    pub clients_cut: u64,
-    pub bytes_lost: u64,
+/// A client the relay cut off for lagging, and the payload bytes it was behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub id: ClientId,
+    pub lost: u64,
 }
 
 /// The fan-out state of one container's output.
@@ -157,7 +160,6 @@ pub struct Relay {
     json_clients: usize,
     live_clients: usize,
     finished: bool,
-    stats: Stats,
 }
 
 impl Relay {
@@ -190,7 +192,6 @@ impl Relay {
             json_clients: 0,
             live_clients: 0,
             finished: false,
-            stats: Stats::default(),
         })
     }
 
@@ -201,10 +202,6 @@ impl Relay {
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    pub fn stats(&self) -> Stats {
-        self.stats
     }
 
     /// Which stream a DATA record of `index` carries.
@@ -239,10 +236,9 @@ impl Relay {
 
     /// `data` (the start of the window) was read from stream `s`. Returns the clients this
     /// cut off for lagging; their connections should be shut down.
-    pub fn on_read(&mut self, s: usize, data: &[u8]) -> Vec<ClientId> {
+    pub fn on_read(&mut self, s: usize, data: &[u8]) -> Vec<Cut> {
         let start = self.streams[s].head;
         self.streams[s].head += data.len() as u64;
-        self.stats.bytes_read += data.len() as u64;
         if self.live_clients == 0 {
             self.release_records();
             return Vec::new();
@@ -311,7 +307,7 @@ impl Relay {
 
     /// Appends a control record (a heartbeat) for the clients attached now: a complete
     /// chunk in each format. Returns the clients this cut off.
-    pub fn push_control(&mut self, json: Rc<[u8]>, protobuf: Rc<[u8]>) -> Vec<ClientId> {
+    pub fn push_control(&mut self, json: Rc<[u8]>, protobuf: Rc<[u8]>) -> Vec<Cut> {
         // A heartbeat is only a sign of life: while the log is full (a blocking client
         // holds it), it is dropped rather than grow the log.
         if self.live_clients == 0
@@ -427,14 +423,22 @@ impl Relay {
         })
     }
 
-    /// Cuts a client off for lagging (a blocking client that stopped making progress).
-    pub fn cut_lagging(&mut self, id: ClientId) {
-        if self.client(id).state == ClientState::Live {
-            self.stats.clients_cut += 1;
-            self.stats.bytes_lost += self.lag(id);
-            self.cut(id, CutReason::Lagging);
-            self.release_records();
+    /// Cuts a client off for lagging (a blocking client that stopped making progress);
+    /// returns the payload bytes it was behind, if it was being served.
+    pub fn cut_lagging(&mut self, id: ClientId) -> Option<u64> {
+        if self.client(id).state != ClientState::Live {
+            return None;
         }
+        let lost = self.lag(id);
+        self.cut(id, CutReason::Lagging);
+        self.release_records();
+        Some(lost)
+    }
+
+    /// The sequence number of the next record the client is to get: it moves as the
+    /// client makes progress.
+    pub fn progress(&self, id: ClientId) -> u64 {
+        self.client(id).next
     }
 
     /// Why the client was cut off, if it was.
@@ -482,7 +486,7 @@ impl Relay {
     /// Cuts the disconnecting clients that broke the limits, and returns them. A log too
     /// full for another read counts: clients holding its oldest record go, unless they
     /// block (then reading waits for them).
-    fn enforce_limits(&mut self) -> Vec<ClientId> {
+    fn enforce_limits(&mut self) -> Vec<Cut> {
         let limit = self.config.lag_limit as u64;
         let front_lagging = self
             .records
@@ -501,10 +505,8 @@ impl Relay {
             }
             let lag = self.lag(id);
             if lag > limit || front_holder == Some(c.next) {
-                self.stats.clients_cut += 1;
-                self.stats.bytes_lost += lag;
                 self.cut(id, CutReason::Lagging);
-                cut.push(id);
+                cut.push(Cut { id, lost: lag });
             }
         }
         self.release_records();

@@ -13,8 +13,8 @@ pub struct Fd {
 
 struct Entry {
     raw: RawFd,
-    /// `None` for descriptors the ring does not own (it never closes those).
-    owned: Option<OwnedFd>,
+    /// Dropping it closes the descriptor.
+    _owned: OwnedFd,
     generation: u32,
     in_flight: u32,
     closing: bool,
@@ -29,7 +29,9 @@ pub(crate) struct FdTable {
 }
 
 impl FdTable {
-    pub(crate) fn insert(&mut self, owned: Option<OwnedFd>, raw: RawFd) -> Fd {
+    /// Takes ownership of `fd`.
+    pub(crate) fn adopt(&mut self, fd: OwnedFd) -> Fd {
+        let raw = fd.as_raw_fd();
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -42,7 +44,7 @@ impl FdTable {
         self.generations[index as usize] = generation;
         self.entries[index as usize] = Some(Entry {
             raw,
-            owned,
+            _owned: fd,
             generation,
             in_flight: 0,
             closing: false,
@@ -62,11 +64,6 @@ impl FdTable {
         })
     }
 
-    pub(crate) fn adopt(&mut self, fd: OwnedFd) -> Fd {
-        let raw = fd.as_raw_fd();
-        self.insert(Some(fd), raw)
-    }
-
     fn entry(&mut self, fd: Fd) -> &mut Entry {
         match self.entries.get_mut(fd.index as usize) {
             Some(Some(e)) if e.generation == fd.generation => e,
@@ -75,10 +72,11 @@ impl FdTable {
     }
 
     /// The descriptor number, for direct syscalls. Panics on a closed handle.
-    pub(crate) fn raw(&mut self, fd: Fd) -> RawFd {
-        let e = self.entry(fd);
-        assert!(!e.closing, "fd handle {fd:?} is closing");
-        e.raw
+    pub(crate) fn raw(&self, fd: Fd) -> RawFd {
+        match self.entries.get(fd.index as usize) {
+            Some(Some(e)) if e.generation == fd.generation && !e.closing => e.raw,
+            _ => panic!("stale, unknown or closing fd handle {fd:?}"),
+        }
     }
 
     pub(crate) fn is_open(&self, fd: Fd) -> bool {
@@ -109,16 +107,6 @@ impl FdTable {
         if e.in_flight == 0 {
             self.remove(fd);
         }
-    }
-
-    /// Gives up the table's hold on `fd` without closing it; returns the owned descriptor
-    /// if the table owned it. It must have no operations in flight.
-    pub(crate) fn take(&mut self, fd: Fd) -> Option<OwnedFd> {
-        let e = self.entry(fd);
-        assert_eq!(e.in_flight, 0, "fd handle {fd:?} has operations in flight");
-        let owned = e.owned.take();
-        self.remove(fd);
-        owned
     }
 
     fn remove(&mut self, fd: Fd) {

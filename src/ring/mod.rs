@@ -228,9 +228,9 @@ impl Ring {
         Ok(self.fds.adopt(owned))
     }
 
-    /// The descriptor, borrowed for direct syscalls (fcntl, ioctl) while the ring is
-    /// borrowed: it cannot be closed meanwhile.
-    pub fn borrow(&mut self, fd: Fd) -> BorrowedFd<'_> {
+    /// The descriptor, borrowed for direct syscalls (splice, fcntl, ioctl) while the
+    /// ring is borrowed: it cannot be closed meanwhile.
+    pub fn borrow(&self, fd: Fd) -> BorrowedFd<'_> {
         let raw = self.fds.raw(fd);
         // SAFETY: the table holds `raw` open (`raw` panics on a closed handle), and only
         // `&mut self` methods close table entries, which cannot run while this borrow of
@@ -238,13 +238,8 @@ impl Ring {
         unsafe { BorrowedFd::borrow_raw(raw) }
     }
 
-    /// Uses a descriptor the ring does not own (it is never closed by the ring).
-    pub fn borrow_raw(&mut self, fd: RawFd) -> Fd {
-        self.fds.insert(None, fd)
-    }
-
     /// The descriptor number, for direct syscalls.
-    pub fn raw(&mut self, fd: Fd) -> RawFd {
+    pub fn raw(&self, fd: Fd) -> RawFd {
         self.fds.raw(fd)
     }
 
@@ -255,12 +250,6 @@ impl Ring {
     /// Closes `fd` once no operation on it is in flight.
     pub fn close(&mut self, fd: Fd) {
         self.fds.close(fd);
-    }
-
-    /// Takes a descriptor back from the ring without closing it (no operation may be in
-    /// flight on it); `None` if it was borrowed.
-    pub fn take(&mut self, fd: Fd) -> Option<OwnedFd> {
-        self.fds.take(fd)
     }
 
     /// Descriptors the ring still holds.

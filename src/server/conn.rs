@@ -24,7 +24,7 @@ use crate::wire::message::{self, Format};
 use crate::wire::recordio;
 
 use super::output::Output;
-use super::token::Token;
+use super::token::{ConnOp, Token};
 
 const RECV_SIZE: usize = 16 * 1024;
 const POLLOUT: u32 = libc::POLLOUT as u32;
@@ -252,19 +252,18 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
 }
 
 /// A completion for a connection or for stdin.
-pub(crate) fn handle(ctx: &mut Ctx<'_>, token: Token, c: Completion) {
-    match token {
-        Token::ConnRecv(i) => on_recv(ctx, i, c),
-        Token::ConnSend(i) => on_send(ctx, i, c),
-        Token::ConnTimer(i) => on_timer(ctx, i, c),
-        Token::Stdin => on_stdin_written(ctx, c),
-        Token::StdinPoll => {
+pub(crate) fn handle(ctx: &mut Ctx<'_>, op: ConnOp, i: u32, c: Completion) {
+    match op {
+        ConnOp::Recv => on_recv(ctx, i, c),
+        ConnOp::Send => on_send(ctx, i, c),
+        ConnOp::Timer => on_timer(ctx, i, c),
+        ConnOp::StdinWrite => on_stdin_written(ctx, c),
+        ConnOp::StdinWritable => {
             ctx.conns.stdin.op = None;
             if let Some((buf, start)) = ctx.conns.stdin.pending.take() {
                 write_stdin(ctx, buf, start);
             }
         }
-        other => unreachable!("not a connection token: {other:?}"),
     }
 }
 
@@ -306,7 +305,9 @@ pub(crate) fn close_all(ctx: &mut Ctx<'_>) {
 /// Starts the connection's one timer (a replaced one is forgotten: it never fires here).
 fn start_timer(ctx: &mut Ctx<'_>, i: u32, after: std::time::Duration) {
     stop_timer(ctx, i);
-    let op = ctx.ring.submit(Op::Timeout { after }, Token::ConnTimer(i).encode());
+    let op = ctx
+        .ring
+        .submit(Op::Timeout { after }, Token::Conn(ConnOp::Timer, i).encode());
     conn(ctx, i).timer = Some(op);
 }
 
@@ -801,7 +802,10 @@ fn write_stdin(ctx: &mut Ctx<'_>, buf: Vec<u8>, start: usize) {
     let Some(fd) = ctx.conns.stdin.fd else {
         return stdin_failed(ctx, "Failed writing to stdin: Failed: Bad file descriptor".into());
     };
-    let op = ctx.ring.submit(Op::Write { fd, buf, start }, Token::Stdin.encode());
+    let op = ctx.ring.submit(
+        Op::Write { fd, buf, start },
+        Token::Conn(ConnOp::StdinWrite, 0).encode(),
+    );
     ctx.conns.stdin.op = Some(op);
 }
 
@@ -822,9 +826,10 @@ fn on_stdin_written(ctx: &mut Ctx<'_>, c: Completion) {
                 return stdin_failed(ctx, "Failed writing to stdin: Failed: Bad file descriptor".into());
             };
             ctx.conns.stdin.pending = Some((buf, start));
-            let op = ctx
-                .ring
-                .submit(Op::Poll { fd, events: POLLOUT }, Token::StdinPoll.encode());
+            let op = ctx.ring.submit(
+                Op::Poll { fd, events: POLLOUT },
+                Token::Conn(ConnOp::StdinWritable, 0).encode(),
+            );
             ctx.conns.stdin.op = Some(op);
         }
         e if e == -libc::EINTR => write_stdin(ctx, buf, start),
@@ -944,7 +949,7 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
         let fd = c.fd;
         let op = ctx
             .ring
-            .submit(Op::Send { fd, buf, start: 0 }, Token::ConnSend(i).encode());
+            .submit(Op::Send { fd, buf, start: 0 }, Token::Conn(ConnOp::Send, i).encode());
         conn(ctx, i).send = Some(op);
     }
     let c = conn(ctx, i);
@@ -963,7 +968,7 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
                 fd,
                 buf: Vec::with_capacity(RECV_SIZE),
             },
-            Token::ConnRecv(i).encode(),
+            Token::Conn(ConnOp::Recv, i).encode(),
         );
         conn(ctx, i).recv = Some(op);
     }

@@ -7,9 +7,10 @@ use std::io;
 use std::os::fd::OwnedFd;
 
 use crate::config::{LagPolicy, RelayConfig, RingConfig};
-use crate::relay::{Framing, Stats};
+use crate::relay::Framing;
 use crate::ring::Ring;
 
+pub use super::output::Stats;
 use super::output::{Options, Output, Source};
 use super::token::Token;
 
@@ -81,14 +82,16 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
         }
         ring.wait(true)?;
         while let Some(c) = ring.next() {
-            output.handle(&mut ring, Token::decode(c.token), c);
+            let Token::Output(op, i) = Token::decode(c.token) else {
+                unreachable!("only the output engine submits here")
+            };
+            output.handle(&mut ring, op, i, c);
         }
     }
-    // The sources and loggers are still held (the ring closes them when dropped); every
-    // client must be closed by now.
-    // (With zero copy, the ring also has an alias of each stream's staged payload.)
+    // The sources, loggers and staged payload pipes are still held (the ring closes them
+    // when dropped, after the output engine); every client must be closed by now.
     let per_stream = if output.zero_copy() { 3 } else { 2 };
-    let leaked_fds = ring.live_fds() - output.relay().streams() * per_stream;
+    let leaked_fds = ring.live_fds() - output.streams() * per_stream;
     Ok(FanoutReport {
         stats: output.stats(),
         failure: output.failure().map(|f| f.0.clone()),

@@ -15,7 +15,6 @@ pub mod fanout;
 pub(crate) mod output;
 pub mod socket;
 mod token;
-mod zerocopy;
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -29,7 +28,7 @@ use crate::ring::{Completion, Fd, Op, OpId, Ring};
 
 use conn::Conns;
 use output::{Output, Source};
-use token::Token;
+use token::{ServerOp, Token};
 
 pub use error::Error;
 
@@ -216,26 +215,18 @@ impl Server {
     }
 
     fn dispatch(&mut self, c: Completion) {
-        let token = Token::decode(c.token);
-        match token {
-            Token::Read(_)
-            | Token::ReadPoll(_)
-            | Token::Log(_)
-            | Token::LogPoll(_)
-            | Token::ClientSend(_)
-            | Token::ClientPoll(_)
-            | Token::BlockCheck
-            | Token::StagePoll(_)
-            | Token::StageLogPoll(_)
-            | Token::ZcOut(_)
-            | Token::ZcHup(_)
-            | Token::ZcBlockCheck => self.output.handle(&mut self.ring, token, c),
-            Token::Accept => self.on_accept(c),
-            Token::AcceptRetry => self.arm_accept(),
-            Token::Signal => self.on_signal(c),
-            Token::Heartbeat => self.on_heartbeat(),
-            Token::Drain => self.on_drain(),
-            Token::AckTimeout => {
+        match Token::decode(c.token) {
+            Token::Output(op, i) => self.output.handle(&mut self.ring, op, i, c),
+            Token::Conn(op, i) => {
+                let mut ctx = self.ctx();
+                conn::handle(&mut ctx, op, i, c);
+            }
+            Token::Server(ServerOp::Accept) => self.on_accept(c),
+            Token::Server(ServerOp::AcceptRetry) => self.arm_accept(),
+            Token::Server(ServerOp::Signal) => self.on_signal(c),
+            Token::Server(ServerOp::Heartbeat) => self.on_heartbeat(),
+            Token::Server(ServerOp::Drain) => self.on_drain(),
+            Token::Server(ServerOp::AckTimeout) => {
                 if !self.terminating && self.acks_outstanding > 0 {
                     tracing::warn!(
                         "{} input acknowledgement(s) did not come within {:?} of the end of output; exiting anyway",
@@ -244,10 +235,6 @@ impl Server {
                     );
                     self.terminate();
                 }
-            }
-            Token::ConnRecv(_) | Token::ConnSend(_) | Token::ConnTimer(_) | Token::Stdin | Token::StdinPoll => {
-                let mut ctx = self.ctx();
-                conn::handle(&mut ctx, token, c);
             }
         }
     }
@@ -289,7 +276,10 @@ impl Server {
             // whose response it did not get, so only a client that breaks the protocol
             // is waited for this long).
             let after = self.config.limits.ack_timeout + Duration::from_secs(1);
-            self.ack_timer = Some(self.ring.submit(Op::Timeout { after }, Token::AckTimeout.encode()));
+            self.ack_timer = Some(
+                self.ring
+                    .submit(Op::Timeout { after }, Token::Server(ServerOp::AckTimeout).encode()),
+            );
         }
     }
 
@@ -311,7 +301,10 @@ impl Server {
         let mut ctx = self.ctx();
         conn::terminate(&mut ctx);
         let after = self.config.limits.drain_timeout;
-        self.drain = Some(self.ring.submit(Op::Timeout { after }, Token::Drain.encode()));
+        self.drain = Some(
+            self.ring
+                .submit(Op::Timeout { after }, Token::Server(ServerOp::Drain).encode()),
+        );
     }
 
     fn on_drain(&mut self) {
@@ -329,10 +322,10 @@ impl Server {
 
     fn arm_accept(&mut self) {
         if !self.terminating && self.accept.is_none() {
-            self.accept = Some(
-                self.ring
-                    .submit(Op::AcceptMulti { fd: self.listener }, Token::Accept.encode()),
-            );
+            self.accept = Some(self.ring.submit(
+                Op::AcceptMulti { fd: self.listener },
+                Token::Server(ServerOp::Accept).encode(),
+            ));
         }
     }
 
@@ -366,7 +359,7 @@ impl Server {
                         Op::Timeout {
                             after: Duration::from_millis(100),
                         },
-                        Token::AcceptRetry.encode(),
+                        Token::Server(ServerOp::AcceptRetry).encode(),
                     );
                     return;
                 }
@@ -403,7 +396,7 @@ impl Server {
                 fd: self.signals,
                 buf: Vec::with_capacity(128),
             },
-            Token::Signal.encode(),
+            Token::Server(ServerOp::Signal).encode(),
         );
     }
 
@@ -425,7 +418,10 @@ impl Server {
             && !self.terminating
         {
             let after = interval.max(MIN_HEARTBEAT);
-            self.heartbeat = Some(self.ring.submit(Op::Timeout { after }, Token::Heartbeat.encode()));
+            self.heartbeat = Some(
+                self.ring
+                    .submit(Op::Timeout { after }, Token::Server(ServerOp::Heartbeat).encode()),
+            );
         }
     }
 

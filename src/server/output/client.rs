@@ -1,0 +1,296 @@
+//! Output clients: one table and one lifecycle for both delivery paths.
+//!
+//! A client is attached with its response head to send first, on the pipe path when it
+//! can take it (zero copy on, a protobuf or raw client, a pipe to spare) and by copies
+//! otherwise. From then on it is served until its stream is complete, or it is cut
+//! ([`Output::cut`]: for lagging, counted, or because its connection is gone), or closed
+//! at exit. Closing shuts its socket down, which ends its operations at once; it is
+//! removed once none is in flight, so nothing the kernel still uses is freed under it.
+//!
+//! A blocking client may hold the container back ([`Output::watch_blocker`]): if it made
+//! no progress within the block timeout, it is cut, and the container goes on.
+
+use nix::sys::socket::{Shutdown, shutdown};
+
+use super::pipe::{Gone, Made, PipeClient};
+use super::{Output, POLLHUP};
+use crate::config::LagPolicy;
+use crate::msg::Msg;
+use crate::relay::{self, ClientId, CutReason, Framing};
+use crate::ring::{Completion, Fd, OpId, Ring};
+use crate::server::token::OutputOp;
+use crate::wire::message::Format;
+
+/// An attached output client.
+pub(super) struct Client {
+    pub fd: Fd,
+    pub framing: Framing,
+    pub policy: LagPolicy,
+    /// A wait for it to hang up, while no data flows.
+    pub hangup: Option<OpId>,
+    /// Its block check: the timer, and the progress it had made when it was armed.
+    pub block_check: Option<(OpId, u64)>,
+    pub closing: bool,
+    pub path: Path,
+}
+
+/// How the output reaches a client.
+pub(super) enum Path {
+    /// Copies: SENDMSG from the arena, built by the relay.
+    Copy(CopyClient),
+    /// Pipe pages: tee of the staged rounds, splice into its socket.
+    Pipe(PipeClient),
+}
+
+/// A client on the copy path: its place in the relay, and its send.
+pub(super) struct CopyClient {
+    pub id: ClientId,
+    pub send: Option<OpId>,
+    /// The message of its sends, kept for reuse between them.
+    pub msg: Option<Msg>,
+}
+
+impl Output {
+    /// Attaches a client connection: it gets `front`, then every record from now on.
+    /// Protobuf and raw clients take the pipe path when zero copy is on (and their pipe
+    /// can be sized: past the per-user pipe budget they are served by copies).
+    pub fn add_client(&mut self, ring: &mut Ring, fd: Fd, framing: Framing, policy: LagPolicy, front: Vec<u8>) {
+        let i = match self.clients.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.clients.push(None);
+                self.clients.len() - 1
+            }
+        };
+        let Some(path) = self.path_for(ring, fd, framing, policy, front, i) else {
+            let _ = shutdown(ring.raw(fd), Shutdown::Both);
+            ring.close(fd);
+            return;
+        };
+        let hangup = self
+            .options
+            .hangup_polls
+            .then(|| Self::poll(ring, fd, POLLHUP, OutputOp::Hangup, i));
+        let copying = matches!(path, Path::Copy(_));
+        self.clients[i] = Some(Client {
+            fd,
+            framing,
+            policy,
+            hangup,
+            block_check: None,
+            closing: false,
+            path,
+        });
+        if copying {
+            self.send_to(ring, i);
+        } else {
+            self.pipe_flush(ring, i);
+        }
+        self.settle(ring);
+    }
+
+    /// The delivery path of a new client at index `i`; `None` if its response head was
+    /// torn (part of it went out, and no path can go on with it).
+    fn path_for(
+        &mut self,
+        ring: &mut Ring,
+        fd: Fd,
+        framing: Framing,
+        policy: LagPolicy,
+        front: Vec<u8>,
+        i: usize,
+    ) -> Option<Path> {
+        let pipes = self
+            .clients
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c.path, Path::Pipe(_)))
+            .count();
+        if self.zero_copy() && framing != Framing::Chunked(Format::Json) && pipes < self.options.max_zero_copy_clients {
+            let min = self
+                .streams
+                .iter()
+                .filter_map(|s| s.stage.as_ref())
+                .map(|stage| stage.client_pipe_min())
+                .max()
+                .unwrap_or(0);
+            // Its pipe is its lag bound: the lag limit (the kernel rounds a pipe up to a
+            // power of two), and room for two rounds at least.
+            let pipe_bytes = self.relay.config().lag_limit.max(min);
+            match PipeClient::make(ring, fd, policy, &front, pipe_bytes, min) {
+                Made::Pipe(p) => return Some(Path::Pipe(p)),
+                Made::Torn => return None,
+                Made::Copies(why) => tracing::info!("client {i} is served by copies: {why}"),
+            }
+        }
+        let id = self.relay.add_client(framing, policy, front);
+        let r = id.index() as usize;
+        if self.by_relay.len() <= r {
+            self.by_relay.resize(r + 1, usize::MAX);
+        }
+        self.by_relay[r] = i;
+        Some(Path::Copy(CopyClient {
+            id,
+            send: None,
+            msg: Some(Msg::default()),
+        }))
+    }
+
+    /// Stops serving client `i` and closes it: for lagging (counted, with the payload
+    /// bytes it missed), or because its connection is gone.
+    pub(super) fn cut(&mut self, ring: &mut Ring, i: usize, why: Gone) {
+        let Some(Some(c)) = self.clients.get(i) else { return };
+        if c.closing {
+            return;
+        }
+        if why == Gone::Lagging {
+            let lost = match &c.path {
+                Path::Copy(copy) => self.relay.cut_lagging(copy.id),
+                Path::Pipe(p) => {
+                    Some(self.stats.bytes_read.saturating_sub(p.account.delivered()) + p.account.queued() as u64)
+                }
+            };
+            if let Some(lost) = lost {
+                self.count_cut(i, lost);
+            }
+        }
+        self.close(ring, i);
+    }
+
+    /// The relay cut these copying clients for lagging.
+    pub(super) fn relay_cut(&mut self, ring: &mut Ring, cuts: &[relay::Cut]) {
+        for cut in cuts {
+            let i = self.by_relay[cut.id.index() as usize];
+            self.count_cut(i, cut.lost);
+            self.close(ring, i);
+        }
+    }
+
+    fn count_cut(&mut self, i: usize, lost: u64) {
+        tracing::warn!("client {i} fell {lost} bytes behind and was disconnected");
+        self.stats.clients_cut += 1;
+        self.stats.bytes_lost += lost;
+    }
+
+    /// Shuts client `i`'s connection down (both directions: a send in flight fails and
+    /// the hang-up poll fires), so that it is owed nothing more, and removes it once no
+    /// operation of its is in flight.
+    pub(super) fn close(&mut self, ring: &mut Ring, i: usize) {
+        let Some(Some(c)) = self.clients.get_mut(i) else { return };
+        if !c.closing {
+            c.closing = true;
+            let _ = shutdown(ring.raw(c.fd), Shutdown::Both);
+            if let Some(op) = c.hangup {
+                ring.cancel(op, false);
+            }
+            // Its block check would find nothing to check: it never comes.
+            if let Some((op, _)) = c.block_check.take() {
+                ring.cancel(op, true);
+            }
+            match &c.path {
+                Path::Copy(copy) => self.relay.cut(copy.id, CutReason::Gone),
+                Path::Pipe(p) => {
+                    if let Some(op) = p.writable {
+                        ring.cancel(op, false);
+                    }
+                }
+            }
+            // Rounds it held may go on.
+            for stream in &mut self.streams {
+                if let Some(round) = stream.stage.as_mut().and_then(|st| st.round.as_mut())
+                    && round.owed.contains(&i)
+                {
+                    round.owed.retain(|&o| o != i);
+                    stream.stage_ready = true;
+                }
+            }
+        }
+        self.maybe_remove(ring, i);
+    }
+
+    /// Removes client `i` if it is closing and none of its operations is in flight.
+    pub(super) fn maybe_remove(&mut self, ring: &mut Ring, i: usize) {
+        let Some(Some(c)) = self.clients.get(i) else { return };
+        let in_flight = c.hangup.is_some()
+            || match &c.path {
+                Path::Copy(copy) => copy.send.is_some(),
+                Path::Pipe(p) => p.writable.is_some(),
+            };
+        if !c.closing || in_flight {
+            return;
+        }
+        let c = self.clients[i].take().expect("checked above");
+        ring.close(c.fd);
+        if let Path::Copy(copy) = c.path {
+            self.relay.remove_client(copy.id);
+            // Its records may have been all that held the buffers.
+            for s in 0..self.streams.len() {
+                self.read(ring, s);
+            }
+        }
+    }
+
+    pub(super) fn on_hangup(&mut self, ring: &mut Ring, i: usize, c: Completion) {
+        let Some(Some(client)) = self.clients.get_mut(i) else { return };
+        client.hangup = None;
+        if c.res != -libc::ECANCELED && !client.closing {
+            tracing::debug!("client {i} hung up");
+            self.close(ring, i);
+        }
+        self.maybe_remove(ring, i);
+    }
+
+    /// Client `i` holds the container back: checks back after the block timeout whether
+    /// it made progress meanwhile.
+    pub(super) fn watch_blocker(&mut self, ring: &mut Ring, i: usize) {
+        let progress = self.progress(i);
+        let after = self.options.block_timeout;
+        let Some(Some(c)) = self.clients.get_mut(i) else { return };
+        if !c.closing && c.block_check.is_none() {
+            c.block_check = Some((Self::timer(ring, after, OutputOp::BlockCheck, i), progress));
+        }
+    }
+
+    pub(super) fn on_block_check(&mut self, ring: &mut Ring, i: usize) {
+        let Some(Some(c)) = self.clients.get_mut(i) else { return };
+        let Some((_, mark)) = c.block_check.take() else { return };
+        if self.holds_back(i) && self.progress(i) == mark {
+            tracing::warn!(
+                "client {i} made no progress for {:?} while the container waited for it; disconnecting it",
+                self.options.block_timeout
+            );
+            self.cut(ring, i, Gone::Lagging);
+        }
+        self.pump(ring);
+    }
+
+    /// How far client `i` got: it changes whenever the client makes progress.
+    fn progress(&self, i: usize) -> u64 {
+        match self.clients.get(i) {
+            Some(Some(Client {
+                path: Path::Copy(copy), ..
+            })) => self.relay.progress(copy.id),
+            Some(Some(Client {
+                path: Path::Pipe(p), ..
+            })) => p.account.moved(),
+            _ => 0,
+        }
+    }
+
+    /// Whether client `i` is what holds reading back: the copying client that holds the
+    /// oldest record of a full log, or a pipe client owed a staged round.
+    fn holds_back(&self, i: usize) -> bool {
+        match self.clients.get(i) {
+            Some(Some(Client {
+                path: Path::Copy(copy), ..
+            })) => self.relay.blocking_holder().is_some_and(|(id, _)| id == copy.id),
+            Some(Some(Client {
+                path: Path::Pipe(_), ..
+            })) => self
+                .streams
+                .iter()
+                .any(|s| s.stage.as_ref().is_some_and(|st| st.owes(i))),
+            _ => false,
+        }
+    }
+}

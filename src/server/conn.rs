@@ -1,33 +1,31 @@
-//! Connections on the switchboard socket: HTTP requests in order, the attach calls, the
-//! acknowledgement endpoint, and the one input stream that may feed the container's stdin
-//! (PROTOCOL.md §2).
+//! Connections on the switchboard socket that are not output clients: HTTP requests in
+//! order, the output call until it is handed over, the acknowledgement endpoint, and the
+//! input requests (whose records `input.rs` decides and applies). docs/protocol.md §8-§12.
 //!
 //! A connection handles one request at a time: the next head is parsed only when the
 //! previous response went out, which keeps pipelined responses in order. An output call
-//! hands the connection over to the output engine. An input call takes the input slot,
-//! and its records are applied one at a time: the next record is decoded only once the
-//! previous one reached stdin, and we stop reading the body while `input_buffer` bytes
-//! wait. The slot is freed however the request ends.
+//! hands the connection over to the output engine. An input call holds the input slot
+//! once its first record is in; the slot is freed however the request ends.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use nix::sys::socket::{Shutdown, shutdown};
 
-use crate::config::{Config, LagPolicy};
+use crate::config::{Config, FORBIDDEN_HEAD_TIMEOUT, INPUT_ANSWER_DELAY, LagPolicy};
 use crate::relay::Framing;
 use crate::ring::{Completion, Fd, Op, OpId, Output as OpOutput, Ring};
-use crate::wire::http::{self, Event, HttpError, RequestHead, RequestReader};
-use crate::wire::input::{self, InputAction};
+use crate::wire::http::{self, Event, RequestHead, RequestReader};
 use crate::wire::media::{self, BodyFormat, ResponseFormat, Route};
 use crate::wire::message::mesos::agent::{Call, call};
 use crate::wire::message::{self, Format};
-use crate::wire::recordio;
 
+use super::answer::Answer;
+use super::input::{self, Session, Stdin};
 use super::output::Output;
 use super::token::{ConnOp, Token};
 
 const RECV_SIZE: usize = 16 * 1024;
-const POLLOUT: u32 = libc::POLLOUT as u32;
 
 /// What connection code may touch of the server.
 pub(crate) struct Ctx<'a> {
@@ -44,25 +42,25 @@ pub(crate) struct Ctx<'a> {
 /// only once the consumed part is at least half of it, so consuming many small pieces
 /// stays linear.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     buf: Vec<u8>,
     start: usize,
 }
 
 impl Pending {
-    fn data(&self) -> &[u8] {
+    pub fn data(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.buf.len() - self.start
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn consume(&mut self, n: usize) {
+    pub fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.buf.len() {
             self.buf.clear();
@@ -70,7 +68,7 @@ impl Pending {
         }
     }
 
-    fn extend(&mut self, more: &[u8]) {
+    pub fn extend(&mut self, more: &[u8]) {
         if self.start > 0 && self.start >= self.buf.len() / 2 {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -79,22 +77,8 @@ impl Pending {
     }
 }
 
-struct Input {
-    format: Format,
-    records: recordio::Decoder,
-    /// Body bytes received and not yet decoded.
-    body: Pending,
-    body_ended: bool,
-    /// The first record (the container ID) was accepted.
-    started: bool,
-    /// A record is being written to stdin.
-    writing: bool,
-    /// A decoded record that needs stdin, waiting while another request's write finishes.
-    parked: Option<InputAction>,
-    keep_alive: bool,
-}
-
-enum State {
+/// Where a connection is in its current request.
+pub(super) enum State {
     /// Between requests: waiting for a head.
     Idle,
     /// Reading the body of a non-streaming call (an output attach).
@@ -112,7 +96,7 @@ enum State {
     Ack {
         keep_alive: bool,
     },
-    Input(Input),
+    Input(Session),
     /// Reading the rest of a body already answered (a 409).
     Discard {
         keep_alive: bool,
@@ -121,7 +105,7 @@ enum State {
     Closing,
 }
 
-struct Conn {
+pub(super) struct Conn {
     fd: Fd,
     buf: Pending,
     reader: RequestReader,
@@ -129,36 +113,21 @@ struct Conn {
     send: Option<OpId>,
     sendq: VecDeque<Vec<u8>>,
     timer: Option<OpId>,
-    state: State,
+    pub state: State,
     /// The peer shut its side (we read EOF).
-    eof: bool,
+    pub eof: bool,
     /// Its peer is not among `--allowed_uids`: its request is answered 403.
     forbidden: bool,
 }
 
-/// The container's stdin, written by one request at a time. A write keeps going when its
-/// request ends meanwhile (the next request's bytes wait for it, so nothing interleaves).
-struct Stdin {
-    fd: Option<Fd>,
-    /// The write, or the wait for the pipe to take more, in flight.
-    op: Option<OpId>,
-    /// What is left to write (and from where), while waiting for the pipe.
-    pending: Option<(Vec<u8>, usize)>,
-    /// The connection whose record is being written, until it ends.
-    owner: Option<u32>,
-    /// Bytes of the current record written so far.
-    written: usize,
-    /// Connections with a record parked until stdin is free.
-    waiters: Vec<u32>,
-}
-
-impl Stdin {
-    fn busy(&self) -> bool {
-        self.op.is_some() || self.pending.is_some()
+impl Conn {
+    /// Every response queued went out.
+    fn flushed(&self) -> bool {
+        self.sendq.is_empty() && self.send.is_none()
     }
 }
 
-/// Every connection that is not an output client.
+/// Every connection that is not an output client, and the container's stdin.
 pub(crate) struct Conns {
     slots: Vec<Option<Conn>>,
     free: Vec<u32>,
@@ -166,10 +135,9 @@ pub(crate) struct Conns {
     /// Open connections of peers not among `--allowed_uids` (they do not count towards
     /// `max_connections`, so they cannot lock allowed users out).
     forbidden: usize,
-    stdin: Stdin,
+    pub(super) stdin: Stdin,
     /// The connection holding the input slot.
-    input_owner: Option<u32>,
-    tty: bool,
+    pub(super) input_owner: Option<u32>,
 }
 
 impl Conns {
@@ -179,16 +147,8 @@ impl Conns {
             free: Vec::new(),
             count: 0,
             forbidden: 0,
-            stdin: Stdin {
-                fd: stdin,
-                op: None,
-                pending: None,
-                owner: None,
-                written: 0,
-                waiters: Vec::new(),
-            },
+            stdin: Stdin::new(stdin, tty),
             input_owner: None,
-            tty,
         }
     }
 
@@ -206,28 +166,38 @@ impl Conns {
         self.count == 0
     }
 
-    fn get(&mut self, i: u32) -> Option<&mut Conn> {
-        self.slots.get_mut(i as usize).and_then(Option::as_mut)
+    /// Takes connection `i` out of the table.
+    fn take(&mut self, i: u32) -> Conn {
+        let c = self.slots[i as usize].take().expect("a connection that exists");
+        self.free.push(i);
+        self.count -= 1;
+        if c.forbidden {
+            self.forbidden -= 1;
+        }
+        c
     }
 }
 
-fn conn<'a>(ctx: &'a mut Ctx<'_>, i: u32) -> &'a mut Conn {
-    ctx.conns
-        .get(i)
+/// Connection `i`, which an operation or a caller knows to exist.
+pub(super) fn get<'a>(ctx: &'a mut Ctx<'_>, i: u32) -> &'a mut Conn {
+    ctx.conns.slots[i as usize]
+        .as_mut()
         .expect("an operation completed for a connection that exists")
+}
+
+pub(super) fn exists(ctx: &Ctx<'_>, i: u32) -> bool {
+    matches!(ctx.conns.slots.get(i as usize), Some(Some(_)))
 }
 
 /// A new connection; the request of one whose peer is not `allowed` is answered 403 once
 /// its head is in (answering at once would race the client's sending).
 pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
-    let i = match ctx.conns.free.pop() {
-        Some(i) => i,
-        None => {
-            ctx.conns.slots.push(None);
-            (ctx.conns.slots.len() - 1) as u32
-        }
-    };
-    ctx.conns.slots[i as usize] = Some(Conn {
+    let conns = &mut *ctx.conns;
+    let i = conns.free.pop().unwrap_or_else(|| {
+        conns.slots.push(None);
+        (conns.slots.len() - 1) as u32
+    });
+    conns.slots[i as usize] = Some(Conn {
         fd,
         buf: Pending::default(),
         reader: RequestReader::new(ctx.config.limits.http),
@@ -239,13 +209,12 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
         eof: false,
         forbidden: !allowed,
     });
-    ctx.conns.count += 1;
-    // A refused peer gets a second to send its request head, to be told 403.
+    conns.count += 1;
     let timeout = if allowed {
         ctx.config.limits.head_timeout
     } else {
-        ctx.conns.forbidden += 1;
-        std::time::Duration::from_secs(1)
+        conns.forbidden += 1;
+        FORBIDDEN_HEAD_TIMEOUT
     };
     start_timer(ctx, i, timeout);
     drive(ctx, i);
@@ -257,36 +226,32 @@ pub(crate) fn handle(ctx: &mut Ctx<'_>, op: ConnOp, i: u32, c: Completion) {
         ConnOp::Recv => on_recv(ctx, i, c),
         ConnOp::Send => on_send(ctx, i, c),
         ConnOp::Timer => on_timer(ctx, i, c),
-        ConnOp::StdinWrite => on_stdin_written(ctx, c),
-        ConnOp::StdinWritable => {
-            ctx.conns.stdin.op = None;
-            if let Some((buf, start)) = ctx.conns.stdin.pending.take() {
-                write_stdin(ctx, buf, start);
-            }
-        }
+        ConnOp::StdinWrite => input::on_written(ctx, c),
+        ConnOp::StdinWritable => input::on_writable(ctx),
     }
 }
 
 /// The container's output ended: open input requests get their 200 a second later.
 pub(crate) fn redirect_finished(ctx: &mut Ctx<'_>) {
     if let Some(i) = ctx.conns.input_owner {
-        start_timer(ctx, i, std::time::Duration::from_secs(1));
+        start_timer(ctx, i, INPUT_ANSWER_DELAY);
     }
 }
 
 /// The server is terminating: requests in progress are refused, idle connections close.
 pub(crate) fn terminate(ctx: &mut Ctx<'_>) {
     for i in 0..ctx.conns.slots.len() as u32 {
-        let Some(c) = ctx.conns.get(i) else { continue };
+        if !exists(ctx, i) {
+            continue;
+        }
+        let c = get(ctx, i);
         match c.state {
-            State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } => {
-                if c.sendq.is_empty() && c.send.is_none() {
-                    close(ctx, i);
-                    continue;
-                }
-                c.state = State::Closing;
+            State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } if c.flushed() => {
+                close(ctx, i);
+                continue;
             }
-            _ => respond(ctx, i, 503, "The io switchboard server is shutting down", true),
+            State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } => c.state = State::Closing,
+            _ => respond(ctx, i, Answer::ShuttingDown, true),
         }
         // Send what is queued; the connection closes once it is out.
         drive(ctx, i);
@@ -296,61 +261,61 @@ pub(crate) fn terminate(ctx: &mut Ctx<'_>) {
 /// The drain grace period ran out: close everything.
 pub(crate) fn close_all(ctx: &mut Ctx<'_>) {
     for i in 0..ctx.conns.slots.len() as u32 {
-        if ctx.conns.get(i).is_some() {
+        if exists(ctx, i) {
             close(ctx, i);
         }
     }
 }
 
 /// Starts the connection's one timer (a replaced one is forgotten: it never fires here).
-fn start_timer(ctx: &mut Ctx<'_>, i: u32, after: std::time::Duration) {
+pub(super) fn start_timer(ctx: &mut Ctx<'_>, i: u32, after: Duration) {
     stop_timer(ctx, i);
     let op = ctx
         .ring
         .submit(Op::Timeout { after }, Token::Conn(ConnOp::Timer, i).encode());
-    conn(ctx, i).timer = Some(op);
+    get(ctx, i).timer = Some(op);
 }
 
-fn stop_timer(ctx: &mut Ctx<'_>, i: u32) {
-    if let Some(op) = conn(ctx, i).timer.take() {
+pub(super) fn stop_timer(ctx: &mut Ctx<'_>, i: u32) {
+    if let Some(op) = get(ctx, i).timer.take() {
         ctx.ring.cancel(op, true);
     }
 }
 
-/// Queues a complete response. With `close`, it is the connection's last.
-fn respond(ctx: &mut Ctx<'_>, i: u32, status: u16, body: &str, close: bool) {
-    if status >= 400 {
-        tracing::info!("answering {status}: {body}");
-    }
+/// Queues a complete response, which ends the request (and frees the input slot if it
+/// held it). With `close`, it is the connection's last.
+pub(super) fn respond(ctx: &mut Ctx<'_>, i: u32, answer: Answer, close: bool) {
     release_input(ctx, i);
-    let c = conn(ctx, i);
-    c.sendq.push_back(http::fixed_response(status, body, close));
+    queue_answer(ctx, i, &answer, close);
     if close {
-        c.state = State::Closing;
+        get(ctx, i).state = State::Closing;
     }
 }
 
-fn refuse(ctx: &mut Ctx<'_>, i: u32, e: HttpError) {
-    respond(ctx, i, e.status, &e.message, true);
+/// Queues a response without ending the request's state.
+pub(super) fn queue_answer(ctx: &mut Ctx<'_>, i: u32, answer: &Answer, close: bool) {
+    let (status, text) = (answer.status(), answer.text());
+    if status >= 400 {
+        tracing::info!("connection {i}: answering {status}: {text}");
+    }
+    get(ctx, i).sendq.push_back(http::fixed_response(status, &text, close));
 }
 
 fn release_input(ctx: &mut Ctx<'_>, i: u32) {
     if ctx.conns.input_owner == Some(i) {
         ctx.conns.input_owner = None;
     }
-    // A write of its record in flight goes on, detached.
-    if ctx.conns.stdin.owner == Some(i) {
-        ctx.conns.stdin.owner = None;
-    }
+    ctx.conns.stdin.release(i);
 }
 
 /// Advances a connection as far as it can go, then submits its receive and send.
-fn drive(ctx: &mut Ctx<'_>, i: u32) {
-    while step(ctx, i) {}
+pub(super) fn drive(ctx: &mut Ctx<'_>, i: u32) {
+    while exists(ctx, i) && step(ctx, i) {}
     arm(ctx, i);
 }
 
 /// What a connection can do next.
+#[derive(Debug, PartialEq, Eq)]
 enum Next {
     Wait,
     HandOver,
@@ -358,13 +323,10 @@ enum Next {
     Parse,
 }
 
-/// One step of request processing; false when nothing more can happen now.
-fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
-    let input_buffer = ctx.config.limits.input_buffer;
-    let stdin_busy = ctx.conns.stdin.busy();
-    let Some(c) = ctx.conns.get(i) else { return false };
-    let flushed = c.sendq.is_empty() && c.send.is_none();
-    let next = match &c.state {
+/// What a connection in `state` does next, with every response out or not (`flushed`),
+/// and stdin written by another request or not.
+fn next(state: &State, flushed: bool, stdin_busy: bool, input_buffer: usize) -> Next {
+    match state {
         State::Closing => Next::Wait,
         State::HandOver { .. } if flushed => Next::HandOver,
         State::HandOver { .. } => Next::Wait,
@@ -372,79 +334,76 @@ fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
         State::Idle if !flushed => Next::Wait,
         // While its record waits for stdin, the body is still read into its bounded buffer
         // (so a client that hangs up mid-body is noticed), but no record is applied.
-        State::Input(input) if input.writing || (input.parked.is_some() && stdin_busy) => {
-            if !input.body_ended && input.body.len() < input_buffer {
+        State::Input(s) if s.writing || (s.parked.is_some() && stdin_busy) => {
+            if !s.body_ended && s.body.len() < input_buffer {
                 Next::Parse
             } else {
                 Next::Wait
             }
         }
-        State::Input(input) if input.parked.is_some() || input.body_ended || input.body.len() >= input_buffer => {
-            Next::Records
-        }
+        State::Input(s) if s.parked.is_some() || s.body_ended || s.body.len() >= input_buffer => Next::Records,
         _ => Next::Parse,
-    };
-    match next {
+    }
+}
+
+/// One step of request processing; false when nothing more can happen now.
+fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
+    let (input_buffer, stdin_busy) = (ctx.config.limits.input_buffer, ctx.conns.stdin.busy());
+    let c = get(ctx, i);
+    match next(&c.state, c.flushed(), stdin_busy, input_buffer) {
         Next::Wait => false,
         Next::HandOver => {
             hand_over(ctx, i);
             false
         }
-        Next::Records => process_input(ctx, i),
-        Next::Parse => {
-            let c = conn(ctx, i);
-            let event = match c.reader.next(c.buf.data()) {
-                Err(e) => {
-                    refuse(ctx, i, e);
-                    return true;
-                }
-                Ok((used, event)) => {
-                    let event = event.map(|e| match e {
-                        Event::Head(h) => Ok(h),
-                        Event::Body(b) => Err(Some(b.to_vec())),
-                        Event::End => Err(None),
-                    });
-                    c.buf.consume(used);
-                    event
-                }
-            };
-            match event {
-                Some(Ok(head)) => on_head(ctx, i, head),
-                Some(Err(Some(body))) => on_body(ctx, i, body),
-                Some(Err(None)) => on_end(ctx, i),
-                // More bytes are needed: decode what the body has so far, or wait.
-                None if matches!(conn(ctx, i).state, State::Input(_)) && process_input(ctx, i) => {}
-                None if conn(ctx, i).eof => return at_eof(ctx, i),
-                None => return false,
-            }
-            true
-        }
+        Next::Records => input::process(ctx, i),
+        Next::Parse => parse(ctx, i),
     }
+}
+
+/// Reads the next HTTP event (a head, body bytes, the end of a body) from what was
+/// received; false when nothing more can happen now.
+fn parse(ctx: &mut Ctx<'_>, i: u32) -> bool {
+    let c = get(ctx, i);
+    let (used, event) = match c.reader.next(c.buf.data()) {
+        Err(e) => {
+            respond(ctx, i, Answer::Refused(e), true);
+            return true;
+        }
+        Ok((used, event)) => (
+            used,
+            event.map(|e| match e {
+                Event::Head(h) => Ok(h),
+                Event::Body(b) => Err(Some(b.to_vec())),
+                Event::End => Err(None),
+            }),
+        ),
+    };
+    c.buf.consume(used);
+    match event {
+        Some(Ok(head)) => on_head(ctx, i, head),
+        Some(Err(Some(body))) => on_body(ctx, i, body),
+        Some(Err(None)) => on_end(ctx, i),
+        // More bytes are needed: decode what the body has so far, or wait.
+        None if matches!(get(ctx, i).state, State::Input(_)) && input::process(ctx, i) => {}
+        None if get(ctx, i).eof => return at_eof(ctx, i),
+        None => return false,
+    }
+    true
 }
 
 /// The peer sent all it will send and the current request needs more: finish or close.
 fn at_eof(ctx: &mut Ctx<'_>, i: u32) -> bool {
-    let c = conn(ctx, i);
-    let flushed = c.sendq.is_empty() && c.send.is_none();
+    let c = get(ctx, i);
+    let flushed = c.flushed();
     match &c.state {
         State::Idle if flushed && c.buf.is_empty() => close(ctx, i),
         State::Idle if c.buf.is_empty() => c.state = State::Closing,
         // The body stopped short: the request fails (Mesos's answer is a 500 the client
         // will not read); the input slot is freed with it.
-        State::Input(_) => respond(
-            ctx,
-            i,
-            500,
-            "The connection closed in the middle of the request body",
-            true,
-        ),
-        _ => {
-            if flushed {
-                close(ctx, i);
-            } else {
-                c.state = State::Closing;
-            }
-        }
+        State::Input(_) => respond(ctx, i, Answer::BodyCutShort, true),
+        _ if flushed => close(ctx, i),
+        _ => c.state = State::Closing,
     }
     false
 }
@@ -452,17 +411,14 @@ fn at_eof(ctx: &mut Ctx<'_>, i: u32) -> bool {
 fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
     stop_timer(ctx, i);
     tracing::debug!("{} {} on connection {i}", head.method, head.target);
-    if conn(ctx, i).forbidden {
-        return respond(ctx, i, 403, "This user may not use the io switchboard", true);
+    if get(ctx, i).forbidden {
+        return respond(ctx, i, Answer::Forbidden, true);
     }
     let route = match media::route(&head) {
         Ok(r) => r,
-        Err(e) => return refuse(ctx, i, e),
+        Err(e) => return respond(ctx, i, Answer::Refused(e), true),
     };
-    let keep_alive = head.keep_alive;
-    let has_body = head.body != http::BodyLength::Length(0);
-    let max_record = ctx.config.limits.max_record;
-    let limit = ctx.config.limits.max_call_body;
+    let limits = ctx.config.limits;
     if let (
         Route::Call {
             body: BodyFormat::Single(_),
@@ -470,17 +426,19 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
         },
         http::BodyLength::Length(n),
     ) = (&route, head.body)
-        && n > limit as u64
+        && n > limits.max_call_body as u64
     {
         // Refused before a byte of it is read.
-        return respond(ctx, i, 413, &format!("The request body exceeds {limit} bytes"), true);
+        return respond(ctx, i, Answer::BodyTooLarge(limits.max_call_body), true);
     }
-    let c = conn(ctx, i);
-    if head.expect_continue && has_body {
+    let c = get(ctx, i);
+    if head.expect_continue && head.body != http::BodyLength::Length(0) {
         c.sendq.push_back(http::CONTINUE.to_vec());
     }
     c.state = match route {
-        Route::Acknowledge => State::Ack { keep_alive },
+        Route::Acknowledge => State::Ack {
+            keep_alive: head.keep_alive,
+        },
         Route::Call {
             body: BodyFormat::Single(format),
             response,
@@ -492,37 +450,27 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
         Route::Call {
             body: BodyFormat::Streaming(format),
             ..
-        } => State::Input(Input {
-            format,
-            records: recordio::Decoder::new(max_record),
-            body: Pending::default(),
-            body_ended: false,
-            started: false,
-            writing: false,
-            parked: None,
-            keep_alive,
-        }),
+        } => State::Input(Session::new(format, limits.max_record, head.keep_alive)),
     };
 }
 
 fn on_body(ctx: &mut Ctx<'_>, i: u32, data: Vec<u8>) {
     let limit = ctx.config.limits.max_call_body;
-    let c = conn(ctx, i);
-    match &mut c.state {
+    match &mut get(ctx, i).state {
         State::Call { body, .. } => {
             if body.len() + data.len() > limit {
-                return respond(ctx, i, 413, &format!("The request body exceeds {limit} bytes"), true);
+                return respond(ctx, i, Answer::BodyTooLarge(limit), true);
             }
             body.extend_from_slice(&data);
         }
-        State::Input(input) => input.body.extend(&data),
+        State::Input(session) => session.body.extend(&data),
         // Acknowledgement bodies and discarded bodies are ignored.
         _ => {}
     }
 }
 
 fn on_end(ctx: &mut Ctx<'_>, i: u32) {
-    let c = conn(ctx, i);
+    let c = get(ctx, i);
     match std::mem::replace(&mut c.state, State::Idle) {
         State::Call { format, response, body } => output_call(ctx, i, format, response, &body),
         State::Ack { keep_alive } => {
@@ -532,27 +480,27 @@ fn on_end(ctx: &mut Ctx<'_>, i: u32) {
                 // Mesos aborts here; an unexpected acknowledgement is harmless.
                 tracing::info!("an acknowledgement with none outstanding");
             }
-            respond(ctx, i, 200, "", !keep_alive);
+            respond(ctx, i, Answer::Ok, !keep_alive);
             back_to_idle(ctx, i);
         }
         State::Discard { keep_alive } => {
             if keep_alive {
                 back_to_idle(ctx, i);
             } else {
-                conn(ctx, i).state = State::Closing;
+                c.state = State::Closing;
             }
         }
-        State::Input(mut input) => {
-            input.body_ended = true;
-            conn(ctx, i).state = State::Input(input);
+        State::Input(mut session) => {
+            session.body_ended = true;
+            c.state = State::Input(session);
         }
-        other => conn(ctx, i).state = other,
+        other => c.state = other,
     }
 }
 
-fn back_to_idle(ctx: &mut Ctx<'_>, i: u32) {
-    let c = conn(ctx, i);
-    if matches!(c.state, State::Idle) {
+/// Between requests, a connection has `head_timeout` to send the next head.
+pub(super) fn back_to_idle(ctx: &mut Ctx<'_>, i: u32) {
+    if matches!(get(ctx, i).state, State::Idle) {
         start_timer(ctx, i, ctx.config.limits.head_timeout);
     }
 }
@@ -560,19 +508,13 @@ fn back_to_idle(ctx: &mut Ctx<'_>, i: u32) {
 fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseFormat, body: &[u8]) {
     let call: Call = match message::decode(format, body) {
         Ok(c) => c,
-        Err(text) => return respond(ctx, i, 400, &text, true),
+        Err(text) => return respond(ctx, i, Answer::Undecodable { first: false, text }, true),
     };
     if call.r#type != Some(call::Type::AttachContainerOutput as i32) {
-        return respond(
-            ctx,
-            i,
-            400,
-            "Expecting 'type' to be 'ATTACH_CONTAINER_OUTPUT' for non-streaming requests",
-            true,
-        );
+        return respond(ctx, i, Answer::NotAnOutputCall, true);
     }
     if ctx.terminating {
-        return respond(ctx, i, 503, "The io switchboard server is shutting down", true);
+        return respond(ctx, i, Answer::ShuttingDown, true);
     }
     let mut headers = vec![("Content-Type", response.content_type())];
     if let Some(mct) = response.message_content_type() {
@@ -581,7 +523,7 @@ fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseForm
     headers.push(("Transfer-Encoding", "chunked"));
     let mut head = Vec::with_capacity(200);
     http::write_response_head(200, &headers, &mut head);
-    conn(ctx, i).state = State::HandOver {
+    get(ctx, i).state = State::HandOver {
         framing: Framing::Chunked(response.record_format()),
         head,
     };
@@ -589,21 +531,13 @@ fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseForm
 
 /// Gives an output call's connection to the output engine.
 fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
-    let c = ctx.conns.slots[i as usize].take().expect("checked by the caller");
-    ctx.conns.free.push(i);
-    ctx.conns.count -= 1;
-    if c.forbidden {
-        ctx.conns.forbidden -= 1;
-    }
+    let c = ctx.conns.take(i);
     // Nothing of this connection's may complete here any more: a receive armed while an
     // earlier response was going out (the client pipelined this request behind another)
     // and the head timer are forgotten. Mesos never answers requests behind an output
     // stream, so bytes that receive took are not wanted either. No send is in flight:
     // the hand-over waits until the connection is flushed.
-    assert!(
-        c.send.is_none() && c.sendq.is_empty(),
-        "hand-over of an unflushed connection"
-    );
+    assert!(c.flushed(), "hand-over of an unflushed connection");
     for op in [c.recv, c.timer].into_iter().flatten() {
         ctx.ring.cancel(op, true);
     }
@@ -621,269 +555,9 @@ fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     ctx.output.start(ctx.ring);
 }
 
-/// Decodes and applies the next input record; false when it has to wait.
-fn process_input(ctx: &mut Ctx<'_>, i: u32) -> bool {
-    let c = conn(ctx, i);
-    let State::Input(input) = &mut c.state else { return false };
-    if input.writing {
-        return false;
-    }
-    if let Some(action) = input.parked.take() {
-        return apply(ctx, i, action);
-    }
-    let record = match input.records.decode(input.body.data()) {
-        // A record past our limit is not malformed, only too large (Mesos has no limit).
-        Err(e @ recordio::Error::TooLarge { .. }) => {
-            respond(ctx, i, 413, &e.to_string(), true);
-            return true;
-        }
-        Err(e) => {
-            respond(ctx, i, 500, &format!("Decoder failure: {e}"), true);
-            return true;
-        }
-        Ok((used, record)) => {
-            input.body.consume(used);
-            record
-        }
-    };
-    let Some(record) = record else {
-        if !input.body_ended {
-            return false;
-        }
-        let (started, keep_alive, finish) = (input.started, input.keep_alive, input.records.finish());
-        if !started {
-            respond(
-                ctx,
-                i,
-                400,
-                "IOSwitchboard received EOF while reading request body",
-                true,
-            );
-        } else {
-            if let Err(e) = finish {
-                // Mesos discards trailing bytes that do not form a record (PROTOCOL.md §2.5).
-                tracing::info!("connection {i}: input ended inside a record ({e}); the partial record is dropped");
-            }
-            stop_timer(ctx, i);
-            let keep_alive = keep_alive && !conn(ctx, i).eof;
-            respond(ctx, i, 200, "", !keep_alive);
-            if keep_alive {
-                conn(ctx, i).state = State::Idle;
-                back_to_idle(ctx, i);
-            }
-        }
-        return true;
-    };
-    let (format, started) = (input.format, input.started);
-    if !started {
-        first_record(ctx, i, format, &record);
-        return true;
-    }
-    let call: Call = match message::decode(format, &record) {
-        Ok(c) => c,
-        Err(text) => {
-            respond(ctx, i, 400, &text, true);
-            return true;
-        }
-    };
-    match input::input_action(&call) {
-        Err(text) => {
-            respond(ctx, i, 400, &text, true);
-            true
-        }
-        Ok(action) => apply(ctx, i, action),
-    }
-}
-
-/// Applies one valid input record; false when it must wait for stdin.
-fn apply(ctx: &mut Ctx<'_>, i: u32, action: InputAction) -> bool {
-    let needs_stdin = matches!(action, InputAction::Stdin(_) | InputAction::StdinEof);
-    if needs_stdin && ctx.conns.stdin.busy() {
-        // Another request's write is still going: keep the order of stdin bytes.
-        if let State::Input(input) = &mut conn(ctx, i).state {
-            input.parked = Some(action);
-        }
-        if !ctx.conns.stdin.waiters.contains(&i) {
-            ctx.conns.stdin.waiters.push(i);
-        }
-        return false;
-    }
-    match action {
-        InputAction::Heartbeat => {}
-        InputAction::Stdin(bytes) => {
-            if ctx.conns.stdin.fd.is_none() {
-                respond(
-                    ctx,
-                    i,
-                    500,
-                    "Failed writing to stdin: Failed: Bad file descriptor",
-                    true,
-                );
-            } else {
-                if let State::Input(input) = &mut conn(ctx, i).state {
-                    input.writing = true;
-                }
-                ctx.conns.stdin.owner = Some(i);
-                ctx.conns.stdin.written = 0;
-                write_stdin(ctx, bytes, 0);
-            }
-        }
-        InputAction::StdinEof => {
-            // Only a pipe is closed: a PTY stays open (clients send ^D instead).
-            if !ctx.conns.tty
-                && let Some(fd) = ctx.conns.stdin.fd.take()
-            {
-                tracing::info!("closing the container's stdin");
-                ctx.ring.close(fd);
-            }
-        }
-        InputAction::Resize { rows, columns } => {
-            let result = match ctx.conns.stdin.fd {
-                Some(fd) => crate::tty::set_window_size(ctx.ring.borrow(fd), rows as u16, columns as u16),
-                None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-            };
-            if let Err(e) = result {
-                respond(
-                    ctx,
-                    i,
-                    400,
-                    &format!("Unable to set the window size: {}", crate::sys::strerror(&e)),
-                    true,
-                );
-            }
-        }
-    }
-    true
-}
-
-fn first_record(ctx: &mut Ctx<'_>, i: u32, format: Format, record: &[u8]) {
-    let call: Call = match message::decode(format, record) {
-        Ok(c) => c,
-        Err(text) => return respond(ctx, i, 500, &text, true),
-    };
-    if let Err(text) = input::check_first_record(&call) {
-        return respond(ctx, i, 400, &text, true);
-    }
-    // Counted even if the request is refused below: the agent acknowledges every one.
-    *ctx.acks_outstanding += 1;
-    if ctx.conns.input_owner.is_some() {
-        let keep_alive = match &conn(ctx, i).state {
-            State::Input(input) => input.keep_alive,
-            _ => false,
-        };
-        conn(ctx, i).sendq.push_back(http::fixed_response(
-            409,
-            "Multiple input connections are not allowed",
-            !keep_alive,
-        ));
-        tracing::info!("answering 409: another input connection is active");
-        let body_ended = matches!(&conn(ctx, i).state, State::Input(input) if input.body_ended);
-        conn(ctx, i).state = if body_ended && keep_alive {
-            State::Idle
-        } else if body_ended {
-            State::Closing
-        } else {
-            State::Discard { keep_alive }
-        };
-        back_to_idle(ctx, i);
-        return;
-    }
-    ctx.conns.input_owner = Some(i);
-    if let State::Input(input) = &mut conn(ctx, i).state {
-        input.started = true;
-    }
-    if ctx.redirect_finished {
-        start_timer(ctx, i, std::time::Duration::from_secs(1));
-    }
-}
-
-/// Writes `buf[start..]` to stdin (all of it, over as many writes as it takes).
-fn write_stdin(ctx: &mut Ctx<'_>, buf: Vec<u8>, start: usize) {
-    let Some(fd) = ctx.conns.stdin.fd else {
-        return stdin_failed(ctx, "Failed writing to stdin: Failed: Bad file descriptor".into());
-    };
-    let op = ctx.ring.submit(
-        Op::Write { fd, buf, start },
-        Token::Conn(ConnOp::StdinWrite, 0).encode(),
-    );
-    ctx.conns.stdin.op = Some(op);
-}
-
-fn on_stdin_written(ctx: &mut Ctx<'_>, c: Completion) {
-    ctx.conns.stdin.op = None;
-    let res = c.res;
-    let buf = c.into_buf();
-    let start = ctx.conns.stdin.written;
-    match res {
-        n if n > 0 && start + (n as usize) < buf.len() => {
-            ctx.conns.stdin.written = start + n as usize;
-            write_stdin(ctx, buf, start + n as usize);
-        }
-        n if n > 0 => stdin_done(ctx),
-        e if e == -libc::EAGAIN => {
-            // The pipe is full: wait until the container reads, then write again.
-            let Some(fd) = ctx.conns.stdin.fd else {
-                return stdin_failed(ctx, "Failed writing to stdin: Failed: Bad file descriptor".into());
-            };
-            ctx.conns.stdin.pending = Some((buf, start));
-            let op = ctx.ring.submit(
-                Op::Poll { fd, events: POLLOUT },
-                Token::Conn(ConnOp::StdinWritable, 0).encode(),
-            );
-            ctx.conns.stdin.op = Some(op);
-        }
-        e if e == -libc::EINTR => write_stdin(ctx, buf, start),
-        e => stdin_failed(
-            ctx,
-            format!("Failed writing to stdin: Failed: {}", crate::sys::strerror_res(e)),
-        ),
-    }
-}
-
-/// A write failed. Mesos then exits 1 and the agent kills the container; we answer the
-/// request with Mesos's 500 and go on serving (output keeps flowing).
-fn stdin_failed(ctx: &mut Ctx<'_>, text: String) {
-    tracing::warn!("{text}");
-    ctx.conns.stdin.pending = None;
-    ctx.conns.stdin.written = 0;
-    if let Some(i) = ctx.conns.stdin.owner.take()
-        && ctx.conns.get(i).is_some()
-    {
-        if let State::Input(input) = &mut conn(ctx, i).state {
-            input.writing = false;
-        }
-        respond(ctx, i, 500, &text, true);
-        drive(ctx, i);
-    }
-    wake_stdin_waiters(ctx);
-}
-
-/// A record reached stdin: its request goes on, and whoever waits for stdin.
-fn stdin_done(ctx: &mut Ctx<'_>) {
-    ctx.conns.stdin.written = 0;
-    if let Some(i) = ctx.conns.stdin.owner.take()
-        && let Some(c) = ctx.conns.get(i)
-    {
-        if let State::Input(input) = &mut c.state {
-            input.writing = false;
-        }
-        drive(ctx, i);
-    }
-    wake_stdin_waiters(ctx);
-}
-
-/// Stdin is free: requests with a record parked for it go on, in the order they parked.
-fn wake_stdin_waiters(ctx: &mut Ctx<'_>) {
-    for i in std::mem::take(&mut ctx.conns.stdin.waiters) {
-        if ctx.conns.get(i).is_some() {
-            drive(ctx, i);
-        }
-    }
-}
-
 fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     let res = comp.res;
-    let c = conn(ctx, i);
+    let c = get(ctx, i);
     c.recv = None;
     if let OpOutput::Buf(data) = comp.output
         && res > 0
@@ -897,7 +571,7 @@ fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
 }
 
 fn on_send(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
-    let c = conn(ctx, i);
+    let c = get(ctx, i);
     c.send = None;
     let res = comp.res;
     let buf = comp.into_buf();
@@ -914,7 +588,7 @@ fn on_send(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
 
 fn on_timer(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     // Replaced and stopped timers are forgotten, so this is the connection's live timer.
-    let c = conn(ctx, i);
+    let c = get(ctx, i);
     c.timer = None;
     if comp.res == -libc::ECANCELED {
         return;
@@ -923,16 +597,16 @@ fn on_timer(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
         // A client that started a request head and did not finish it in time is told so;
         // an idle keep-alive connection, or one whose client does not read our response,
         // is just closed.
-        State::Idle if !c.buf.is_empty() && c.sendq.is_empty() && c.send.is_none() => {
+        State::Idle if !c.buf.is_empty() && c.flushed() => {
             tracing::info!(
                 "connection {i}: no complete request head in {:?}",
                 ctx.config.limits.head_timeout
             );
-            respond(ctx, i, 408, "No request arrived in time", true);
+            respond(ctx, i, Answer::HeadTimeout, true);
         }
         State::Idle => return close(ctx, i),
         // Output ended while this input was open: Mesos answers 200 a second later.
-        State::Input(_) => respond(ctx, i, 200, "", true),
+        State::Input(_) => respond(ctx, i, Answer::Ok, true),
         _ => {}
     }
     drive(ctx, i);
@@ -942,35 +616,37 @@ fn on_timer(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
 /// its last response is out.
 fn arm(ctx: &mut Ctx<'_>, i: u32) {
     let limits = ctx.config.limits;
-    let Some(c) = ctx.conns.get(i) else { return };
+    let Some(Some(c)) = ctx.conns.slots.get_mut(i as usize) else { return };
     if c.send.is_none()
         && let Some(buf) = c.sendq.pop_front()
     {
-        let fd = c.fd;
-        let op = ctx
-            .ring
-            .submit(Op::Send { fd, buf, start: 0 }, Token::Conn(ConnOp::Send, i).encode());
-        conn(ctx, i).send = Some(op);
+        let op = ctx.ring.submit(
+            Op::Send {
+                fd: c.fd,
+                buf,
+                start: 0,
+            },
+            Token::Conn(ConnOp::Send, i).encode(),
+        );
+        c.send = Some(op);
     }
-    let c = conn(ctx, i);
-    if matches!(c.state, State::Closing) && c.sendq.is_empty() && c.send.is_none() {
+    if matches!(c.state, State::Closing) && c.flushed() {
         return close(ctx, i);
     }
     let wants = match &c.state {
         State::Closing | State::HandOver { .. } => false,
-        State::Input(input) => !input.body_ended && input.body.len() + c.buf.len() < limits.input_buffer,
+        State::Input(s) => !s.body_ended && s.body.len() + c.buf.len() < limits.input_buffer,
         _ => c.buf.len() < limits.http.max_head_bytes + RECV_SIZE,
     };
     if wants && !c.eof && c.recv.is_none() {
-        let fd = c.fd;
         let op = ctx.ring.submit(
             Op::Recv {
-                fd,
+                fd: c.fd,
                 buf: Vec::with_capacity(RECV_SIZE),
             },
             Token::Conn(ConnOp::Recv, i).encode(),
         );
-        conn(ctx, i).recv = Some(op);
+        c.recv = Some(op);
     }
 }
 
@@ -978,18 +654,65 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
 /// their buffers and closes the descriptor when they complete).
 fn close(ctx: &mut Ctx<'_>, i: u32) {
     release_input(ctx, i);
-    let c = ctx.conns.slots[i as usize]
-        .take()
-        .expect("closing a connection that exists");
-    ctx.conns.free.push(i);
-    ctx.conns.count -= 1;
-    if c.forbidden {
-        ctx.conns.forbidden -= 1;
-    }
+    let c = ctx.conns.take(i);
     let _ = shutdown(ctx.ring.raw(c.fd), Shutdown::Both);
     for op in [c.recv, c.send, c.timer].into_iter().flatten() {
         ctx.ring.cancel(op, true);
     }
     ctx.ring.close(c.fd);
     tracing::debug!("connection {i} closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(f: impl FnOnce(&mut Session)) -> State {
+        let mut s = Session::new(Format::Protobuf, 1024, true);
+        f(&mut s);
+        State::Input(s)
+    }
+
+    #[test]
+    fn requests_wait_for_earlier_responses_and_input_for_stdin() {
+        // A head is parsed only once earlier responses are out.
+        assert_eq!(next(&State::Idle, false, false, 8), Next::Wait);
+        assert_eq!(next(&State::Idle, true, false, 8), Next::Parse);
+        let hand_over = || State::HandOver {
+            framing: Framing::Raw,
+            head: Vec::new(),
+        };
+        assert_eq!(next(&hand_over(), false, false, 8), Next::Wait);
+        assert_eq!(next(&hand_over(), true, false, 8), Next::HandOver);
+        assert_eq!(next(&State::Closing, true, false, 8), Next::Wait);
+        // An input request reads its body while its record is written...
+        assert_eq!(next(&input(|s| s.writing = true), true, true, 8), Next::Parse);
+        // ...up to the input buffer, then waits.
+        let full = input(|s| {
+            s.writing = true;
+            s.body.extend(&[0; 8]);
+        });
+        assert_eq!(next(&full, true, true, 8), Next::Wait);
+        // A record parked for stdin goes on once stdin is free.
+        let parked = || input(|s| s.parked = Some(crate::wire::input::InputAction::Heartbeat));
+        assert_eq!(next(&parked(), true, true, 8), Next::Parse);
+        assert_eq!(next(&parked(), true, false, 8), Next::Records);
+        // A full buffer, or the end of the body, is decoded before reading more.
+        assert_eq!(next(&input(|s| s.body.extend(&[0; 8])), true, false, 8), Next::Records);
+        assert_eq!(next(&input(|s| s.body_ended = true), true, false, 8), Next::Records);
+        assert_eq!(next(&input(|_| {}), true, false, 8), Next::Parse);
+    }
+
+    #[test]
+    fn pending_bytes_compact_lazily() {
+        let mut p = Pending::default();
+        p.extend(b"abcdef");
+        p.consume(2);
+        assert_eq!(p.data(), b"cdef");
+        p.consume(2);
+        p.extend(b"gh");
+        assert_eq!((p.data(), p.start), (&b"efgh"[..], 0));
+        p.consume(4);
+        assert!(p.is_empty() && p.buf.is_empty());
+    }
 }

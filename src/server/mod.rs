@@ -9,9 +9,11 @@
 //! never aborts on bad input, bounds every buffer, and stops waiting for clients that do
 //! not take the end of their stream within a grace period.
 
+mod answer;
 mod conn;
 mod error;
 pub mod fanout;
+mod input;
 pub(crate) mod output;
 pub mod socket;
 mod token;

@@ -1,7 +1,7 @@
 //! The switchboard server: it ties the wire codecs, the relay and the ring together, on
 //! one thread.
 //!
-//! Its life follows Mesos's (PROTOCOL.md §1.4, §1.8): it listens on the socket, starts
+//! Its life follows Mesos's (docs/protocol.md §3, §4): it listens on the socket, starts
 //! redirecting the container's output (at once, or at the first output client or SIGTERM
 //! with `wait_for_connection`), serves attach calls, and once every output stream ended
 //! and every input response was acknowledged, ends every client's stream and exits 0.
@@ -16,20 +16,20 @@ pub mod fanout;
 mod input;
 pub(crate) mod output;
 pub mod socket;
+mod start;
 mod token;
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 
-use crate::config::{Config, MIN_HEARTBEAT, PIPE_BYTES};
+use crate::config::{Config, MIN_HEARTBEAT};
 use crate::ring::{Completion, Fd, Op, OpId, Ring};
 
 use conn::Conns;
-use output::{Output, Source};
+use output::Output;
 use token::{ServerOp, Token};
 
 pub use error::Error;
@@ -42,29 +42,6 @@ pub enum Exit {
     /// A stream or logger failed: exit 1, with Mesos's message.
     Failed(String),
 }
-
-/// Raises the soft limit on open descriptors towards the hard one, enough for
-/// `descriptors` besides our own (the usual soft limit of 1024 is below the default of
-/// 4096 connections). Best effort: a lower limit only means accept fails with EMFILE
-/// sooner, which is handled. Returns the limit in force.
-fn raise_fd_limit(descriptors: usize) -> usize {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
-    let want = (descriptors as u64).saturating_add(FD_RESERVE as u64).min(hard);
-    if want > soft {
-        match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
-            Ok(()) => {
-                tracing::debug!("raised the descriptor limit from {soft} to {want}");
-                return usize::try_from(want).unwrap_or(usize::MAX);
-            }
-            Err(e) => tracing::warn!("cannot raise the descriptor limit from {soft}: {e}"),
-        }
-    }
-    usize::try_from(soft).unwrap_or(usize::MAX)
-}
-
-/// Descriptors kept for our own (ring, signals, sources, loggers, staging pipes, logs).
-const FD_RESERVE: usize = 64;
 
 /// Connections of refused peers (`--allowed_uids`) held at once to tell them 403; more
 /// are closed without an answer.
@@ -99,71 +76,18 @@ pub fn serve(config: Config) -> Result<Exit, Error> {
 
 impl Server {
     fn start(config: Config) -> Result<Server, Error> {
-        // SIGTERM comes through a signalfd; SIGPIPE stays pending (writes to a closed pipe
-        // or socket then fail with EPIPE instead of killing us).
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGTERM);
-        mask.add(Signal::SIGPIPE);
-        mask.thread_block().map_err(Error::BlockSignals)?;
-        let mut only_term = SigSet::empty();
-        only_term.add(Signal::SIGTERM);
-        let signals: OwnedFd = SignalFd::with_flags(&only_term, SfdFlags::SFD_CLOEXEC)
-            .map_err(Error::SignalFd)?
-            .into();
-
+        let signals = start::signal_fd()?;
         let mut ring = Ring::new(config.ring).map_err(Error::Ring)?;
         let signals = ring.adopt(signals);
-
-        let streams: &[(RawFd, RawFd, &str)] = if config.tty {
-            &[(config.stdout_from_fd, config.stdout_to_fd, "stdout")]
-        } else {
-            &[
-                (config.stdout_from_fd, config.stdout_to_fd, "stdout"),
-                (config.stderr_from_fd, config.stderr_to_fd, "stderr"),
-            ]
-        };
-        let mut sources = Vec::new();
-        let mut loggers = Vec::new();
-        for &(from, to, name) in streams {
-            let bad = |source| Error::Redirect { stream: name, source };
-            let source = ring.adopt_inherited(from).map_err(bad)?;
-            crate::sys::set_nonblocking(ring.borrow(source)).map_err(bad)?;
-            if !config.tty {
-                // A cross-core reader of a 64 KiB pipe tops out near 1.3 GB/s here; at 1 MiB
-                // it does 3x that (tuning.md, "Kernel facts"). Best effort: past the per-user pipe
-                // budget (fs.pipe-user-pages-soft) the pipe keeps its size.
-                let _ = crate::sys::grow_pipe(ring.borrow(source), PIPE_BYTES);
-            }
-            sources.push(Source {
-                fd: source,
-                pty: config.tty,
-            });
-            loggers.push(ring.adopt_inherited(to).map_err(bad)?);
-        }
-        let stdin = match ring.adopt_inherited(config.stdin_to_fd) {
-            Ok(fd) => {
-                // Mesos makes stdin non-blocking too; a full pipe then waits on a poll.
-                let _ = crate::sys::set_nonblocking(ring.borrow(fd));
-                Some(fd)
-            }
-            Err(e) => {
-                tracing::warn!("stdin_to_fd {} is not usable: {e}", config.stdin_to_fd);
-                None
-            }
-        };
-        // Every connection takes a descriptor, and a zero-copy client two more (its
-        // pipe). Clients take the zero-copy path only while the pipes leave room for
-        // every connection allowed.
-        let connections = config.limits.max_connections;
-        let wanted = if config.zero_copy { 3 * connections } else { connections };
-        let limit = raise_fd_limit(wanted);
-        let options = output::Options {
-            hangup_polls: true,
-            block_timeout: config.limits.block_timeout,
-            zero_copy: config.zero_copy,
-            max_zero_copy_clients: limit.saturating_sub(FD_RESERVE + connections) / 2,
-        };
-        let output = Output::new(&mut ring, config.relay, sources, loggers, options)?;
+        let (sources, loggers) = start::adopt_streams(&mut ring, &config)?;
+        let stdin = start::adopt_stdin(&mut ring, config.stdin_to_fd);
+        let output = Output::new(
+            &mut ring,
+            config.relay,
+            sources,
+            loggers,
+            start::output_options(&config),
+        )?;
         // The socket comes last: once its path exists, the agent connects, so everything
         // that could still fail has been checked.
         let mode = if config.allowed_uids.is_some() { 0o666 } else { 0o600 };

@@ -9,7 +9,8 @@ use std::ops::Range;
 use proptest::prelude::*;
 
 use super::*;
-use crate::msg::Seg;
+use crate::msg::{Msg, Seg};
+use crate::wire::frame;
 use crate::wire::http::{ChunkedDecoder, Limits};
 use crate::wire::message::{decode, mesos::agent::ProcessIo, mesos::agent::process_io};
 use crate::wire::recordio;

@@ -238,85 +238,19 @@ pub fn prepare(launch: &Launch) -> io::Result<Prepared> {
 
 fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
     let socket = launch.socket.clone().unwrap_or_else(|| dir.join("sock"));
-    let log_dir = launch.log_dir.clone().unwrap_or_else(|| dir.to_path_buf());
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&log_dir)?;
-    let log = |name: &str| -> io::Result<(PathBuf, OwnedFd)> {
-        let path = log_dir.join(if launch.log_dir.is_some() {
-            format!("{id}.{name}")
-        } else {
-            name.to_string()
-        });
-        let f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok((path, f.into()))
-    };
-    let (stdout_log, stdout_log_fd) = log("stdout.log")?;
-    let (stderr_log, stderr_log_fd) = if launch.tty {
-        (None, None)
-    } else {
-        log("stderr.log").map(|(p, f)| (Some(p), Some(f)))?
-    };
-
+    let logs = Logs::open(launch, id, dir)?;
     let mut cmd = Command::new(&launch.server_exe);
     cmd.arg("serve").arg("--socket").arg(&socket);
     cmd.arg("--log-file").arg(dir.join("switchboard.log"));
     let mut mappings = Vec::new();
-    let io = if launch.tty {
-        let pty = crate::tty::open()?;
-        cmd.args(["--pty-fd", "3"]);
-        mappings.push(FdMapping {
-            parent_fd: pty.master,
-            child_fd: 3,
-        });
-        ContainerIo {
-            stdin: pty.slave.try_clone()?,
-            stdout: pty.slave.try_clone()?,
-            stderr: pty.slave,
-        }
-    } else {
-        let (stdin_r, stdin_w) = pipe()?;
-        let (stdout_r, stdout_w) = pipe()?;
-        let (stderr_r, stderr_w) = pipe()?;
-        for r in [&stdout_r, &stderr_r] {
-            let _ = crate::sys::grow_pipe(r, crate::config::PIPE_BYTES);
-        }
-        cmd.args(["--stdin-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"]);
-        mappings.push(FdMapping {
-            parent_fd: stdin_w,
-            child_fd: 3,
-        });
-        mappings.push(FdMapping {
-            parent_fd: stdout_r,
-            child_fd: 4,
-        });
-        mappings.push(FdMapping {
-            parent_fd: stderr_r,
-            child_fd: 5,
-        });
-        ContainerIo {
-            stdin: stdin_r,
-            stdout: stdout_w,
-            stderr: stderr_w,
-        }
-    };
+    let io = container_stdio(launch.tty, &mut cmd, &mut mappings)?;
     cmd.args(["--stdout-log-fd", "6", "--stderr-log-fd", "7"]);
     mappings.push(FdMapping {
-        parent_fd: stdout_log_fd,
+        parent_fd: logs.stdout_fd,
         child_fd: 6,
     });
-    // With a TTY the stderr log is never written; fd 7 is then /dev/null.
-    let stderr_log_fd = match stderr_log_fd {
-        Some(fd) => fd,
-        None => std::fs::OpenOptions::new().write(true).open("/dev/null")?.into(),
-    };
     mappings.push(FdMapping {
-        parent_fd: stderr_log_fd,
+        parent_fd: logs.stderr_fd,
         child_fd: 7,
     });
     if launch.wait_for_connection {
@@ -325,18 +259,7 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
     if let Some(h) = launch.heartbeat {
         cmd.arg("--heartbeat").arg(format!("{}ms", h.as_millis()));
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let last_fd = mappings.iter().map(|m| m.child_fd).max().unwrap_or(2);
-    cmd.fd_mappings(mappings).map_err(|e| io::Error::other(e.to_string()))?;
-    crate::tty::new_session(&mut cmd, false, last_fd);
-    let mut server = cmd.spawn()?;
-    drop(cmd);
-
-    if let Err(e) = wait_for_socket(&socket, &mut server, dir) {
-        let _ = server.kill();
-        let _ = server.wait();
-        return Err(e);
-    }
+    let mut server = spawn_server(cmd, mappings)?;
     let info = Info {
         id: id.to_string(),
         tty: launch.tty,
@@ -348,10 +271,10 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
         container_pid: None,
         container_start: None,
         created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        stdout_log,
-        stderr_log,
+        stdout_log: logs.stdout,
+        stderr_log: logs.stderr,
     };
-    if let Err(e) = info.save(dir) {
+    if let Err(e) = wait_for_socket(&info.socket, &mut server, dir).and_then(|()| info.save(dir)) {
         let _ = server.kill();
         let _ = server.wait();
         return Err(e);
@@ -362,6 +285,99 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
         server,
         io,
     })
+}
+
+/// A container's log files, opened for the switchboard to append to.
+struct Logs {
+    stdout: PathBuf,
+    stdout_fd: OwnedFd,
+    /// None with a TTY (its output is all stdout); its descriptor is then /dev/null.
+    stderr: Option<PathBuf>,
+    stderr_fd: OwnedFd,
+}
+
+impl Logs {
+    /// Opens (creating them, mode 0600) the logs under `launch.log_dir` as `<id>.stdout.log`,
+    /// or in the container's directory as `stdout.log`.
+    fn open(launch: &Launch, id: &str, dir: &Path) -> io::Result<Logs> {
+        let log_dir = launch.log_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&log_dir)?;
+        let log = |name: &str| -> io::Result<(PathBuf, OwnedFd)> {
+            let path = log_dir.join(if launch.log_dir.is_some() {
+                format!("{id}.{name}")
+            } else {
+                name.to_string()
+            });
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)?;
+            Ok((path, f.into()))
+        };
+        let (stdout, stdout_fd) = log("stdout.log")?;
+        let (stderr, stderr_fd) = if launch.tty {
+            let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+            (None, null.into())
+        } else {
+            let (path, fd) = log("stderr.log")?;
+            (Some(path), fd)
+        };
+        Ok(Logs {
+            stdout,
+            stdout_fd,
+            stderr,
+            stderr_fd,
+        })
+    }
+}
+
+/// Makes the container's stdio (three pipes raised to 1 MiB, or a PTY) and passes the
+/// switchboard's ends to `cmd` as descriptors 3 to 5 (3 alone for a PTY master); returns
+/// the container's ends.
+fn container_stdio(tty: bool, cmd: &mut Command, mappings: &mut Vec<FdMapping>) -> io::Result<ContainerIo> {
+    if tty {
+        let pty = crate::tty::open()?;
+        cmd.args(["--pty-fd", "3"]);
+        mappings.push(FdMapping {
+            parent_fd: pty.master,
+            child_fd: 3,
+        });
+        return Ok(ContainerIo {
+            stdin: pty.slave.try_clone()?,
+            stdout: pty.slave.try_clone()?,
+            stderr: pty.slave,
+        });
+    }
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    for r in [&stdout_r, &stderr_r] {
+        let _ = crate::sys::grow_pipe(r, crate::config::PIPE_BYTES);
+    }
+    cmd.args(["--stdin-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"]);
+    for (parent_fd, child_fd) in [(stdin_w, 3), (stdout_r, 4), (stderr_r, 5)] {
+        mappings.push(FdMapping { parent_fd, child_fd });
+    }
+    Ok(ContainerIo {
+        stdin: stdin_r,
+        stdout: stdout_w,
+        stderr: stderr_w,
+    })
+}
+
+/// Starts the switchboard in a session of its own, with only `mappings` inherited and its
+/// own stdio on /dev/null.
+fn spawn_server(mut cmd: Command, mappings: Vec<FdMapping>) -> io::Result<Child> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let last_fd = mappings.iter().map(|m| m.child_fd).max().unwrap_or(2);
+    cmd.fd_mappings(mappings).map_err(|e| io::Error::other(e.to_string()))?;
+    crate::tty::new_session(&mut cmd, false, last_fd);
+    // `cmd` (and the parent's copies of the mapped descriptors) goes once it spawned.
+    cmd.spawn()
 }
 
 /// Waits until the switchboard's socket appears (it is renamed into place once listening).

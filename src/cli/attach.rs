@@ -192,42 +192,10 @@ fn start_input(
     // The response can come before we end the body (after the container's output ended,
     // or a refusal): read it whenever it comes, and acknowledge it at once, or the
     // switchboard would wait for us before ending the output.
-    let mut answer = input.try_clone()?;
-    let ack_socket = socket.to_path_buf();
-    let detach_flag = detached.clone();
-    std::thread::spawn(move || {
-        let result = answer.response();
-        let _ = client::acknowledge(&ack_socket);
-        match result {
-            // A refusal is news; a connection that ends, or a 503, means the switchboard
-            // is finishing, which the output stream tells on its own.
-            Err(ClientError::Refused { status, body }) if status != 503 => {
-                let e = ClientError::Refused { status, body };
-                eprintln!("\r\nswitchboard: input: {e}");
-            }
-            _ => {}
-        }
-        if detach_flag.load(Ordering::SeqCst) {
-            // Detached: stop watching the output too.
-            let _ = output_sock.shutdown(std::net::Shutdown::Both);
-        }
-    });
-    // The writer: records in order, then the end of the body.
-    std::thread::spawn(move || {
-        for msg in rx {
-            match msg {
-                ToWriter::Record(pio) => {
-                    if input.send(pio).is_err() {
-                        return;
-                    }
-                }
-                ToWriter::End => {
-                    let _ = input.end();
-                    return;
-                }
-            }
-        }
-    });
+    let answer = input.try_clone()?;
+    let (ack_socket, detach_flag) = (socket.to_path_buf(), detached.clone());
+    std::thread::spawn(move || watch_answer(answer, &ack_socket, &detach_flag, &output_sock));
+    std::thread::spawn(move || write_records(input, rx));
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -247,6 +215,47 @@ fn start_input(
         std::thread::spawn(move || read_stdin(tx, keys, target_tty, detached));
     }
     Ok(Some(InputSide { records: tx }))
+}
+
+/// Waits for the input request's answer, acknowledges it, and says what a refusal was.
+/// When we detached, the output stream is shut down too.
+fn watch_answer(
+    mut answer: InputStream,
+    socket: &Path,
+    detached: &AtomicBool,
+    output_sock: &std::os::unix::net::UnixStream,
+) {
+    let result = answer.response();
+    let _ = client::acknowledge(socket);
+    match result {
+        // A refusal is news; a connection that ends, or a 503, means the switchboard is
+        // finishing, which the output stream tells on its own.
+        Err(ClientError::Refused { status, body }) if status != 503 => {
+            let e = ClientError::Refused { status, body };
+            eprintln!("\r\nswitchboard: input: {e}");
+        }
+        _ => {}
+    }
+    if detached.load(Ordering::SeqCst) {
+        let _ = output_sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Sends the records in order, then the end of the body.
+fn write_records(mut input: InputStream, rx: mpsc::Receiver<ToWriter>) {
+    for msg in rx {
+        match msg {
+            ToWriter::Record(pio) => {
+                if input.send(pio).is_err() {
+                    return;
+                }
+            }
+            ToWriter::End => {
+                let _ = input.end();
+                return;
+            }
+        }
+    }
 }
 
 /// Reads this process's stdin into STDIN records, watching for the detach keys.

@@ -2,11 +2,11 @@
 //! `docker run -it`.
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 
 use clap::Args;
 
-use crate::agent::{self, Launch, Supervisor, Timeouts};
+use crate::agent::{self, ContainerIo, Launch, Supervisor, Timeouts};
 use crate::cli::attach::{self, Ended};
 
 #[derive(Debug, Args)]
@@ -49,28 +49,89 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// Why `run` stops early: what to say, and the exit status.
+struct Stop {
+    code: u8,
+    text: String,
+}
+
+impl Stop {
+    fn new(code: u8, text: impl Into<String>) -> Stop {
+        Stop {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
 pub fn run(args: &RunArgs) -> ExitCode {
-    let keys = match attach::parse_detach_keys(&args.detach_keys) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("switchboard run: --detach-keys: {e}");
-            return ExitCode::from(2);
+    match run_to_end(args) {
+        Ok(code) => code,
+        Err(stop) => {
+            eprintln!("switchboard run: {}", stop.text);
+            ExitCode::from(stop.code)
         }
+    }
+}
+
+fn run_to_end(args: &RunArgs) -> Result<ExitCode, Stop> {
+    let keys = attach::parse_detach_keys(&args.detach_keys).map_err(|e| Stop::new(2, format!("--detach-keys: {e}")))?;
+    let (mut supervisor, id, io) = prepare(args)?;
+    let mut child = start_command(args, &mut supervisor, &id, io)?;
+    let info = supervisor.info(&id).expect("prepared above").clone();
+    let logs = match &info.stderr_log {
+        Some(err) => format!("{} and {}", info.stdout_log.display(), err.display()),
+        None => info.stdout_log.display().to_string(),
     };
-    let server_exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("switchboard run: cannot find this program's path: {e}");
-            return ExitCode::FAILURE;
+    if args.detach {
+        println!("{}", info.id);
+        eprintln!(
+            "switchboard: {} is running; attach with: switchboard attach {}",
+            info.id,
+            info.socket.display()
+        );
+        eprintln!("switchboard: its logs: {logs}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "switchboard: {} on {} (logs: {logs}); detach with {}",
+        info.id,
+        info.socket.display(),
+        args.detach_keys
+    );
+    let options = attach::Options {
+        stdin: true,
+        detach_keys: keys,
+        tty_hint: Some(args.tty),
+    };
+    match attach::attach(&info.socket, &options).map_err(|e| Stop::new(1, e.to_string()))? {
+        Ended::Detached => {
+            eprintln!(
+                "switchboard: attach again with: switchboard attach {}",
+                info.socket.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
-    };
-    let id = match args.name.clone().map_or_else(agent::new_id, Ok) {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("switchboard run: cannot make an id: {e}");
-            return ExitCode::FAILURE;
+        Ended::Output => {
+            let status = child.wait();
+            // Reap the switchboard, which exits once its output is over.
+            let _ = supervisor.watch(&id, std::time::Duration::from_secs(10));
+            let status = status.map_err(|e| Stop::new(1, e.to_string()))?;
+            Ok(ExitCode::from(exit_code(status)))
         }
-    };
+    }
+}
+
+/// Launches the container's switchboard; returns the supervisor that holds it, the
+/// container's id, and the container's ends of its stdio.
+fn prepare(args: &RunArgs) -> Result<(Supervisor, String, ContainerIo), Stop> {
+    let server_exe =
+        std::env::current_exe().map_err(|e| Stop::new(1, format!("cannot find this program's path: {e}")))?;
+    let id = args
+        .name
+        .clone()
+        .map_or_else(agent::new_id, Ok)
+        .map_err(|e| Stop::new(1, format!("cannot make an id: {e}")))?;
     let runtime_dir = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
     let mut supervisor = Supervisor::new(runtime_dir.clone(), server_exe.clone(), Timeouts::default());
     let launch = Launch {
@@ -85,84 +146,34 @@ pub fn run(args: &RunArgs) -> ExitCode {
         command: args.command.clone(),
         server_exe,
     };
-    let io = match supervisor.prepare(&id, launch) {
-        Ok(io) => io,
-        Err(e) => {
-            eprintln!("switchboard run: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let io = supervisor
+        .prepare(&id, launch)
+        .map_err(|e| Stop::new(1, e.to_string()))?;
+    Ok((supervisor, id, io))
+}
+
+/// Starts the command in a session of its own on the container's stdio, and records it.
+fn start_command(args: &RunArgs, supervisor: &mut Supervisor, id: &str, io: ContainerIo) -> Result<Child, Stop> {
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .stdin(Stdio::from(io.stdin))
         .stdout(Stdio::from(io.stdout))
         .stderr(Stdio::from(io.stderr));
     crate::tty::new_session(&mut cmd, args.tty, 2);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("switchboard run: cannot start {}: {e}", args.command[0]);
-            // Its switchboard (waiting for this terminal, or for output) goes, with its
-            // records.
-            drop(cmd);
-            let _ = supervisor.discard(&id);
-            return ExitCode::from(127);
-        }
-    };
+    let spawned = cmd.spawn();
     // Only the command holds its ends of the pipes or the terminal now.
     drop(cmd);
-    if let Err(e) = supervisor.set_container(&id, child.id() as i32) {
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            // Its switchboard (waiting for this terminal, or for output) goes, with its
+            // records.
+            let _ = supervisor.discard(id);
+            return Err(Stop::new(127, format!("cannot start {}: {e}", args.command[0])));
+        }
+    };
+    if let Err(e) = supervisor.set_container(id, child.id() as i32) {
         eprintln!("switchboard run: cannot record the container: {e}");
     }
-    let info = supervisor.info(&id).expect("prepared above").clone();
-    let logs = match &info.stderr_log {
-        Some(err) => format!("{} and {}", info.stdout_log.display(), err.display()),
-        None => info.stdout_log.display().to_string(),
-    };
-    if args.detach {
-        println!("{}", info.id);
-        eprintln!(
-            "switchboard: {} is running; attach with: switchboard attach {}",
-            info.id,
-            info.socket.display()
-        );
-        eprintln!("switchboard: its logs: {logs}");
-        return ExitCode::SUCCESS;
-    }
-    eprintln!(
-        "switchboard: {} on {} (logs: {logs}); detach with {}",
-        info.id,
-        info.socket.display(),
-        args.detach_keys
-    );
-    let options = attach::Options {
-        stdin: true,
-        detach_keys: keys,
-        tty_hint: Some(args.tty),
-    };
-    match attach::attach(&info.socket, &options) {
-        Ok(Ended::Detached) => {
-            eprintln!(
-                "switchboard: attach again with: switchboard attach {}",
-                info.socket.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Ended::Output) => {
-            let status = child.wait();
-            // Reap the switchboard, which exits once its output is over.
-            let _ = supervisor.watch(&id, std::time::Duration::from_secs(10));
-            match status {
-                Ok(s) => ExitCode::from(exit_code(s)),
-                Err(e) => {
-                    eprintln!("switchboard run: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("switchboard run: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(child)
 }

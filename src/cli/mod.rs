@@ -8,30 +8,57 @@ pub mod run;
 pub mod serve;
 pub mod stout;
 
-use std::path::Path;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Diagnostics that cannot be set up as asked.
+#[derive(Debug)]
+pub enum LoggingError {
+    UnknownLevel(String),
+    Open { path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for LoggingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoggingError::UnknownLevel(level) => {
+                write!(f, "Unknown log level '{level}': use error, warn, info, debug or trace")
+            }
+            LoggingError::Open { path, source } => write!(
+                f,
+                "Failed to open the log file '{}': {}",
+                path.display(),
+                crate::sys::strerror(source)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LoggingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoggingError::UnknownLevel(_) => None,
+            LoggingError::Open { source, .. } => Some(source),
+        }
+    }
+}
 
 /// Sends diagnostics (`tracing`) to `file` at `level` (default `info`); without a file
 /// they are off. The drop-in never writes them to fds 1 and 2.
-pub fn init_logging(file: Option<&Path>, level: Option<&str>) -> Result<(), String> {
+pub fn init_logging(file: Option<&Path>, level: Option<&str>) -> Result<(), LoggingError> {
     let Some(path) = file else { return Ok(()) };
     let level: tracing::Level = match level.unwrap_or("info") {
         l @ ("error" | "warn" | "info" | "debug" | "trace") => l.parse().expect("a level name"),
-        other => {
-            return Err(format!(
-                "Unknown log level '{other}': use error, warn, info, debug or trace"
-            ));
-        }
+        other => return Err(LoggingError::UnknownLevel(other.to_string())),
     };
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| {
-            format!(
-                "Failed to open the log file '{}': {}",
-                path.display(),
-                crate::sys::strerror(&e)
-            )
+        .map_err(|source| LoggingError::Open {
+            path: path.to_path_buf(),
+            source,
         })?;
     tracing_subscriber::fmt()
         .with_writer(std::sync::Mutex::new(file))

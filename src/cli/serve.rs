@@ -6,18 +6,23 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::stout::FlagError;
+
 use crate::config::{Config, ConfigError, Limits, RelayConfig};
 
 /// Parses a duration: stout's form (`30secs`, `100ms`, `2mins`) or the short units
 /// `s`, `m`, `h` (`30s`, `5m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, FlagError> {
     let short = |suffix: &str, unit: u64| {
-        s.strip_suffix(suffix)
-            .and_then(|n| n.parse::<u64>().ok())
-            .map(|n| Duration::from_secs(n * unit))
+        let n = s.strip_suffix(suffix)?.parse::<u64>().ok()?;
+        Some(
+            n.checked_mul(unit)
+                .map(Duration::from_secs)
+                .ok_or_else(|| FlagError(format!("Duration '{s}' is too long"))),
+        )
     };
     if let Some(d) = short("s", 1).or_else(|| short("m", 60)).or_else(|| short("h", 3600)) {
-        return Ok(d);
+        return d;
     }
     super::stout::parse_duration(s)
 }
@@ -124,5 +129,6 @@ mod tests {
         assert_eq!(parse_duration("30secs"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
     }
 }

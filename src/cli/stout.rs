@@ -158,25 +158,37 @@ pub fn load(specs: &[Spec], args: &[String]) -> Outcome {
     Outcome { loaded, error: None }
 }
 
-fn fetch(kind: Kind, value: &str) -> Result<Value, String> {
+/// A flag value that does not parse, with stout's text for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagError(pub String);
+
+impl std::fmt::Display for FlagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FlagError {}
+
+fn fetch(kind: Kind, value: &str) -> Result<Value, FlagError> {
     if let Some(path) = value.strip_prefix("file://") {
-        let contents =
-            std::fs::read(path).map_err(|e| format!("Error reading file '{path}': {}", crate::sys::strerror(&e)))?;
+        let contents = std::fs::read(path)
+            .map_err(|e| FlagError(format!("Error reading file '{path}': {}", crate::sys::strerror(&e))))?;
         return parse(kind, &String::from_utf8_lossy(&contents));
     }
     parse(kind, value)
 }
 
-fn parse(kind: Kind, value: &str) -> Result<Value, String> {
+fn parse(kind: Kind, value: &str) -> Result<Value, FlagError> {
     match kind {
         Kind::Bool { .. } => match value {
             "true" | "1" => Ok(Value::Bool(true)),
             "false" | "0" => Ok(Value::Bool(false)),
-            _ => Err("Expecting a boolean (e.g., true or false)".to_string()),
+            _ => Err(FlagError("Expecting a boolean (e.g., true or false)".into())),
         },
         Kind::Int => parse_int(value)
             .map(Value::Int)
-            .ok_or_else(|| "Failed to convert into required type".to_string()),
+            .ok_or_else(|| FlagError("Failed to convert into required type".into())),
         Kind::Duration => parse_duration(value).map(Value::Duration),
         Kind::String => Ok(Value::String(value.to_string())),
     }
@@ -195,14 +207,14 @@ fn parse_int(value: &str) -> Option<i32> {
 }
 
 /// stout's `Duration::parse`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, FlagError> {
     let Some(index) = s.find(|c: char| !(c.is_ascii_digit() || c == '.')) else {
-        return Err(format!("Invalid duration '{s}'"));
+        return Err(FlagError(format!("Invalid duration '{s}'")));
     };
     let number = &s[..index];
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("Failed to convert '{number}' to number"))?;
+        .map_err(|_| FlagError(format!("Failed to convert '{number}' to number")))?;
     let factor: f64 = match &s[index..] {
         "ns" => 1.0,
         "us" => 1e3,
@@ -213,14 +225,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "days" => 86_400e9,
         "weeks" => 604_800e9,
         unit => {
-            return Err(format!(
+            return Err(FlagError(format!(
                 "Unknown duration unit '{unit}'; supported units are 'ns', 'us', 'ms', 'secs', 'mins', 'hrs', 'days', and 'weeks'"
-            ));
+            )));
         }
     };
     let nanos = value * factor;
     if nanos >= i64::MAX as f64 {
-        return Err("Argument out of the range that a Duration can represent due to int64_t's size limit".to_string());
+        return Err(FlagError(
+            "Argument out of the range that a Duration can represent due to int64_t's size limit".into(),
+        ));
     }
     Ok(Duration::from_nanos(nanos as u64))
 }
@@ -422,10 +436,10 @@ mod tests {
         assert_eq!(parse_duration(".5us"), Ok(Duration::from_nanos(500)));
         assert_eq!(parse_duration("0secs"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("2weeks"), Ok(Duration::from_secs(14 * 86_400)));
-        assert_eq!(parse_duration(""), Err("Invalid duration ''".to_string()));
+        assert_eq!(parse_duration(""), Err(FlagError("Invalid duration ''".to_string())));
         assert_eq!(
             parse_duration("1.2.3secs"),
-            Err("Failed to convert '1.2.3' to number".to_string())
+            Err(FlagError("Failed to convert '1.2.3' to number".to_string()))
         );
     }
 }

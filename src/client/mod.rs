@@ -168,7 +168,7 @@ impl OutputStream {
     pub fn next_record(&mut self) -> Result<Option<ProcessIo>, ClientError> {
         loop {
             if let Some(rec) = self.pending.pop_front() {
-                let pio: ProcessIo = message::decode(Format::Protobuf, &rec).map_err(ClientError::Protocol)?;
+                let pio: ProcessIo = message::decode(Format::Protobuf, &rec).map_err(|e| ClientError::Protocol(e.0))?;
                 return Ok(Some(pio));
             }
             if self.ended {

@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 
 use crate::wire::http::HttpError;
+use crate::wire::input::InvalidRecord;
+use crate::wire::message::DecodeError;
 use crate::wire::recordio;
 
 /// A complete response to a request.
@@ -34,9 +36,9 @@ pub(crate) enum Answer {
     RecordFraming(recordio::Error),
     /// A record that is not a message: the first record's failure is Mesos's 500, a later
     /// one's its 400.
-    Undecodable { first: bool, text: String },
+    Undecodable { first: bool, error: DecodeError },
     /// A record that decodes but breaks the input rules.
-    InvalidRecord(String),
+    InvalidRecord(InvalidRecord),
     /// Another input request holds the input slot.
     Conflict,
     /// A window size the terminal did not take.
@@ -80,7 +82,8 @@ impl Answer {
             Answer::BodyCutShort => "The connection closed in the middle of the request body".into(),
             Answer::RecordTooLarge(e) => e.to_string().into(),
             Answer::RecordFraming(e) => format!("Decoder failure: {e}").into(),
-            Answer::Undecodable { text, .. } | Answer::InvalidRecord(text) => text.as_str().into(),
+            Answer::Undecodable { error, .. } => error.0.as_str().into(),
+            Answer::InvalidRecord(invalid) => invalid.0.as_str().into(),
             Answer::Conflict => "Multiple input connections are not allowed".into(),
             Answer::WindowSize(why) => format!("Unable to set the window size: {why}").into(),
             Answer::StdinFailed(why) => format!("Failed writing to stdin: Failed: {why}").into(),
@@ -109,7 +112,7 @@ mod tests {
             (
                 Answer::Undecodable {
                     first: true,
-                    text: "Failed to parse body into a protobuf object".into(),
+                    error: DecodeError("Failed to parse body into a protobuf object".into()),
                 },
                 500,
                 "Failed to parse body into a protobuf object",
@@ -117,7 +120,7 @@ mod tests {
             (
                 Answer::Undecodable {
                     first: false,
-                    text: "x".into(),
+                    error: DecodeError("x".into()),
                 },
                 400,
                 "x",

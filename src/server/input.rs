@@ -93,16 +93,16 @@ impl Session {
                 Step::End
             }
             Some(record) if !self.started => match message::decode::<Call>(self.format, &record) {
-                Err(text) => Step::Fail(Answer::Undecodable { first: true, text }),
+                Err(error) => Step::Fail(Answer::Undecodable { first: true, error }),
                 Ok(call) => match input::check_first_record(&call) {
-                    Err(text) => Step::Fail(Answer::InvalidRecord(text)),
+                    Err(invalid) => Step::Fail(Answer::InvalidRecord(invalid)),
                     Ok(()) => Step::Claim,
                 },
             },
             Some(record) => match message::decode::<Call>(self.format, &record) {
-                Err(text) => Step::Fail(Answer::Undecodable { first: false, text }),
+                Err(error) => Step::Fail(Answer::Undecodable { first: false, error }),
                 Ok(call) => match input::input_action(&call) {
-                    Err(text) => Step::Fail(Answer::InvalidRecord(text)),
+                    Err(invalid) => Step::Fail(Answer::InvalidRecord(invalid)),
                     Ok(action) => Step::Apply(action),
                 },
             },
@@ -433,9 +433,9 @@ mod tests {
         s.body.extend(&record(FIRST));
         assert_eq!(
             s.next(),
-            Step::Fail(Answer::InvalidRecord(
+            Step::Fail(Answer::InvalidRecord(input::InvalidRecord(
                 "Expecting 'attach_container_input.type' to be 'PROCESS_IO' instead of: '1'".into()
-            ))
+            )))
         );
     }
 

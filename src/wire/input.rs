@@ -1,11 +1,27 @@
-//! The records of an `ATTACH_CONTAINER_INPUT` stream (PROTOCOL.md §2.5): the first record
-//! names the container, every later one carries a `ProcessIO`. Validation produces
-//! Mesos's exact 400 texts; where Mesos aborts (a record that is not an input call at all)
-//! we answer 400 too (§2.7 rows 11 and 15).
+//! The records of an `ATTACH_CONTAINER_INPUT` stream (docs/protocol.md §11.2, §11.3):
+//! the first record names the container, every later one carries a `ProcessIO`.
+//! Validation produces Mesos's exact 400 texts; where Mesos aborts (a record that is not
+//! an input call at all) we answer 400 too (§15, §16).
 
 use super::message::mesos::agent::call::{self, AttachContainerInput};
 use super::message::mesos::agent::process_io::{self, control, data};
 use super::message::mesos::agent::{Call, ProcessIo};
+
+/// A record that breaks the input rules, with the text Mesos answers it with (400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRecord(pub String);
+
+impl std::fmt::Display for InvalidRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidRecord {}
+
+fn invalid(text: impl Into<String>) -> InvalidRecord {
+    InvalidRecord(text.into())
+}
 
 /// What a valid later record asks the server to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,54 +51,54 @@ fn input_call(call: &Call) -> Option<&AttachContainerInput> {
 
 /// Checks the first record: an input call of type `CONTAINER_ID` carrying a container ID.
 /// The ID itself is not compared with anything (the server does not know its container).
-pub fn check_first_record(call: &Call) -> Result<(), String> {
-    let aci = input_call(call)
-        .ok_or_else(|| "Expecting the first record to be an 'ATTACH_CONTAINER_INPUT' call".to_string())?;
+pub fn check_first_record(call: &Call) -> Result<(), InvalidRecord> {
+    let aci =
+        input_call(call).ok_or_else(|| invalid("Expecting the first record to be an 'ATTACH_CONTAINER_INPUT' call"))?;
     if known::<call::attach_container_input::Type>(aci.r#type) != Some(call::attach_container_input::Type::ContainerId)
     {
-        return Err("Expecting 'attach_container_input.type' to be CONTAINER_ID".to_string());
+        return Err(invalid("Expecting 'attach_container_input.type' to be CONTAINER_ID"));
     }
     if aci.container_id.is_none() {
-        return Err("Expecting 'attach_container_input.container_id' to be present".to_string());
+        return Err(invalid("Expecting 'attach_container_input.container_id' to be present"));
     }
     Ok(())
 }
 
 /// Validates a later record and says what to do with it.
-pub fn input_action(call: &Call) -> Result<InputAction, String> {
-    let aci = input_call(call).ok_or_else(|| "Expecting 'type' to be 'ATTACH_CONTAINER_INPUT'".to_string())?;
+pub fn input_action(call: &Call) -> Result<InputAction, InvalidRecord> {
+    let aci = input_call(call).ok_or_else(|| invalid("Expecting 'type' to be 'ATTACH_CONTAINER_INPUT'"))?;
     let aci_type =
         known::<call::attach_container_input::Type>(aci.r#type).unwrap_or(call::attach_container_input::Type::Unknown);
     if aci_type != call::attach_container_input::Type::ProcessIo {
-        return Err(format!(
+        return Err(invalid(format!(
             "Expecting 'attach_container_input.type' to be 'PROCESS_IO' instead of: '{}'",
             aci_type as i32
-        ));
+        )));
     }
     let pio: &ProcessIo = aci
         .process_io
         .as_ref()
-        .ok_or_else(|| "Expecting 'attach_container_input.process_io' to be present".to_string())?;
+        .ok_or_else(|| invalid("Expecting 'attach_container_input.process_io' to be present"))?;
     match known::<process_io::Type>(pio.r#type) {
-        None => Err("Expecting 'process_io.type' to be present".to_string()),
-        Some(process_io::Type::Unknown) => Err("'process_io.type' is unknown".to_string()),
+        None => Err(invalid("Expecting 'process_io.type' to be present")),
+        Some(process_io::Type::Unknown) => Err(invalid("'process_io.type' is unknown")),
         Some(process_io::Type::Control) => {
             let control = pio
                 .control
                 .as_ref()
-                .ok_or_else(|| "Expecting 'process_io.control' to be present".to_string())?;
+                .ok_or_else(|| invalid("Expecting 'process_io.control' to be present"))?;
             match known::<control::Type>(control.r#type) {
-                None => Err("Expecting 'process_io.control.type' to be present".to_string()),
-                Some(control::Type::Unknown) => Err("'process_io.control.type' is unknown".to_string()),
+                None => Err(invalid("Expecting 'process_io.control.type' to be present")),
+                Some(control::Type::Unknown) => Err(invalid("'process_io.control.type' is unknown")),
                 Some(control::Type::TtyInfo) => {
                     let tty = control
                         .tty_info
                         .as_ref()
-                        .ok_or_else(|| "Expecting 'process_io.control.tty_info' to be present".to_string())?;
+                        .ok_or_else(|| invalid("Expecting 'process_io.control.tty_info' to be present"))?;
                     let size = tty
                         .window_size
                         .as_ref()
-                        .ok_or_else(|| "Expecting 'tty_info.window_size' to be present".to_string())?;
+                        .ok_or_else(|| invalid("Expecting 'tty_info.window_size' to be present"))?;
                     Ok(InputAction::Resize {
                         rows: size.rows,
                         columns: size.columns,
@@ -90,7 +106,7 @@ pub fn input_action(call: &Call) -> Result<InputAction, String> {
                 }
                 Some(control::Type::Heartbeat) => match control.heartbeat {
                     Some(_) => Ok(InputAction::Heartbeat),
-                    None => Err("Expecting 'process_io.control.heartbeat' to be present".to_string()),
+                    None => Err(invalid("Expecting 'process_io.control.heartbeat' to be present")),
                 },
             }
         }
@@ -98,15 +114,15 @@ pub fn input_action(call: &Call) -> Result<InputAction, String> {
             let data = pio
                 .data
                 .as_ref()
-                .ok_or_else(|| "Expecting 'process_io.data' to be present".to_string())?;
+                .ok_or_else(|| invalid("Expecting 'process_io.data' to be present"))?;
             match known::<data::Type>(data.r#type) {
-                None => Err("Expecting 'process_io.data.type' to be present".to_string()),
+                None => Err(invalid("Expecting 'process_io.data.type' to be present")),
                 Some(data::Type::Stdin) => match &data.data {
-                    None => Err("Expecting 'process_io.data.data' to be present".to_string()),
+                    None => Err(invalid("Expecting 'process_io.data.data' to be present")),
                     Some(bytes) if bytes.is_empty() => Ok(InputAction::StdinEof),
                     Some(bytes) => Ok(InputAction::Stdin(bytes.clone())),
                 },
-                Some(_) => Err("Expecting 'process_io.data.type' to be 'STDIN'".to_string()),
+                Some(_) => Err(invalid("Expecting 'process_io.data.type' to be 'STDIN'")),
             }
         }
     }
@@ -121,7 +137,7 @@ mod tests {
         decode(Format::Json, json.as_bytes()).unwrap()
     }
 
-    fn later(pio: &str) -> Result<InputAction, String> {
+    fn later(pio: &str) -> Result<InputAction, InvalidRecord> {
         input_action(&call(&format!(
             r#"{{"type":"ATTACH_CONTAINER_INPUT","attach_container_input":{{"type":"PROCESS_IO","process_io":{pio}}}}}"#
         )))
@@ -147,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn the_400_texts_of_section_2_5() {
+    fn the_400_texts_of_later_records() {
         let cases = [
             (r#"{}"#, "Expecting 'process_io.type' to be present"),
             (r#"{"type":"UNKNOWN"}"#, "'process_io.type' is unknown"),
@@ -187,7 +203,7 @@ mod tests {
             ),
         ];
         for (pio, text) in cases {
-            assert_eq!(later(pio), Err(text.to_string()), "{pio}");
+            assert_eq!(later(pio), Err(invalid(text)), "{pio}");
         }
         for (t, n) in [
             ("", "0"),
@@ -199,16 +215,16 @@ mod tests {
             ));
             assert_eq!(
                 input_action(&c),
-                Err(format!(
+                Err(invalid(format!(
                     "Expecting 'attach_container_input.type' to be 'PROCESS_IO' instead of: '{n}'"
-                ))
+                )))
             );
         }
         assert_eq!(
             input_action(&call(
                 r#"{"type":"ATTACH_CONTAINER_INPUT","attach_container_input":{"type":"PROCESS_IO"}}"#
             )),
-            Err("Expecting 'attach_container_input.process_io' to be present".to_string())
+            Err(invalid("Expecting 'attach_container_input.process_io' to be present"))
         );
         assert!(input_action(&call(r#"{"type":"GET_HEALTH"}"#)).is_err());
     }

@@ -66,10 +66,26 @@ fn schema_index<T: Name>() -> usize {
     schema::message_index(&T::full_name()).expect("every prost type of proto/ is in the schema")
 }
 
+/// A body that is not the message it should be, with the text Mesos answers it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
 /// Decodes a message the way Mesos's `deserialize<T>` does, with its error texts:
 /// `Failed to parse body into JSON: ...`, the JSON-to-protobuf conversion errors, and
 /// `Failed to parse body into a protobuf object` (which includes missing required fields).
-pub fn decode<T: Message + Name + Default>(format: Format, body: &[u8]) -> Result<T, String> {
+pub fn decode<T: Message + Name + Default>(format: Format, body: &[u8]) -> Result<T, DecodeError> {
+    decode_text(format, body).map_err(DecodeError)
+}
+
+fn decode_text<T: Message + Name + Default>(format: Format, body: &[u8]) -> Result<T, String> {
     const BAD_PROTOBUF: &str = "Failed to parse body into a protobuf object";
     let index = schema_index::<T>();
     match format {
@@ -280,20 +296,23 @@ mod tests {
 
     #[test]
     fn decode_errors_carry_mesos_texts() {
-        let e = decode::<Call>(Format::Json, b"{\"type\":").unwrap_err();
+        let e = decode::<Call>(Format::Json, b"{\"type\":").unwrap_err().0;
         assert!(e.starts_with("Failed to parse body into JSON: "), "{e}");
         assert!(
             decode::<Call>(Format::Json, b"{} trailing")
                 .unwrap_err()
+                .0
                 .starts_with("Failed to parse body into JSON: ")
         );
         assert_eq!(
-            decode::<Call>(Format::Protobuf, b"\xff").unwrap_err(),
+            decode::<Call>(Format::Protobuf, b"\xff").unwrap_err().0,
             "Failed to parse body into a protobuf object"
         );
         // Missing required field in binary: AttachContainerOutput without container_id.
         assert_eq!(
-            decode::<Call>(Format::Protobuf, &[0x08, 0x13, 0x5a, 0x00]).unwrap_err(),
+            decode::<Call>(Format::Protobuf, &[0x08, 0x13, 0x5a, 0x00])
+                .unwrap_err()
+                .0,
             "Failed to parse body into a protobuf object"
         );
         assert_eq!(
@@ -301,7 +320,8 @@ mod tests {
                 Format::Json,
                 br#"{"type":"ATTACH_CONTAINER_OUTPUT","attach_container_output":{}}"#
             )
-            .unwrap_err(),
+            .unwrap_err()
+            .0,
             "Missing required fields: attach_container_output.container_id"
         );
         assert!(decode::<Call>(Format::Json, br#"{"type":"ATTACH_CONTAINER_OUTPUT"}"#).is_ok());

@@ -160,7 +160,7 @@ pub(in crate::server) fn back_to_idle(ctx: &mut Ctx<'_>, i: u32) {
 fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseFormat, body: &[u8]) {
     let call: Call = match message::decode(format, body) {
         Ok(c) => c,
-        Err(text) => return respond(ctx, i, Answer::Undecodable { first: false, text }, true),
+        Err(error) => return respond(ctx, i, Answer::Undecodable { first: false, error }, true),
     };
     if call.r#type != Some(call::Type::AttachContainerOutput as i32) {
         return respond(ctx, i, Answer::NotAnOutputCall, true);

@@ -366,10 +366,8 @@ impl Ring {
                     });
                 }
                 // SAFETY: an all-zero msghdr is valid: null pointers and zero lengths.
-                let mut op = Box::new(MsgOp {
-                    msg,
-                    hdr: unsafe { std::mem::zeroed() },
-                });
+                let hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                let mut op = Box::new(MsgOp { msg, hdr });
                 op.hdr.msg_iov = op.msg.iov.as_mut_ptr();
                 op.hdr.msg_iovlen = op.msg.iov.len() as _;
                 let entry = opcode::SendMsg::new(fd(), &op.hdr)

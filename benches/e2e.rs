@@ -32,8 +32,6 @@
 //! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000]`. `--idle N` instead
 //! attaches N idle clients to one server and reports the server's RSS per attached client.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "support/conmon.rs"]
 mod conmon;
 #[path = "support/relays.rs"]
@@ -49,8 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
-use common::sb::output_request;
-use common::{Checker, RawChecker, StreamingBodyChecker, fill_pattern};
+use common::http::output_request;
+use common::{BodyChecker, Checker, RawChecker, fill_pattern};
 use conmon::Conmon;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{UsageWho, getrusage};
@@ -669,7 +667,7 @@ fn connect(socket: &Path, format: Format) -> OwnedFd {
 fn checker(case: &Case, checked: Arc<AtomicU64>) -> Box<dyn Checker> {
     let lens = Some([case.bytes, 0]);
     if case.mode.framed() {
-        let mut c = StreamingBodyChecker::new(case.format, [SEED, SEED + 1], lens);
+        let mut c = BodyChecker::new(case.format, [SEED, SEED + 1], lens);
         c.progress = Some(checked);
         Box::new(c)
     } else {

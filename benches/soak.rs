@@ -7,9 +7,6 @@
 //!
 //! Run (not part of CI): `cargo bench --bench soak -- [--secs 600]`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -17,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Rng;
+use common::http::*;
 use common::sb::*;
 
 const SEED: u64 = 77;

@@ -4,13 +4,12 @@
 //! valid request, an output client attached throughout sees every byte, and the logger
 //! is byte-complete at the end.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
+use common::http::*;
 use common::sb::*;
 use common::{Checker, within};
 use switchboard::wire::Format;
@@ -532,7 +531,7 @@ fn allowed_uids_lets_in_only_the_listed_users_and_our_own() {
 
 #[test]
 fn a_bad_allowed_uids_list_is_a_usage_error() {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(drop_in())
         .args([
             "--allowed_uids=12,bob",
             "--socket_address=/tmp/never",

@@ -3,8 +3,6 @@
 //! a lone detach key passed through, exit statuses, separate stdout and stderr without a
 //! terminal, a dozen attachers at once, and clear messages.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,12 +1,11 @@
 //! `switchboard serve`: the server with friendly flags, on descriptors the caller holds.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
+use common::http::*;
 use common::sb::*;
 use common::*;
 use switchboard::wire::Format;

@@ -3,8 +3,6 @@
 //! a logger that stops reading or goes away, and a container killed mid-write. The server
 //! keeps serving, loses nothing, and returns to where it was.
 
-mod common;
-
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -13,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::http::*;
 use common::sb::*;
 use common::{BodyChecker, Checker, Progress, is_pattern, read_all, within};
 use switchboard::wire::Format;

@@ -1,8 +1,6 @@
 //! A whole relay run leaves no descriptor of this process open (its own binary, so that
 //! no other test opens descriptors meanwhile).
 
-mod common;
-
 use common::*;
 use switchboard::config::{LagPolicy, RelayConfig, RingConfig};
 use switchboard::relay::Framing;

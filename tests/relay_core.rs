@@ -3,8 +3,6 @@
 //! is cut off without holding anyone up, a client that leaves disturbs no one, and a PTY
 //! ends when its child exits.
 
-mod common;
-
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 

@@ -1,8 +1,6 @@
 //! The ring room on a real kernel: operations, deferred closes, and shutdown with
 //! operations in flight.
 
-mod common;
-
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 

@@ -2,12 +2,11 @@
 //! PROTOCOL.md: Mesos's five standalone server tests, the Appendix A checklist, and the
 //! error catalogue of §2.7, on real pipes, PTYs, sockets and signals.
 
-mod common;
-
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use common::http::*;
 use common::sb::*;
 use common::{Checker, Collector, within};
 use nix::sys::signal::Signal;
@@ -624,14 +623,14 @@ fn stdin_write_failure_is_a_500_and_output_goes_on() {
 #[test]
 fn flag_errors_and_bad_descriptors() {
     within(30, || {
-        let out = std::process::Command::new(BIN).arg("--help").output().unwrap();
+        let out = std::process::Command::new(drop_in()).arg("--help").output().unwrap();
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("Usage: mesos-io-switchboard [options]"));
-        let out = std::process::Command::new(BIN).arg("--bogus").output().unwrap();
+        let out = std::process::Command::new(drop_in()).arg("--bogus").output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).starts_with("Failed to load unknown flag 'bogus'"));
         let dir = temp_dir("badfd");
-        let out = std::process::Command::new(BIN)
+        let out = std::process::Command::new(drop_in())
             .args([
                 "--help=false",
                 &format!("--socket_address={}", dir.join("s").display()),

@@ -1,13 +1,12 @@
 //! The drop-in under load and with third-party clients (issue 5): 32 clients on one
 //! 64 MiB stream, a client that never reads, and curl speaking to the socket.
 
-mod common;
-
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::http::*;
 use common::sb::*;
 use common::*;
 use switchboard::wire::Format;

@@ -4,8 +4,6 @@
 //! adopted, a switchboard that ignores SIGTERM ends with SIGKILL in time, and nothing is
 //! left behind.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! Codec costs (issue 2): encoding one DATA record in each format for 100-byte and
+//! Codec costs: encoding one DATA record in each format for 100-byte and
 //! 64 KiB payloads (the prefix the server writes per format, plus the JSON payload,
 //! which is made once per chunk and shared), and decoding input records (RecordIO
 //! framing, the Call in each format, and its validation).

@@ -1,4 +1,4 @@
-//! The end-to-end fan-out benchmark (issue 9): the real `mesos-io-switchboard` binary, a
+//! The end-to-end fan-out benchmark: the real `mesos-io-switchboard` binary, a
 //! workload writing into the container's side (a pipe, or a PTY in raw mode), and N
 //! clients attached over the real protocol (HTTP + RecordIO, protobuf or JSON records),
 //! side by side with baselines in one run:
@@ -13,7 +13,7 @@
 //!   default), its clients on its SEQPACKET attach socket; when it is not installed, the
 //!   run says so and goes on.
 //!
-//! Placement (LIMITS.md §B): the workload and the server (conmon, or relay thread) on
+//! Placement (tuning.md, K4): the workload and the server (conmon, or relay thread) on
 //! CPU 0; the clients, one light epoll loop of ours (`--spin`: never sleeping), on CPU 1.
 //! The workload keeps within a window of the slowest client, so nobody is cut for
 //! lagging and throughput is what the relay and the clients can move. Client 0 decodes

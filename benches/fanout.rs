@@ -5,10 +5,10 @@
 //! * `zerocopy`: our core on its zero-copy path (tee into a pipe per client, splice into
 //!   the socket, splice into the logger);
 //! * `tee-splice`: the raw limit, a bare lockstep loop of blocking tee and splice calls
-//!   with no framing, no lag bound and no event loop (LIMITS.md §B2 mode (d), 256 KiB
-//!   chunks as in §B3).
+//!   with no framing, no lag bound and no event loop, in 256 KiB chunks (tuning.md, K2
+//!   and K6).
 //!
-//! Placement is pinned (LIMITS.md §B): producer and relay on CPU 0, consumers on CPU 1.
+//! Placement is pinned (tuning.md, K4): producer and relay on CPU 0, consumers on CPU 1.
 //! Relay CPU = process CPU - producer thread CPU - consumer threads CPU. Every case runs
 //! `--reps` times, rep-major, and the table gives medians with [min-max].
 //!

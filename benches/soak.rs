@@ -1,4 +1,4 @@
-//! Soak (issue 8): the drop-in under steady output with clients coming and going for a
+//! Soak: the drop-in under steady output with clients coming and going for a
 //! long time. Readers attach and leave, curl clients are SIGKILLed mid-stream, stalled
 //! clients are cut at the lag limit, input requests feed stdin and are acknowledged.
 //! Every 10 s it samples the server's RSS, descriptors and CPU. At the end the log must

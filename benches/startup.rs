@@ -1,4 +1,4 @@
-//! Start-up and idle cost of the drop-in (issue 5): the time from spawning
+//! Start-up and idle cost of the drop-in: the time from spawning
 //! `mesos-io-switchboard` (as an agent does, container fds inherited) until its socket
 //! accepts a connection, and the resident memory of the idle server. Medians of `--runs`.
 //!

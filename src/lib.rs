@@ -6,11 +6,11 @@
 //! RecordIO + protobuf/JSON protocol of Apache Mesos's `mesos-io-switchboard` on a unix
 //! socket, and is a drop-in replacement for it.
 //!
-//! Rooms (see `../shared/DESIGN.md`): [`wire`] holds the sans-IO codecs of everything that
-//! crosses the socket; [`ring`] the io_uring core (the only room with `unsafe`); [`relay`] the
-//! fan-out logic; [`cli`]
-//! the command lines; [`client`] a client of the attach API; [`agent`] launching and tracking
-//! switchboards for containers.
+//! Rooms (docs/design.md): [`wire`] holds the sans-IO codecs of everything that crosses
+//! the socket; [`ring`] the io_uring core (with [`tty`], the only room with `unsafe`);
+//! [`relay`] the fan-out logic; [`server`] the server that ties them together; [`config`]
+//! every setting; [`cli`] the command lines; [`client`] a client of the attach API;
+//! [`agent`] launching and tracking switchboards for containers.
 
 #![deny(unsafe_code)]
 

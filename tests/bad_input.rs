@@ -1,4 +1,4 @@
-//! Hostile and malformed requests against the real drop-in (issue 8): each is answered
+//! Hostile and malformed requests against the real drop-in: each is answered
 //! with its 4xx (Mesos's 500 where Mesos answers a decoder failure so), or the connection
 //! is closed where no answer is possible; after each the server is alive and serves a
 //! valid request, an output client attached throughout sees every byte, and the logger
@@ -296,7 +296,7 @@ fn cases() -> Vec<Case> {
             [input_head(false), format!("0\r\nT: {}\r\n\r\n", "t".repeat(9 << 10)).into_bytes()].concat(),
             Status(400),
         ),
-        // The body stream failed (not a clean end of body): Mesos's 500 (§2.5).
+        // The body stream failed (not a clean end of body): Mesos's 500 (docs/protocol.md §11.2).
         eof_case("chunked body cut before the first record", input_head(false), Status(500)),
         // RecordIO framing and records of input requests.
         case("record length not a number", input(&chunk(b"abc\nxyz")), Status(500)),
@@ -315,7 +315,8 @@ fn cases() -> Vec<Case> {
         case("first record protobuf garbage", pb_input(&chunk(b"3\n\xff\xff\xff")), Status(500)),
         case("later record GET_HEALTH", later(r#"{"type":"GET_HEALTH"}"#), Status(400)),
         case("later record {}", later("{}"), Status(400)),
-        // 500 for a first record that does not deserialise, 400 for a later one (§2.7).
+        // 500 for a first record that does not deserialise, 400 for a later one
+        // (docs/protocol.md §15).
         case("later record not JSON", later("{nope"), Status(400)),
         case(
             "later record STDOUT data",

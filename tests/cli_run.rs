@@ -1,4 +1,4 @@
-//! `switchboard run` and `switchboard attach` on real terminals (issue 6): a shell under
+//! `switchboard run` and `switchboard attach` on real terminals: a shell under
 //! `run --tty`, typed input echoed, resizes seen by `stty size`, detach and attach again,
 //! a lone detach key passed through, exit statuses, separate stdout and stderr without a
 //! terminal, a dozen attachers at once, and clear messages.

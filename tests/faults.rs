@@ -1,4 +1,4 @@
-//! Faults against the real drop-in (issue 8): clients SIGKILLed mid-stream by the hundreds,
+//! Faults against the real drop-in: clients SIGKILLed mid-stream by the hundreds,
 //! thousands of idle connections, a trickling request head, running out of descriptors,
 //! a logger that stops reading or goes away, and a container killed mid-write. The server
 //! keeps serving, loses nothing, and returns to where it was.
@@ -264,7 +264,7 @@ fn a_logger_that_goes_away_ends_the_server_with_status_1() {
         let reader = watcher(&sb, &mut checker);
         sb.set_logger(LOGGER_CLOSED);
         eventually(5, "the logger closing", || sb.logger_closed());
-        // The next output cannot be logged (EPIPE): a failure, as §2.8 says.
+        // The next output cannot be logged (EPIPE): a failure (docs/protocol.md §4.2, §4.4).
         let _ = nix::unistd::write(sb.stdout.as_ref().unwrap(), b"unloggable\n");
         let status = sb.wait(30);
         assert_eq!(status.code(), Some(1));

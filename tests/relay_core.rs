@@ -1,4 +1,4 @@
-//! The relay core (issue 3) on real pipes, PTYs and unix sockets: every client gets a
+//! The relay core on real pipes, PTYs and unix sockets: every client gets a
 //! byte-identical ordered stream, the logger gets every byte, a client that stops reading
 //! is cut off without holding anyone up, a client that leaves disturbs no one, and a PTY
 //! ends when its child exits.

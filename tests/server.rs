@@ -1,6 +1,6 @@
-//! The drop-in `mesos-io-switchboard` (issue 5), started as an agent starts it, against
-//! PROTOCOL.md: Mesos's five standalone server tests, the Appendix A checklist, and the
-//! error catalogue of §2.7, on real pipes, PTYs, sockets and signals.
+//! The drop-in `mesos-io-switchboard`, started as an agent starts it, against the protocol
+//! (docs/protocol.md): Mesos's five standalone server tests, the compatibility checklist,
+//! and the error catalogue (§15), on real pipes, PTYs, sockets and signals.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -54,7 +54,8 @@ fn attach(sb: &Sb, protobuf: bool) -> std::os::unix::net::UnixStream {
 }
 
 // ---------------------------------------------------------------------------------------
-// Mesos's IOSwitchboardServerTest, reproduced standalone (PROTOCOL.md §6).
+// Mesos's own server tests (IOSwitchboardServerTest in io_switchboard_tests.cpp), reproduced
+// standalone: the same flags, descriptors and requests, and what those tests expect.
 
 #[test]
 fn mesos_redirect_log() {
@@ -454,7 +455,8 @@ fn pipelined_requests_on_a_keep_alive_connection_are_answered_in_order() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §2.7: every row answered with its recommended status; the server keeps serving.
+// The error catalogue (docs/protocol.md §15): every row answered with its status; the
+// server keeps serving.
 
 fn status_of(sb: &Sb, request: &[u8]) -> (u16, String) {
     let r = exchange(&sb.socket, request).expect("a response");
@@ -849,7 +851,7 @@ fn a_vanished_input_client_is_acknowledged_once_and_others_still_get_their_answe
     within(60, || {
         let mut sb = Sb::start(Opts::default());
         // A starts an input request and vanishes mid-body; the agent acknowledges it
-        // anyway, as it does after failing to get a response (PROTOCOL.md §2.12).
+        // anyway, as it does after failing to get a response (docs/protocol.md §7, §12).
         let mut a = sb.connect();
         let mut req = input_head(false);
         req.extend(record(FIRST_RECORD));

@@ -1,4 +1,4 @@
-//! The drop-in under load and with third-party clients (issue 5): 32 clients on one
+//! The drop-in under load and with third-party clients: 32 clients on one
 //! 64 MiB stream, a client that never reads, and curl speaking to the socket.
 
 use std::io::Write;

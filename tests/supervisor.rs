@@ -1,4 +1,4 @@
-//! The agent-side supervisor (issue 7) with real processes: a supervisor process launches
+//! The agent-side supervisor with real processes: a supervisor process launches
 //! containers and is SIGKILLed; a new one recovers them, attaches again, and finds the
 //! logs complete; orphans are cleaned up, dead switchboards reported, reused pids not
 //! adopted, a switchboard that ignores SIGTERM ends with SIGKILL in time, and nothing is

@@ -1,4 +1,4 @@
-//! conmon as a baseline (PEERS.md §4), driven without a container: this benchmark's own
+//! conmon as a baseline (tuning.md, "End to end"), driven without a container: this benchmark's own
 //! binary, started again by conmon with [`RUNTIME_ENV`] set, is a fake OCI runtime. Its
 //! `create` starts the "container", `sleep infinity` with conmon's stdio (or, with
 //! `--console-socket`, a PTY whose master it hands to conmon), and writes its pid. The

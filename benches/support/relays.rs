@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 
 /// Chunks of the naive relay's reads.
 pub const NAIVE_CHUNK: usize = 64 << 10;
-/// Chunks of the raw tee + splice loop (LIMITS.md §B3: 256 KiB beat 64 KiB).
+/// Chunks of the raw tee + splice loop (tuning.md, K6: 256 KiB beat 64 KiB).
 pub const TEE_CHUNK: usize = 256 << 10;
 
 /// Pins the calling thread (0) or process `pid` to `cpu`.

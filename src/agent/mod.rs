@@ -1,5 +1,5 @@
 //! The agent side: launching a switchboard for a container and keeping track of it
-//! (PROTOCOL.md §5 describes what Mesos's agent does; this is ours).
+//! (docs/protocol.md §7 describes what Mesos's agent does; this is ours).
 //!
 //! Each container gets a directory under the runtime directory holding its socket, its
 //! logs, the switchboard's own diagnostics, and `info.json`: what was launched, written

@@ -1,4 +1,4 @@
-//! The supervisor: what a container agent does with switchboards (PROTOCOL.md §5), as a
+//! The supervisor: what a container agent does with switchboards (docs/protocol.md §7), as a
 //! library. It launches one per container, finds them again after the agent restarts,
 //! tells when one dies, and cleans up.
 //!
@@ -144,7 +144,8 @@ pub struct Recovery {
     pub orphans: Vec<String>,
 }
 
-/// The timing of cleanups (PROTOCOL.md §5.7: 5 s, then SIGTERM, then 60 s, then SIGKILL).
+/// The timing of cleanups (as Mesos's agent times them: 5 s, then SIGTERM, then 60 s, then
+/// SIGKILL; docs/protocol.md §7).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// How long a switchboard gets to exit by itself once its container is gone.

@@ -1,4 +1,4 @@
-//! The command line of the drop-in `mesos-io-switchboard` (PROTOCOL.md §1.3): Mesos's
+//! The command line of the drop-in `mesos-io-switchboard` (docs/protocol.md §2.1, §2.3): Mesos's
 //! flags with Mesos's help texts, parsed with the stout grammar, and the checks and
 //! messages of `switchboard_main.cpp`.
 

@@ -1,4 +1,4 @@
-//! The stout flags grammar that Mesos binaries use (PROTOCOL.md §1.2), byte-compatible in
+//! The stout flags grammar that Mesos binaries use (docs/protocol.md §2.2), byte-compatible in
 //! its parsing, its error texts and its usage layout:
 //!
 //! * `--name=value`, `--name` (booleans: true), `--no-name` (booleans: false); names are

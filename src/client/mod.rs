@@ -1,6 +1,6 @@
 //! A client of the attach API on a switchboard's socket, over blocking unix sockets: the
-//! output stream, the input stream, and the acknowledgement handshake (PROTOCOL.md §2.4 -
-//! §2.6). It speaks protobuf records and works against any server of the protocol, Mesos's
+//! output stream, the input stream, and the acknowledgement handshake (docs/protocol.md
+//! §10-§12). It speaks protobuf records and works against any server of the protocol, Mesos's
 //! included.
 
 use std::fmt;
@@ -358,7 +358,7 @@ fn closed_early(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
 }
 
-/// Acknowledges an input response (PROTOCOL.md §2.6), as the agent does after each.
+/// Acknowledges an input response (docs/protocol.md §12), as the agent does after each.
 pub fn acknowledge(socket: &Path) -> Result<(), ClientError> {
     let mut sock = connect(socket)?;
     sock.write_all(

@@ -1,4 +1,4 @@
-//! The listening socket (PROTOCOL.md §1.4 step 6, §1.6): bind `<path>_provisional`, listen,
+//! The listening socket (docs/protocol.md §3.2): bind `<path>_provisional`, listen,
 //! then rename to `<path>`, so the final path appears only once connections work. Unlike
 //! Mesos we remove a stale provisional file first, and create the socket with mode 0600
 //! (umask 0177 around the bind), so it is never reachable by other users, not even for a

@@ -1,7 +1,7 @@
 //! The records of an `ATTACH_CONTAINER_INPUT` stream (docs/protocol.md §11.2, §11.3):
 //! the first record names the container, every later one carries a `ProcessIO`.
 //! Validation produces Mesos's exact 400 texts; where Mesos aborts (a record that is not
-//! an input call at all) we answer 400 too (§15, §16).
+//! an input call at all) we answer 400 too (docs/protocol.md §15, §16).
 
 use super::message::mesos::agent::call::{self, AttachContainerInput};
 use super::message::mesos::agent::process_io::{self, control, data};

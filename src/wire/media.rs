@@ -1,10 +1,10 @@
-//! Request routing and media-type negotiation (PROTOCOL.md §2.2, §2.3, §2.7).
+//! Request routing and media-type negotiation (docs/protocol.md §9, §15).
 //!
 //! `Accept` and `Message-Accept` follow libprocess's `acceptsMediaType` exactly; the
 //! server's preference order is fixed (JSON, then protobuf, then RecordIO). Where Mesos
-//! aborts the server on a bad request we answer with the status §2.7 recommends;
+//! aborts the server on a bad request we answer with a 4xx (§15);
 //! `Content-Type` and `Message-Content-Type` are compared leniently (case and parameters
-//! ignored), as its Rust note advises.
+//! ignored), which no Mesos client can tell apart.
 
 use super::http::{HttpError, RequestHead};
 use super::message::Format;
@@ -49,7 +49,7 @@ pub fn accepts(header: Option<&str>, media: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseFormat {
     /// `Accept` chose JSON or protobuf: `Content-Type` says so, and the body is still
-    /// RecordIO of records in that format (PROTOCOL.md §0.4).
+    /// RecordIO of records in that format (docs/protocol.md §10.2).
     Plain(Format),
     /// `Accept` chose RecordIO: `Message-Content-Type` names the record format.
     Streaming(Format),
@@ -109,7 +109,7 @@ fn record_format(media: &str) -> Option<Format> {
     }
 }
 
-/// Classifies a request in the order of PROTOCOL.md §2.2.
+/// Classifies a request in Mesos's order (docs/protocol.md §9.1).
 pub fn route(head: &RequestHead) -> Result<Route, HttpError> {
     if head.method != "POST" {
         return Err(HttpError::new(

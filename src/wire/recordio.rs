@@ -1,4 +1,4 @@
-//! RecordIO framing (PROTOCOL.md §4): `record = length LF payload`, with no delimiter
+//! RecordIO framing (docs/protocol.md §13): `record = length LF payload`, with no delimiter
 //! after the payload.
 //!
 //! We write canonical decimal. We read strictly: the length is ASCII decimal digits only

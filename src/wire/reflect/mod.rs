@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn heartbeat_json_in_declaration_order() {
-        // PROTOCOL.md §2.13: HEARTBEAT, 30 s.
+        // A HEARTBEAT of 30 s (docs/protocol.md §14.2).
         let pb = [
             0x08, 0x02, 0x1a, 0x0c, 0x08, 0x02, 0x1a, 0x08, 0x0a, 0x06, 0x08, 0x80, 0xd8, 0x8e, 0xe1, 0x6f,
         ];

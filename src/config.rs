@@ -208,16 +208,26 @@ impl Default for RingConfig {
     }
 }
 
-/// Everything a server needs: the container's descriptors and Mesos's other flags, and
-/// our limits.
-#[derive(Debug, Clone)]
-pub struct Config {
+/// The container's descriptors: numbers this process inherited (Mesos's flags of the same
+/// names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptors {
+    /// One PTY master serves as stdin and stdout (stderr is not read).
     pub tty: bool,
+    /// Where input goes: the write end of the container's stdin pipe, or the PTY master.
     pub stdin_to_fd: RawFd,
+    /// The container's stdout (and stderr) to read, and the loggers they go to.
     pub stdout_from_fd: RawFd,
     pub stdout_to_fd: RawFd,
     pub stderr_from_fd: RawFd,
     pub stderr_to_fd: RawFd,
+}
+
+/// Everything a server needs: the container's descriptors and Mesos's other flags, and
+/// our limits.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub fds: Descriptors,
     pub wait_for_connection: bool,
     pub socket: PathBuf,
     pub heartbeat_interval: Option<Duration>,

@@ -14,6 +14,23 @@
 
 #![deny(unsafe_code)]
 
+/// Declares an error that is a text, answered or printed as it is (Mesos's or stout's).
+macro_rules! text_error {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub String);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
+}
+
 pub mod agent;
 pub mod cli;
 pub mod client;
@@ -23,6 +40,7 @@ pub mod relay;
 #[allow(unsafe_code)]
 pub mod ring;
 pub mod server;
+pub mod slab;
 pub mod sys;
 #[allow(unsafe_code)]
 pub mod tty;

@@ -2,12 +2,11 @@
 //! flags with Mesos's help texts, parsed with the stout grammar, and the checks and
 //! messages of `switchboard_main.cpp`.
 
-use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::stout::{self, Kind, Spec};
-use crate::config::{Config, ConfigError, LagPolicy, Limits, RelayConfig, RingConfig};
+use crate::config::{Config, ConfigError, Descriptors, LagPolicy, Limits, RelayConfig, RingConfig};
 
 /// The program name Mesos prints in its usage, whatever `argv[0]` is.
 pub const NAME: &str = "mesos-io-switchboard";
@@ -216,12 +215,7 @@ pub struct Tuning {
 /// The validated flags of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flags {
-    pub tty: bool,
-    pub stdin_to_fd: RawFd,
-    pub stdout_from_fd: RawFd,
-    pub stdout_to_fd: RawFd,
-    pub stderr_from_fd: RawFd,
-    pub stderr_to_fd: RawFd,
+    pub fds: Descriptors,
     pub wait_for_connection: bool,
     pub socket_address: PathBuf,
     pub heartbeat_interval: Option<Duration>,
@@ -277,12 +271,14 @@ pub fn parse(args: &[String]) -> Parsed {
             .string("socket_address")
             .ok_or_else(|| format!("EXIT with status 1: {}", usage(Some("'--socket_path' is missing"))))?;
         Ok(Flags {
-            tty: f.bool("tty"),
-            stdin_to_fd,
-            stdout_from_fd,
-            stdout_to_fd,
-            stderr_from_fd,
-            stderr_to_fd,
+            fds: Descriptors {
+                tty: f.bool("tty"),
+                stdin_to_fd,
+                stdout_from_fd,
+                stdout_to_fd,
+                stderr_from_fd,
+                stderr_to_fd,
+            },
             wait_for_connection: f.bool("wait_for_connection"),
             socket_address: PathBuf::from(socket_address),
             heartbeat_interval: f.duration("heartbeat_interval"),
@@ -335,12 +331,7 @@ impl Flags {
         http.max_chunk_line = t.max_chunk_line.unwrap_or(http.max_chunk_line);
         http.max_trailer_bytes = t.max_trailer_bytes.unwrap_or(http.max_trailer_bytes);
         Ok(Config {
-            tty: self.tty,
-            stdin_to_fd: self.stdin_to_fd,
-            stdout_from_fd: self.stdout_from_fd,
-            stdout_to_fd: self.stdout_to_fd,
-            stderr_from_fd: self.stderr_from_fd,
-            stderr_to_fd: self.stderr_to_fd,
+            fds: self.fds,
             wait_for_connection: self.wait_for_connection,
             socket: self.socket_address.clone(),
             heartbeat_interval: self.heartbeat_interval,
@@ -395,12 +386,14 @@ mod tests {
         assert_eq!(
             parse(&argv),
             Parsed::Run(Box::new(Flags {
-                tty: false,
-                stdin_to_fd: 27,
-                stdout_from_fd: 29,
-                stdout_to_fd: 1,
-                stderr_from_fd: 31,
-                stderr_to_fd: 2,
+                fds: Descriptors {
+                    tty: false,
+                    stdin_to_fd: 27,
+                    stdout_from_fd: 29,
+                    stdout_to_fd: 1,
+                    stderr_from_fd: 31,
+                    stderr_to_fd: 2,
+                },
                 wait_for_connection: false,
                 socket_address: "/tmp/mesos-io-switchboard-1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
                 heartbeat_interval: Some(Duration::from_secs(30)),
@@ -413,7 +406,7 @@ mod tests {
             "--help=false --socket_address=/s --stderr_from_fd=27 --stderr_to_fd=2 --stdin_to_fd=27 --stdout_from_fd=27 --stdout_to_fd=1 --tty=true --wait_for_connection=true",
         );
         let Parsed::Run(f) = parse(&tty) else { panic!() };
-        assert!(f.tty && f.wait_for_connection && f.heartbeat_interval.is_none());
+        assert!(f.fds.tty && f.wait_for_connection && f.heartbeat_interval.is_none());
     }
 
     #[test]

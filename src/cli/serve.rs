@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::stout::FlagError;
 
-use crate::config::{Config, ConfigError, Limits, RelayConfig};
+use crate::config::{Config, ConfigError, Descriptors, Limits, RelayConfig};
 
 /// Parses a duration: stout's form (`30secs`, `100ms`, `2mins`) or the short units
 /// `s`, `m`, `h` (`30s`, `5m`).
@@ -99,12 +99,14 @@ impl ServeArgs {
         limits.drain_timeout = self.drain_timeout.unwrap_or(limits.drain_timeout);
         let relay = RelayConfig::sized(self.buffer_bytes, self.lag_limit)?;
         Ok(Config {
-            tty,
-            stdin_to_fd: stdin,
-            stdout_from_fd: stdout,
-            stdout_to_fd: self.stdout_log_fd,
-            stderr_from_fd: stderr,
-            stderr_to_fd: self.stderr_log_fd,
+            fds: Descriptors {
+                tty,
+                stdin_to_fd: stdin,
+                stdout_from_fd: stdout,
+                stdout_to_fd: self.stdout_log_fd,
+                stderr_from_fd: stderr,
+                stderr_to_fd: self.stderr_log_fd,
+            },
             wait_for_connection: self.wait_for_connection,
             socket: self.socket.clone(),
             heartbeat_interval: self.heartbeat,

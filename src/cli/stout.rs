@@ -158,17 +158,10 @@ pub fn load(specs: &[Spec], args: &[String]) -> Outcome {
     Outcome { loaded, error: None }
 }
 
-/// A flag value that does not parse, with stout's text for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlagError(pub String);
-
-impl std::fmt::Display for FlagError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+text_error! {
+    /// A flag value that does not parse, with stout's text for it.
+    FlagError
 }
-
-impl std::error::Error for FlagError {}
 
 fn fetch(kind: Kind, value: &str) -> Result<Value, FlagError> {
     if let Some(path) = value.strip_prefix("file://") {

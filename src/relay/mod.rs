@@ -30,6 +30,7 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use crate::config::{ConfigError, LagPolicy, RelayConfig as Config};
+use crate::slab::{Key, Slab};
 use crate::wire::message::{self, Format, Stream};
 
 /// How a client's bytes are framed.
@@ -44,15 +45,12 @@ pub enum Framing {
 
 /// A client handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientId {
-    index: u32,
-    generation: u32,
-}
+pub struct ClientId(Key);
 
 impl ClientId {
     /// A number that identifies the client while it exists (for tokens and logs).
     pub fn index(self) -> u32 {
-        self.index
+        self.0.index()
     }
 }
 
@@ -134,7 +132,6 @@ struct Client {
     front_in_send: usize,
     plan: Vec<(u64, usize)>,
     state: ClientState,
-    generation: u32,
 }
 
 /// A client the relay cut off for lagging, and the payload bytes it was behind.
@@ -153,9 +150,7 @@ pub struct Relay {
     first_seq: u64,
     /// Payload bytes ever appended to the log.
     log_total: u64,
-    clients: Vec<Option<Client>>,
-    generations: Vec<u32>,
-    free: Vec<u32>,
+    clients: Slab<Client>,
     json_clients: usize,
     live_clients: usize,
     finished: bool,
@@ -185,9 +180,7 @@ impl Relay {
             records: VecDeque::new(),
             first_seq: 0,
             log_total: 0,
-            clients: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
+            clients: Slab::default(),
             json_clients: 0,
             live_clients: 0,
             finished: false,
@@ -328,21 +321,11 @@ impl Relay {
     /// Attaches a client at the live edge (no replay): it is sent `front` first, then every
     /// record appended from now on.
     pub fn add_client(&mut self, framing: Framing, policy: LagPolicy, front: Vec<u8>) -> ClientId {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.clients.push(None);
-                self.generations.push(0);
-                (self.clients.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[index as usize].wrapping_add(1);
-        self.generations[index as usize] = generation;
         if framing == Framing::Chunked(Format::Json) {
             self.json_clients += 1;
         }
         self.live_clients += 1;
-        self.clients[index as usize] = Some(Client {
+        ClientId(self.clients.insert(Client {
             framing,
             policy,
             front,
@@ -355,37 +338,24 @@ impl Relay {
             front_in_send: 0,
             plan: Vec::new(),
             state: ClientState::Live,
-            generation,
-        });
-        ClientId { index, generation }
+        }))
     }
 
     fn client(&self, id: ClientId) -> &Client {
-        match self.clients.get(id.index as usize) {
-            Some(Some(c)) if c.generation == id.generation => c,
-            _ => panic!("unknown client {id:?}"),
-        }
+        self.clients
+            .get(id.0)
+            .unwrap_or_else(|| panic!("unknown client {id:?}"))
     }
 
     fn client_mut(&mut self, id: ClientId) -> &mut Client {
-        match self.clients.get_mut(id.index as usize) {
-            Some(Some(c)) if c.generation == id.generation => c,
-            _ => panic!("unknown client {id:?}"),
-        }
+        self.clients
+            .get_mut(id.0)
+            .unwrap_or_else(|| panic!("unknown client {id:?}"))
     }
 
     /// Every client that exists, live or cut.
     pub fn client_ids(&self) -> Vec<ClientId> {
-        self.clients
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                c.as_ref().map(|c| ClientId {
-                    index: i as u32,
-                    generation: c.generation,
-                })
-            })
-            .collect()
+        self.clients.iter().map(|(key, _)| ClientId(key)).collect()
     }
 
     /// Clients being served.
@@ -408,18 +378,10 @@ impl Relay {
         if self.records.is_empty() {
             return None;
         }
-        self.clients.iter().enumerate().find_map(|(i, c)| match c {
-            Some(c) if c.state == ClientState::Live && c.policy == LagPolicy::Block && c.next == self.first_seq => {
-                Some((
-                    ClientId {
-                        index: i as u32,
-                        generation: c.generation,
-                    },
-                    c.next,
-                ))
-            }
-            _ => None,
-        })
+        self.clients
+            .iter()
+            .find(|(_, c)| c.state == ClientState::Live && c.policy == LagPolicy::Block && c.next == self.first_seq)
+            .map(|(key, c)| (ClientId(key), c.next))
     }
 
     /// Cuts a client off for lagging (a blocking client that stopped making progress);
@@ -477,8 +439,7 @@ impl Relay {
     pub fn remove_client(&mut self, id: ClientId) {
         assert!(!self.is_sending(id), "client {id:?} removed with a send in flight");
         self.cut(id, CutReason::Gone);
-        self.clients[id.index as usize] = None;
-        self.free.push(id.index);
+        self.clients.remove(id.0);
         self.release_records();
     }
 
@@ -518,8 +479,7 @@ impl Relay {
         // A cut client still holds its records while a send to it is in flight.
         let keep_from = self
             .clients
-            .iter()
-            .flatten()
+            .values()
             .filter(|c| c.state == ClientState::Live || c.sending > 0)
             .map(|c| c.next)
             .min()

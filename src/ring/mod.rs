@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 use crate::msg::{Msg, Seg};
+use crate::slab::{Key, Slab};
 use arena::Arena;
 pub use fd::Fd;
 use fd::FdTable;
@@ -34,23 +35,7 @@ pub use op::{Completion, Op, Output};
 
 /// An operation handle, valid until its final completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct OpId {
-    index: u32,
-    generation: u32,
-}
-
-impl OpId {
-    fn user_data(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.index)
-    }
-
-    fn from_user_data(data: u64) -> Self {
-        OpId {
-            index: data as u32,
-            generation: (data >> 32) as u32,
-        }
-    }
-}
+pub struct OpId(Key);
 
 /// What a slot keeps alive for the kernel, and how to read its result.
 enum Resources {
@@ -87,7 +72,6 @@ struct Slot {
     fd: Option<Fd>,
     resources: Resources,
     state: State,
-    generation: u32,
 }
 
 pub use crate::config::RingConfig;
@@ -110,10 +94,7 @@ const REQUIRED_OPCODES: &[(u8, &str)] = &[
 /// An io_uring instance with its op slab, fd table and arena.
 pub struct Ring {
     uring: IoUring,
-    slots: Vec<Option<Slot>>,
-    generations: Vec<u32>,
-    free: Vec<u32>,
-    in_flight: usize,
+    slots: Slab<Slot>,
     fds: FdTable,
     arena: Arena,
     /// Completions taken off a full completion queue (to make room), not yet handed out.
@@ -168,10 +149,7 @@ impl Ring {
         }
         Ok(Ring {
             uring,
-            slots: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
-            in_flight: 0,
+            slots: Slab::default(),
             fds: FdTable::default(),
             arena: Arena::new(0),
             backlog: VecDeque::new(),
@@ -259,23 +237,11 @@ impl Ring {
 
     /// Operations in flight.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.slots.len()
     }
 
     fn alloc_slot(&mut self, slot: Slot) -> OpId {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[index as usize].wrapping_add(1);
-        self.generations[index as usize] = generation;
-        self.slots[index as usize] = Some(Slot { generation, ..slot });
-        self.in_flight += 1;
-        OpId { index, generation }
+        OpId(self.slots.insert(slot))
     }
 
     /// Submits `op`; its completion will carry `token`.
@@ -287,15 +253,11 @@ impl Ring {
             fd,
             resources: Resources::None,
             state: State::InFlight,
-            generation: 0,
         };
         let id = self.alloc_slot(slot);
         let (entry, resources) = self.build(op, raw);
-        self.slots[id.index as usize]
-            .as_mut()
-            .expect("just allocated")
-            .resources = resources;
-        self.push(entry.user_data(id.user_data()));
+        self.slots.get_mut(id.0).expect("just allocated").resources = resources;
+        self.push(entry.user_data(id.0.to_u64()));
         id
     }
 
@@ -418,12 +380,9 @@ impl Ring {
     /// Asks the kernel to cancel `id`. Its completion still arrives (usually `-ECANCELED`)
     /// unless `forget` is set, in which case it is swallowed and its resources freed.
     pub fn cancel(&mut self, id: OpId, forget: bool) {
-        let Some(Some(slot)) = self.slots.get_mut(id.index as usize) else {
+        let Some(slot) = self.slots.get_mut(id.0) else {
             return;
         };
-        if slot.generation != id.generation {
-            return;
-        }
         if forget {
             slot.state = State::Forgotten;
         }
@@ -432,13 +391,12 @@ impl Ring {
             fd: None,
             resources: Resources::None,
             state: State::Forgotten,
-            generation: 0,
         };
         let cancel_id = self.alloc_slot(cancel);
         self.push(
-            opcode::AsyncCancel::new(id.user_data())
+            opcode::AsyncCancel::new(id.0.to_u64())
                 .build()
-                .user_data(cancel_id.user_data()),
+                .user_data(cancel_id.0.to_u64()),
         );
     }
 
@@ -446,7 +404,7 @@ impl Ring {
     /// nothing is in flight). Take completions with [`Ring::next`].
     pub fn wait(&mut self, block: bool) -> io::Result<()> {
         let ready = !self.backlog.is_empty() || !self.uring.completion().is_empty();
-        let want = usize::from(block && !ready && self.in_flight > 0);
+        let want = usize::from(block && !ready && !self.slots.is_empty());
         loop {
             match self.uring.submit_and_wait(want) {
                 Ok(_) => return Ok(()),
@@ -480,12 +438,11 @@ impl Ring {
     }
 
     fn complete(&mut self, cqe: cqueue::Entry) -> Option<Completion> {
-        let id = OpId::from_user_data(cqe.user_data());
+        let id = OpId(Key::from_u64(cqe.user_data()));
         let res = cqe.result();
         let more = cqueue::more(cqe.flags());
-        let slot = match self.slots.get_mut(id.index as usize) {
-            Some(Some(slot)) if slot.generation == id.generation => slot,
-            _ => panic!("completion for unknown operation {id:?}"),
+        let Some(slot) = self.slots.get_mut(id.0) else {
+            panic!("completion for unknown operation {id:?}");
         };
         let (token, state) = (slot.token, slot.state);
         if more {
@@ -501,9 +458,7 @@ impl Ring {
                 output,
             });
         }
-        let slot = self.slots[id.index as usize].take().expect("checked above");
-        self.free.push(id.index);
-        self.in_flight -= 1;
+        let slot = self.slots.remove(id.0).expect("checked above");
         if let Some(fd) = slot.fd {
             self.fds.release(fd);
         }
@@ -555,25 +510,15 @@ impl Drop for Ring {
     /// that the kernel touches no buffer after it is freed. If the kernel never completes
     /// them, the memory is leaked rather than freed under it.
     fn drop(&mut self) {
-        if self.in_flight == 0 {
+        if self.slots.is_empty() {
             return;
         }
-        let pending: Vec<OpId> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                s.as_ref().map(|s| OpId {
-                    index: i as u32,
-                    generation: s.generation,
-                })
-            })
-            .collect();
+        let pending: Vec<OpId> = self.slots.iter().map(|(key, _)| OpId(key)).collect();
         for id in pending {
             self.cancel(id, true);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.in_flight > 0 && Instant::now() < deadline {
+        while !self.slots.is_empty() && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(100_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.uring.submitter().submit_with_args(1, &args) {
@@ -583,7 +528,7 @@ impl Drop for Ring {
             }
             while self.next().is_some() {}
         }
-        if self.in_flight > 0 {
+        if !self.slots.is_empty() {
             std::mem::forget(std::mem::replace(&mut self.arena, Arena::new(0)));
             std::mem::forget(std::mem::take(&mut self.slots));
         }

@@ -79,8 +79,8 @@ impl Server {
         let signals = start::signal_fd()?;
         let mut ring = Ring::new(config.ring).map_err(Error::Ring)?;
         let signals = ring.adopt(signals);
-        let (sources, loggers) = start::adopt_streams(&mut ring, &config)?;
-        let stdin = start::adopt_stdin(&mut ring, config.stdin_to_fd);
+        let (sources, loggers) = start::adopt_streams(&mut ring, &config.fds)?;
+        let stdin = start::adopt_stdin(&mut ring, config.fds.stdin_to_fd);
         let output = Output::new(
             &mut ring,
             config.relay,
@@ -93,7 +93,7 @@ impl Server {
         let mode = if config.allowed_uids.is_some() { 0o666 } else { 0o600 };
         let listener = socket::listen_at(&config.socket, config.limits.backlog, mode).map_err(Error::Socket)?;
         let listener = ring.adopt(listener);
-        let conns = Conns::new(stdin, config.tty);
+        let conns = Conns::new(stdin, config.fds.tty);
         let mut server = Server {
             ring,
             config,

@@ -8,7 +8,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::Error;
 use super::output::{self, Source};
-use crate::config::{Config, PIPE_BYTES};
+use crate::config::{Config, Descriptors, PIPE_BYTES};
 use crate::ring::{Fd, Ring};
 
 /// Descriptors kept for our own (ring, signals, sources, loggers, staging pipes, logs).
@@ -31,13 +31,13 @@ pub(super) fn signal_fd() -> Result<OwnedFd, Error> {
 
 /// Takes the container's output streams and their loggers (one stream, stdout, for a
 /// PTY), made non-blocking; container pipes are raised to 1 MiB.
-pub(super) fn adopt_streams(ring: &mut Ring, config: &Config) -> Result<(Vec<Source>, Vec<Fd>), Error> {
-    let streams: &[(RawFd, RawFd, &str)] = if config.tty {
-        &[(config.stdout_from_fd, config.stdout_to_fd, "stdout")]
+pub(super) fn adopt_streams(ring: &mut Ring, fds: &Descriptors) -> Result<(Vec<Source>, Vec<Fd>), Error> {
+    let streams: &[(RawFd, RawFd, &str)] = if fds.tty {
+        &[(fds.stdout_from_fd, fds.stdout_to_fd, "stdout")]
     } else {
         &[
-            (config.stdout_from_fd, config.stdout_to_fd, "stdout"),
-            (config.stderr_from_fd, config.stderr_to_fd, "stderr"),
+            (fds.stdout_from_fd, fds.stdout_to_fd, "stdout"),
+            (fds.stderr_from_fd, fds.stderr_to_fd, "stderr"),
         ]
     };
     let mut sources = Vec::new();
@@ -46,7 +46,7 @@ pub(super) fn adopt_streams(ring: &mut Ring, config: &Config) -> Result<(Vec<Sou
         let bad = |source| Error::Redirect { stream: name, source };
         let source = ring.adopt_inherited(from).map_err(bad)?;
         crate::sys::set_nonblocking(ring.borrow(source)).map_err(bad)?;
-        if !config.tty {
+        if !fds.tty {
             // A reader on another core drains a 1 MiB pipe about three times as fast as a
             // 64 KiB one (tuning.md, K5). Best effort: past the per-user pipe budget
             // (fs.pipe-user-pages-soft) the pipe keeps its size.
@@ -54,7 +54,7 @@ pub(super) fn adopt_streams(ring: &mut Ring, config: &Config) -> Result<(Vec<Sou
         }
         sources.push(Source {
             fd: source,
-            pty: config.tty,
+            pty: fds.tty,
         });
         loggers.push(ring.adopt_inherited(to).map_err(bad)?);
     }

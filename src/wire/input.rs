@@ -7,17 +7,10 @@ use super::message::mesos::agent::call::{self, AttachContainerInput};
 use super::message::mesos::agent::process_io::{self, control, data};
 use super::message::mesos::agent::{Call, ProcessIo};
 
-/// A record that breaks the input rules, with the text Mesos answers it with (400).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRecord(pub String);
-
-impl std::fmt::Display for InvalidRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+text_error! {
+    /// A record that breaks the input rules, with the text Mesos answers it with (400).
+    InvalidRecord
 }
-
-impl std::error::Error for InvalidRecord {}
 
 fn invalid(text: impl Into<String>) -> InvalidRecord {
     InvalidRecord(text.into())

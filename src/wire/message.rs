@@ -66,17 +66,10 @@ fn schema_index<T: Name>() -> usize {
     schema::message_index(&T::full_name()).expect("every prost type of proto/ is in the schema")
 }
 
-/// A body that is not the message it should be, with the text Mesos answers it with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+text_error! {
+    /// A body that is not the message it should be, with the text Mesos answers it with.
+    DecodeError
 }
-
-impl std::error::Error for DecodeError {}
 
 /// Decodes a message the way Mesos's `deserialize<T>` does, with its error texts:
 /// `Failed to parse body into JSON: ...`, the JSON-to-protobuf conversion errors, and

@@ -249,13 +249,7 @@ fn find_missing(
     by_number.sort_by_key(|(f, _)| f.number);
     for (field, values) in by_number {
         let Kind::Message(sub) = field.kind else { continue };
-        let bodies: Vec<&[u8]> = values
-            .iter()
-            .map(|v| match v {
-                WireValue::Len(b) => *b,
-                _ => unreachable!("wire types were checked"),
-            })
-            .collect();
+        let bodies = len_bodies(values);
         if bodies.is_empty() {
             continue;
         }
@@ -382,16 +376,21 @@ fn write_message(msg: usize, pieces: &[&[u8]], out: &mut Vec<u8>, depth: usize) 
     Ok(())
 }
 
+/// The bodies of a message field's values (their wire types were checked).
+fn len_bodies<'a>(values: &[WireValue<'a>]) -> Vec<&'a [u8]> {
+    values
+        .iter()
+        .map(|v| match v {
+            WireValue::Len(b) => *b,
+            _ => unreachable!("wire types were checked"),
+        })
+        .collect()
+}
+
 fn write_value(field: &FieldDesc, values: &[WireValue<'_>], out: &mut Vec<u8>, depth: usize) -> Result<(), WireError> {
     let text = match (field.kind, values[0]) {
         (Kind::Message(sub), _) => {
-            let bodies: Vec<&[u8]> = values
-                .iter()
-                .map(|v| match v {
-                    WireValue::Len(b) => *b,
-                    _ => unreachable!("wire types were checked"),
-                })
-                .collect();
+            let bodies = len_bodies(values);
             return write_message(sub, &bodies, out, depth + 1);
         }
         (Kind::String, WireValue::Len(s)) => {

@@ -29,8 +29,11 @@
 //! Run (not part of CI): `cargo bench --bench e2e -- [--ns 1,16,64,256,1024] [--reps 3]
 //! [--work chunks|lines|latency] [--format protobuf|json] [--source pipe|pty]
 //! [--modes switchboard,switchboard-copy,naive,tee-splice,conmon] [--mib 1024] [--verify]
-//! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000]`. `--idle N` instead
-//! attaches N idle clients to one server and reports the server's RSS per attached client.
+//! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000] [--base-bin PATH]`.
+//! `--idle N` instead attaches N idle clients to one server and reports the server's RSS
+//! per attached client. `--base-bin PATH` adds the rows `switchboard-base` and
+//! `switchboard-copy-base`: the same runs by another build of the drop-in (the commit
+//! before a change, built in a git worktree), alternating with this build's in every rep.
 
 #[path = "support/conmon.rs"]
 mod conmon;
@@ -56,6 +59,9 @@ use relays::{naive, tee_splice, write_all};
 use switchboard::wire::Format;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesos-io-switchboard");
+/// `--base-bin`: another build of the drop-in (the commit before a change, built in a git
+/// worktree), run in the same reps as this one.
+static BASE_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 const SEED: u64 = 5;
 /// How far (container bytes) the workload may run ahead of the slowest client.
 const WINDOW: u64 = 512 << 10;
@@ -64,6 +70,9 @@ const WINDOW: u64 = 512 << 10;
 enum Mode {
     Switchboard,
     SwitchboardCopy,
+    /// The same two, run by the binary of `--base-bin` (another build, to compare with).
+    SwitchboardBase,
+    SwitchboardCopyBase,
     Naive,
     TeeSplice,
     Conmon,
@@ -74,10 +83,15 @@ impl Mode {
         match s {
             "switchboard" => Mode::Switchboard,
             "switchboard-copy" => Mode::SwitchboardCopy,
+            "switchboard-base" => Mode::SwitchboardBase,
+            "switchboard-copy-base" => Mode::SwitchboardCopyBase,
             "naive" => Mode::Naive,
             "tee-splice" => Mode::TeeSplice,
             "conmon" => Mode::Conmon,
-            other => panic!("unknown mode {other}: switchboard, switchboard-copy, naive, tee-splice or conmon"),
+            other => panic!(
+                "unknown mode {other}: switchboard, switchboard-copy, switchboard-base, switchboard-copy-base, \
+                 naive, tee-splice or conmon"
+            ),
         }
     }
 
@@ -85,6 +99,8 @@ impl Mode {
         match self {
             Mode::Switchboard => "switchboard (zero copy)",
             Mode::SwitchboardCopy => "switchboard --zero_copy=false",
+            Mode::SwitchboardBase => "base: switchboard (zero copy)",
+            Mode::SwitchboardCopyBase => "base: switchboard --zero_copy=false",
             Mode::Naive => "naive read + write() (raw)",
             Mode::TeeSplice => "raw tee + splice (raw)",
             Mode::Conmon => "conmon (SEQPACKET)",
@@ -92,7 +108,19 @@ impl Mode {
     }
 
     fn framed(self) -> bool {
-        matches!(self, Mode::Switchboard | Mode::SwitchboardCopy)
+        self.server().is_some()
+    }
+
+    /// For the drop-in's modes: its binary, and whether zero copy is on.
+    fn server(self) -> Option<(&'static Path, bool)> {
+        let base = || BASE_BIN.get().expect("--base-bin").as_path();
+        match self {
+            Mode::Switchboard => Some((Path::new(BIN), true)),
+            Mode::SwitchboardCopy => Some((Path::new(BIN), false)),
+            Mode::SwitchboardBase => Some((base(), true)),
+            Mode::SwitchboardCopyBase => Some((base(), false)),
+            _ => None,
+        }
     }
 }
 
@@ -602,6 +630,7 @@ fn tmp_dir() -> PathBuf {
 /// Starts the drop-in on the container's relay end `src` (and its stdin's write end);
 /// returns it and its socket.
 fn start_server(
+    bin: &Path,
     src: &OwnedFd,
     stdin: Option<&(OwnedFd, OwnedFd)>,
     zero_copy: bool,
@@ -640,7 +669,7 @@ fn start_server(
         });
         args.extend(["--stdout_from_fd=3", "--stderr_from_fd=4", "--stdin_to_fd=5"].map(String::from));
     }
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin);
     // Its loggers: /dev/null.
     cmd.args(&args)
         .stdin(Stdio::null())
@@ -718,9 +747,10 @@ fn run(case: &Case) -> Sample {
     let mut rss_idle = None;
     // The relay, the clients' connections, the workload's end and the container's stdin.
     let (relay, conns, out, stdin) = match case.mode {
-        Mode::Switchboard | Mode::SwitchboardCopy => {
+        Mode::Switchboard | Mode::SwitchboardCopy | Mode::SwitchboardBase | Mode::SwitchboardCopyBase => {
+            let (bin, zero_copy) = case.mode.server().expect("a drop-in mode");
             let Container { out, src, stdin } = container(case.pty);
-            let (child, socket) = start_server(&src, stdin.as_ref(), case.mode == Mode::Switchboard, case.pty, &[]);
+            let (child, socket) = start_server(bin, &src, stdin.as_ref(), zero_copy, case.pty, &[]);
             rss_idle = status_kib(child.id() as i32, "VmRSS:");
             let conns = (0..case.n)
                 .map(|_| Conn::new(connect(&socket, case.format), Wire::Http))
@@ -889,7 +919,7 @@ fn idle(n: usize, format: Format) {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
     let c = container(false);
     let extra = [format!("--max_connections={}", n + 16)];
-    let (mut child, socket) = start_server(&c.src, c.stdin.as_ref(), true, false, &extra);
+    let (mut child, socket) = start_server(Path::new(BIN), &c.src, c.stdin.as_ref(), true, false, &extra);
     let pid = child.id() as i32;
     std::thread::sleep(Duration::from_millis(100));
     let before = status_kib(pid, "VmRSS:").unwrap();
@@ -1003,6 +1033,15 @@ fn main() {
         ],
         |v| v.split(',').map(Mode::parse).collect(),
     );
+    if let Some(base) = arg("--base-bin") {
+        let base = std::fs::canonicalize(&base).unwrap_or_else(|e| panic!("--base-bin {base}: {e}"));
+        BASE_BIN.set(base).expect("set once");
+        if arg("--modes").is_none() {
+            // Each build's rows right after the other's, in every rep.
+            modes.insert(1, Mode::SwitchboardBase);
+            modes.insert(3, Mode::SwitchboardCopyBase);
+        }
+    }
     if pty {
         // tee(2) refuses a PTY.
         modes.retain(|m| *m != Mode::TeeSplice);

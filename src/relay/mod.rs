@@ -57,7 +57,8 @@ impl ClientId {
 /// Why a client stopped being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutReason {
-    /// It fell more than the lag limit behind, or held the oldest record of a full log.
+    /// It fell behind what its path holds (the lag limit, or the oldest record of a full
+    /// log; a pipe client, its pipe), or a blocking one stopped making progress.
     Lagging,
     /// Its connection failed or was closed.
     Gone,

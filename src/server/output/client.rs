@@ -12,7 +12,7 @@
 
 use nix::sys::socket::{Shutdown, shutdown};
 
-use super::pipe::{Gone, Made, PipeClient};
+use super::pipe::{Made, PipeClient};
 use super::{Output, POLLHUP};
 use crate::config::LagPolicy;
 use crate::msg::Msg;
@@ -138,12 +138,12 @@ impl Output {
 
     /// Stops serving client `i` and closes it: for lagging (counted, with the payload
     /// bytes it missed), or because its connection is gone.
-    pub(super) fn cut(&mut self, ring: &mut Ring, i: usize, why: Gone) {
+    pub(super) fn cut(&mut self, ring: &mut Ring, i: usize, why: CutReason) {
         let Some(Some(c)) = self.clients.get(i) else { return };
         if c.closing {
             return;
         }
-        if why == Gone::Lagging {
+        if why == CutReason::Lagging {
             let lost = match &c.path {
                 Path::Copy(copy) => self.relay.cut_lagging(copy.id),
                 Path::Pipe(p) => {
@@ -259,7 +259,7 @@ impl Output {
                 "client {i} made no progress for {:?} while the container waited for it; disconnecting it",
                 self.options.block_timeout
             );
-            self.cut(ring, i, Gone::Lagging);
+            self.cut(ring, i, CutReason::Lagging);
         }
         self.pump(ring);
     }

@@ -13,20 +13,11 @@ use super::client::Path;
 use super::stage::{Consume, NONBLOCK, Round, Stage, pipe};
 use super::{Output, POLLOUT};
 use crate::config::LagPolicy;
-use crate::relay::Framing;
+use crate::relay::{CutReason, Framing};
 use crate::relay::pipe::{NoRoom, PipeAccount};
 use crate::ring::{Fd, OpId, Ring};
 use crate::server::token::OutputOp;
 use crate::wire::frame;
-
-/// Why delivering to a client stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Gone {
-    /// It could not keep up: it falls behind what its path can hold.
-    Lagging,
-    /// Its connection failed or closed.
-    Closed,
-}
 
 /// What a put of small bytes did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +35,7 @@ pub(super) enum Offer {
     Taken,
     /// No room now; it may take it later (blocking clients).
     Later,
-    Cut(Gone),
+    Cut(CutReason),
 }
 
 /// What became of a client offered the pipe path.
@@ -137,7 +128,7 @@ impl PipeClient {
     pub fn offer(&mut self, ring: &Ring, fd: Fd, framing: Framing, stage: &Stage, round: &Round) -> Offer {
         let later = match self.account.no_room() {
             NoRoom::Wait => Offer::Later,
-            NoRoom::Cut => Offer::Cut(Gone::Lagging),
+            NoRoom::Cut => Offer::Cut(CutReason::Lagging),
         };
         let framed = framing != Framing::Raw;
         if let Some(small) = &round.small {
@@ -152,7 +143,7 @@ impl PipeClient {
                     Offer::Taken
                 }
                 Put::NoRoom => later,
-                Put::Torn => Offer::Cut(Gone::Lagging),
+                Put::Torn => Offer::Cut(CutReason::Lagging),
             };
         }
         let Some((len, slots)) = self.account.plan_tee(framed, &round.size) else {
@@ -166,22 +157,22 @@ impl PipeClient {
             // Nothing taken: the pipe is fuller than counted.
             Ok(0) | Err(Errno::EAGAIN) => later,
             // Short: part of the round is in its pipe. Its record is torn.
-            Ok(_) => Offer::Cut(Gone::Lagging),
-            Err(_) => Offer::Cut(Gone::Closed),
+            Ok(_) => Offer::Cut(CutReason::Lagging),
+            Err(_) => Offer::Cut(CutReason::Gone),
         }
     }
 
     /// Moves what the pipe holds into the socket. `Ok(true)` when the pipe is empty,
     /// `Ok(false)` when the socket takes no more for now.
-    pub fn flush(&mut self, ring: &Ring, fd: Fd) -> Result<bool, Gone> {
+    pub fn flush(&mut self, ring: &Ring, fd: Fd) -> Result<bool, CutReason> {
         while self.account.queued() > 0 {
             let flags = NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
             match splice(&self.pipe_r, None, ring.borrow(fd), None, self.account.queued(), flags) {
-                Ok(0) => return Err(Gone::Closed),
+                Ok(0) => return Err(CutReason::Gone),
                 Ok(n) => self.account.sent(n),
                 Err(Errno::EAGAIN) => return Ok(false),
                 Err(Errno::EINTR) => {}
-                Err(_) => return Err(Gone::Closed),
+                Err(_) => return Err(CutReason::Gone),
             }
         }
         Ok(true)

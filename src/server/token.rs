@@ -1,7 +1,8 @@
-//! What a completion is for. Every operation the server submits carries a [`Token`],
-//! packed into the 64-bit user data of its ring completion: the part of the server that
-//! owns the operation, which of its operations it is, and the index of the stream, client
-//! or connection it is for. Routing a completion is a match on the owner.
+//! What a completion is for. Every operation the server submits carries a [`Token`], a
+//! 64-bit number the ring keeps with the operation and hands back with its completion:
+//! the part of the server that owns the operation, which of its operations it is, and the
+//! index of the stream, client or connection it is for. Routing a completion is a match
+//! on the owner.
 
 /// Declares an enum of operations numbered by their order, with the inverse of `as u8`.
 macro_rules! numbered {

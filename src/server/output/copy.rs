@@ -64,12 +64,13 @@ impl Output {
                     self.stats.bytes_read += n as u64;
                 }
                 let cut = self.relay.on_read(s, ring.arena(range));
-                self.relay_cut(ring, &cut);
                 let st = &mut self.streams[s];
                 if st.stage.as_mut().is_some_and(|stage| stage.engine_read(n)) {
                     // The round is consumed: the stage may stage the next one.
                     st.stage_ready = true;
                 }
+                // (After the stage knows what was read: removing a cut client reads on.)
+                self.relay_cut(ring, &cut);
             }
             0 => self.end_of_stream(s),
             e if e == -libc::EAGAIN => self.wait_readable(ring, s),

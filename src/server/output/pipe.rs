@@ -13,8 +13,8 @@ use super::client::Path;
 use super::stage::{Consume, NONBLOCK, Round, Stage, pipe};
 use super::{Output, POLLOUT};
 use crate::config::LagPolicy;
-use crate::relay::{CutReason, Framing};
 use crate::relay::pipe::{NoRoom, PipeAccount};
+use crate::relay::{CutReason, Framing};
 use crate::ring::{Fd, OpId, Ring};
 use crate::server::token::OutputOp;
 use crate::wire::frame;
@@ -251,8 +251,8 @@ impl Output {
         for _ in 0..2 {
             let Some(Some(c)) = self.clients.get_mut(i) else { return };
             let Path::Pipe(p) = &mut c.path else { return };
-            if c.closing || p.writable.is_some() {
-                break;
+            if c.closing {
+                return;
             }
             if finished && !p.finished {
                 let end = match c.framing {
@@ -266,6 +266,10 @@ impl Output {
                     Put::NoRoom => {}
                     Put::Torn => return self.close(ring, i),
                 }
+            }
+            if p.writable.is_some() {
+                // Its socket is full: the flush comes when it takes more.
+                break;
             }
             match p.flush(ring, c.fd) {
                 Err(why) => return self.cut(ring, i, why),

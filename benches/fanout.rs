@@ -20,10 +20,9 @@
 //! same N.
 //!
 //! `--vary` runs every case once per value of one knob (sizes take k and m suffixes):
-//! `read` (largest read, the zero-copy round; the lag limit shrinks to fit), `buffer`
-//! (stream buffer; the lag limit follows it), `lag` (lag limit, also the zero-copy
-//! client pipe), `record` (largest record payload), `ring` (submission queue entries) or
-//! `pipe` (the container's pipe; the baselines read it too).
+//! `read` (largest read, the zero-copy round), `buffer` (stream buffer), `history` (the
+//! output history), `record` (largest record payload), `ring` (submission queue entries)
+//! or `pipe` (the container's pipe; the baselines read it too).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -112,19 +111,13 @@ fn variants(spec: &str) -> Vec<(String, Knobs)> {
             let size = parse_size(v);
             let r = &mut k.relay;
             match knob {
-                "read" => {
-                    r.max_read = size;
-                    r.lag_limit = r.lag_limit.min(r.buffer_bytes.saturating_sub(size));
-                }
-                "buffer" => {
-                    r.buffer_bytes = size;
-                    r.lag_limit = size.saturating_sub(r.max_read);
-                }
-                "lag" => r.lag_limit = size,
+                "read" => r.max_read = size,
+                "buffer" => r.buffer_bytes = size,
+                "history" => r.history_bytes = size,
                 "record" => r.max_record = size,
                 "ring" => k.ring.entries = size as u32,
                 "pipe" => k.pipe = size,
-                other => panic!("unknown knob {other}: read, buffer, lag, record, ring or pipe"),
+                other => panic!("unknown knob {other}: read, buffer, history, record, ring or pipe"),
             }
             r.validate().unwrap_or_else(|e| panic!("--vary {knob}={v}: {e}"));
             (format!("{knob}={v}"), k)

@@ -78,18 +78,25 @@ pub enum LagPolicy {
     Block,
 }
 
-/// Sizes and limits of the output relay. Every buffer it keeps is bounded by these.
+/// Sizes and limits of the relay and the output history. Every buffer it keeps is
+/// bounded by these.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {
-    /// Buffer bytes per stream (in the arena).
+    /// Buffer bytes per stream (in the arena, which container output is read into).
     pub buffer_bytes: usize,
     /// Largest single read from a stream.
     pub max_read: usize,
     /// Largest payload of one record (Mesos sends at most 64 KiB).
     pub max_record: usize,
-    /// Payload bytes a client may fall behind the live edge before it is cut off.
-    pub lag_limit: usize,
-    /// Records kept for clients; a client holding the oldest when the log is full is cut.
+    /// The output history: payload bytes kept at most, both streams together, for
+    /// clients that lag, resume or attach with a replay. A disconnecting client further
+    /// behind than this is cut off; a blocking one holds reading back.
+    pub history_bytes: usize,
+    /// Payload bytes kept for replay however far every client is: the last this many
+    /// bytes of output (at most `history_bytes`).
+    pub replay_bytes: usize,
+    /// Records kept at most (a record is one read's worth of a stream, at most
+    /// `max_record`); a client holding the oldest when the log is full is cut.
     pub max_records: usize,
     /// Bytes per send to one client.
     pub max_send_bytes: usize,
@@ -103,7 +110,8 @@ impl Default for RelayConfig {
             buffer_bytes: 1 << 20,
             max_read: 256 << 10,
             max_record: 64 << 10,
-            lag_limit: 768 << 10,
+            history_bytes: 8 << 20,
+            replay_bytes: 0,
             max_records: 16 << 10,
             max_send_bytes: 1 << 20,
             max_send_segments: 256,
@@ -122,11 +130,13 @@ pub enum ConfigError {
         max_read: usize,
         max_record: usize,
     },
-    /// The lag limit and one read do not fit in a stream's buffer.
-    LagTooLarge {
-        lag_limit: usize,
+    /// A stream's buffer cannot hold one read.
+    BufferTooSmall { buffer_bytes: usize, max_read: usize },
+    /// The history cannot hold one read, or the replay does not fit in it.
+    HistoryTooSmall {
+        history_bytes: usize,
         max_read: usize,
-        buffer_bytes: usize,
+        replay_bytes: usize,
     },
 }
 
@@ -147,13 +157,16 @@ impl fmt::Display for ConfigError {
                 f,
                 "the record log ({max_records} records) must hold at least two reads of {max_read} bytes in records of {max_record} bytes"
             ),
-            ConfigError::LagTooLarge {
-                lag_limit,
+            ConfigError::BufferTooSmall { buffer_bytes, max_read } => {
+                write!(f, "the stream buffer ({buffer_bytes}) must hold a read ({max_read})")
+            }
+            ConfigError::HistoryTooSmall {
+                history_bytes,
                 max_read,
-                buffer_bytes,
+                replay_bytes,
             } => write!(
                 f,
-                "the lag limit ({lag_limit}) plus the read size ({max_read}) must fit in the stream buffer ({buffer_bytes})"
+                "the history ({history_bytes}) must hold a read ({max_read}) and the replay ({replay_bytes})"
             ),
         }
     }
@@ -162,12 +175,16 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl RelayConfig {
-    /// The defaults with the given buffer size and lag limit (by default, one read less
-    /// than the buffer), checked.
-    pub fn sized(buffer_bytes: Option<usize>, lag_limit: Option<usize>) -> Result<RelayConfig, ConfigError> {
+    /// The defaults with the given buffer, history and replay sizes, checked.
+    pub fn sized(
+        buffer_bytes: Option<usize>,
+        history_bytes: Option<usize>,
+        replay_bytes: Option<usize>,
+    ) -> Result<RelayConfig, ConfigError> {
         let mut c = RelayConfig::default();
         c.buffer_bytes = buffer_bytes.unwrap_or(c.buffer_bytes);
-        c.lag_limit = lag_limit.unwrap_or_else(|| c.buffer_bytes.saturating_sub(c.max_read));
+        c.history_bytes = history_bytes.unwrap_or(c.history_bytes);
+        c.replay_bytes = replay_bytes.unwrap_or(c.replay_bytes);
         c.validate()?;
         Ok(c)
     }
@@ -184,11 +201,17 @@ impl RelayConfig {
                 max_record: self.max_record,
             });
         }
-        if self.lag_limit.saturating_add(self.max_read) > self.buffer_bytes {
-            return Err(ConfigError::LagTooLarge {
-                lag_limit: self.lag_limit,
-                max_read: self.max_read,
+        if self.buffer_bytes < self.max_read {
+            return Err(ConfigError::BufferTooSmall {
                 buffer_bytes: self.buffer_bytes,
+                max_read: self.max_read,
+            });
+        }
+        if self.history_bytes < self.max_read || self.replay_bytes > self.history_bytes {
+            return Err(ConfigError::HistoryTooSmall {
+                history_bytes: self.history_bytes,
+                max_read: self.max_read,
+                replay_bytes: self.replay_bytes,
             });
         }
         Ok(())

@@ -109,5 +109,5 @@ fn serve_usage_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must fit in the stream buffer"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the stream buffer (1000) must hold a read"));
 }

@@ -834,13 +834,14 @@ fn the_waited_for_client_cannot_hold_the_container_back_for_ever() {
             // reads.
             let stuck = attach(&sb, protobuf);
             let out = sb.stdout.take().unwrap();
-            let data = vec![b'x'; 4 << 20];
+            let data = vec![b'x'; 12 << 20];
             let writer = std::thread::spawn(move || write_all(&out, &data));
-            // The container's writes go through once the client is given up on.
+            // The container's writes go through once the client is given up on (when
+            // neither its pipe nor the history can hold what it has not taken).
             writer.join().unwrap();
             sb.close_output();
             assert!(sb.wait(30).success());
-            assert_eq!(sb.stdout_log.lock().unwrap().len(), 4 << 20);
+            assert_eq!(sb.stdout_log.lock().unwrap().len(), 12 << 20);
             drop(stuck);
         }
     });

@@ -95,11 +95,33 @@ pub const SPECS: &[Spec] = &[
     },
     // Ours: limits (tuning.md says what each costs and buys).
     Spec {
+        name: "history_bytes",
+        kind: Kind::Int,
+        help: "The output history: recent output kept once for every client, both\n\
+               streams, in bytes (default: 8388608). A client that falls behind is\n\
+               served from it; one further behind than it holds is disconnected (or,\n\
+               with --lag_policy=block, holds the container back). Memory is taken\n\
+               only while a client lags or --replay_bytes keeps output.",
+    },
+    Spec {
+        name: "replay_bytes",
+        kind: Kind::Int,
+        help: "Output kept for clients that attach later (Switchboard-Tail) or\n\
+               resume (Switchboard-From), however far every client is, in bytes\n\
+               (default: 0). At most --history_bytes.",
+    },
+    Spec {
+        name: "lag_policy",
+        kind: Kind::String,
+        help: "What happens to an output client further behind than the history\n\
+               holds: 'disconnect' (the default; it can resume with Switchboard-From)\n\
+               or 'block' (the container waits for it, for at most --block_timeout).",
+    },
+    Spec {
         name: "lag_limit",
         kind: Kind::Int,
-        help: "Bytes an output client may fall behind before it is disconnected\n\
-               (default: 786432). At most buffer_bytes minus 262144. On the zero-copy\n\
-               path it sizes the client's pipe (rounded up to a power of two).",
+        help: "An alias of --history_bytes (the lag an output client may have before\n\
+               it is disconnected).",
     },
     Spec {
         name: "buffer_bytes",
@@ -109,8 +131,9 @@ pub const SPECS: &[Spec] = &[
     Spec {
         name: "block_timeout",
         kind: Kind::Duration,
-        help: "How long the client a --wait_for_connection server waited for may hold\n\
-               the container back without reading before it is disconnected\n\
+        help: "How long a blocking client (the one a --wait_for_connection server\n\
+               waited for, or any with --lag_policy=block) may hold the container back\n\
+               without taking half of what it is behind before it is disconnected\n\
                (default: 30secs).",
     },
     Spec {
@@ -194,7 +217,9 @@ pub const SPECS: &[Spec] = &[
 /// Our limits from the command line (unset: the defaults).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tuning {
-    pub lag_limit: Option<usize>,
+    pub history_bytes: Option<usize>,
+    pub replay_bytes: Option<usize>,
+    pub lag_policy: Option<LagPolicy>,
     pub buffer_bytes: Option<usize>,
     pub block_timeout: Option<Duration>,
     pub ack_timeout: Option<Duration>,
@@ -285,7 +310,12 @@ pub fn parse(args: &[String]) -> Parsed {
             log_file: f.string("log_file").map(PathBuf::from),
             log_level: f.string("log_level").map(String::from),
             tuning: Tuning {
-                lag_limit: positive(f, "lag_limit", 1 << 30)?,
+                history_bytes: history_bytes(f)?,
+                replay_bytes: match f.int("replay_bytes") {
+                    Some(0) => Some(0),
+                    _ => positive(f, "replay_bytes", 1 << 30)?,
+                },
+                lag_policy: f.string("lag_policy").map(parse_lag_policy).transpose()?,
                 buffer_bytes: positive(f, "buffer_bytes", 1 << 30)?,
                 block_timeout: f.duration("block_timeout"),
                 ack_timeout: f.duration("ack_timeout"),
@@ -338,10 +368,34 @@ impl Flags {
             allowed_uids: t.allowed_uids.clone(),
             zero_copy: t.zero_copy.unwrap_or(true),
             limits,
-            relay: RelayConfig::sized(t.buffer_bytes, t.lag_limit)?,
-            lag_policy: LagPolicy::default(),
+            relay: RelayConfig::sized(t.buffer_bytes, t.history_bytes, t.replay_bytes)?,
+            lag_policy: t.lag_policy.unwrap_or_default(),
             ring: RingConfig::default(),
         })
+    }
+}
+
+/// `--history_bytes`, or its alias `--lag_limit` (not both).
+fn history_bytes(f: &stout::Loaded) -> Result<Option<usize>, String> {
+    match (
+        positive(f, "history_bytes", 1 << 30)?,
+        positive(f, "lag_limit", 1 << 30)?,
+    ) {
+        (Some(_), Some(_)) => Err(usage(Some(
+            "Flags 'history_bytes' and 'lag_limit' name the same size: give one",
+        )) + "\n"),
+        (h, l) => Ok(h.or(l)),
+    }
+}
+
+/// `--lag_policy`: disconnect or block.
+fn parse_lag_policy(text: &str) -> Result<LagPolicy, String> {
+    match text {
+        "disconnect" => Ok(LagPolicy::Disconnect),
+        "block" => Ok(LagPolicy::Block),
+        other => Err(usage(Some(&format!(
+            "Flag 'lag_policy' must be 'disconnect' or 'block', not '{other}'"
+        ))) + "\n"),
     }
 }
 

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::stout::FlagError;
 
-use crate::config::{Config, ConfigError, Descriptors, Limits, RelayConfig};
+use crate::config::{Config, ConfigError, Descriptors, LagPolicy, Limits, RelayConfig};
 
 /// Parses a duration: stout's form (`30secs`, `100ms`, `2mins`) or the short units
 /// `s`, `m`, `h` (`30s`, `5m`).
@@ -25,6 +25,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, FlagError> {
         return d;
     }
     super::stout::parse_duration(s)
+}
+
+/// What `switchboard serve` (and the servers `switchboard run` starts) keep for replay
+/// on pipes.
+pub const DEFAULT_REPLAY: usize = 1 << 20;
+
+/// `--lag-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LagPolicyArg {
+    /// Disconnect it; it can resume where it was while the history holds it.
+    Disconnect,
+    /// The container waits for it (at most the block timeout without real progress).
+    Block,
 }
 
 /// The flags of `switchboard serve`.
@@ -58,10 +71,18 @@ pub struct ServeArgs {
     /// Send a heartbeat record to output clients this often (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Bytes an output client may fall behind before it is disconnected (on the zero-copy
-    /// path, the size of its pipe, rounded up to a power of two).
+    /// The output history, in bytes (default 8 MiB): recent output kept once for every
+    /// client. A client that falls behind is served from it; one further behind than it
+    /// holds is disconnected (or, with --lag-policy block, holds the container back).
+    #[arg(long, value_name = "BYTES", alias = "lag-limit")]
+    pub history_bytes: Option<usize>,
+    /// Output kept for clients that attach later or resume, however far every client is
+    /// (default: 1 MiB on pipes, 0 with --pty-fd: a terminal's screen is not its bytes).
     #[arg(long, value_name = "BYTES")]
-    pub lag_limit: Option<usize>,
+    pub replay_bytes: Option<usize>,
+    /// What happens to an output client further behind than the history holds.
+    #[arg(long, value_enum, default_value = "disconnect")]
+    pub lag_policy: LagPolicyArg,
     /// Output buffer per container stream, in bytes.
     #[arg(long, value_name = "BYTES")]
     pub buffer_bytes: Option<usize>,
@@ -97,7 +118,8 @@ impl ServeArgs {
         };
         let mut limits = Limits::default();
         limits.drain_timeout = self.drain_timeout.unwrap_or(limits.drain_timeout);
-        let relay = RelayConfig::sized(self.buffer_bytes, self.lag_limit)?;
+        let replay = self.replay_bytes.unwrap_or(if tty { 0 } else { DEFAULT_REPLAY });
+        let relay = RelayConfig::sized(self.buffer_bytes, self.history_bytes, Some(replay))?;
         Ok(Config {
             fds: Descriptors {
                 tty,
@@ -114,7 +136,10 @@ impl ServeArgs {
             zero_copy: !self.no_zero_copy,
             limits,
             relay,
-            lag_policy: Default::default(),
+            lag_policy: match self.lag_policy {
+                LagPolicyArg::Disconnect => LagPolicy::Disconnect,
+                LagPolicyArg::Block => LagPolicy::Block,
+            },
             ring: Default::default(),
         })
     }

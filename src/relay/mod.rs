@@ -1,23 +1,31 @@
-//! The output relay: one read of container output, many deliveries.
+//! The output relay: one read of container output, many deliveries, and the output
+//! history.
 //!
 //! This room is logic only; it never touches the ring. The server's loop asks it where
 //! the next read of each stream should land, tells it what was read, what the logger
 //! wrote and what each client sent, and asks it what each client should send next.
 //!
-//! * Each stream has a byte buffer in the arena, addressed by stream offset (every byte
-//!   of a stream has one, counted from 0). A read lands at the head; the logger writes
-//!   from its own offset; the buffer's tail is the oldest byte still needed by the logger
-//!   or any client. When the buffer is full, reading pauses: a slow logger holds back the
-//!   container, never the clients.
+//! * Every output byte has a *position*: the payload bytes of both streams the server
+//!   read before it. Positions order stdout and stderr into one sequence, the order every
+//!   client sees.
+//! * Each stream has a byte buffer in the arena, addressed by stream offset. A read lands
+//!   at the head; the logger writes from its own offset; the buffer's tail is the oldest
+//!   byte the logger or a record still needs. A slow logger holds back the container,
+//!   never the clients.
 //! * Reads become records (at most `max_record` payload bytes each) in a record log that
-//!   clients walk with a cursor. A record refers to its payload by stream offset; the
-//!   bytes are never copied for a client. Framing (HTTP chunk line, RecordIO length,
-//!   protobuf tags or JSON text) is written per client around the shared payload; JSON's
-//!   base64 is made once per record, when a JSON client is attached.
-//! * A client's lag is how many payload bytes it is behind the live edge. Past
-//!   `lag_limit` (or when the log holds `max_records`), the client is cut off: its loss is
-//!   reported, and the container, the logger and the other clients never wait for it.
-//!   A blocking client holds reading back instead.
+//!   clients walk with a cursor. A record refers to its payload where it lies: in the
+//!   arena, or, once it had to leave the arena while still kept, in the history's
+//!   memory (*spilled*: copied once, shared by every client). Framing (HTTP chunk line,
+//!   RecordIO length, protobuf tags or JSON text) is written per client around the shared
+//!   payload; JSON's base64 is made once per record.
+//! * The log is the output history: a record is kept while a client still needs it or
+//!   it is within `replay_bytes` of the newest output, and never beyond `history_bytes`
+//!   (and `max_records`). A client starts at any position the history still holds: the
+//!   live edge, a position it asks for (a resume), or some bytes before the edge.
+//! * A client's lag is how many payload bytes it is behind the newest output. A
+//!   disconnecting client further behind than the history holds is cut off (its loss
+//!   reported); the container, the logger and the other clients never wait for it. A
+//!   blocking client holds reading back instead, once the history is full.
 //!
 //! Those are the copying clients. The pipe clients of the zero-copy path keep their own
 //! account ([`pipe`]): what their pipe holds, and what their lag policy makes of a full one.
@@ -31,6 +39,7 @@ use std::rc::Rc;
 
 use crate::config::{ConfigError, LagPolicy, RelayConfig as Config};
 use crate::slab::{Key, Slab};
+pub use crate::wire::media::StartAt;
 use crate::wire::message::{self, Format, Stream};
 
 /// How a client's bytes are framed.
@@ -57,19 +66,45 @@ impl ClientId {
 /// Why a client stopped being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutReason {
-    /// It fell behind what its path holds (the lag limit, or the oldest record of a full
-    /// log; a pipe client, its pipe), or a blocking one stopped making progress.
+    /// It fell behind what the history (or its pipe) holds, or a blocking one stopped
+    /// making progress.
     Lagging,
     /// Its connection failed or was closed.
     Gone,
+}
+
+/// Where a new client starts, as the history has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// The position of the first byte it gets.
+    pub position: u64,
+    /// Bytes it asked for that the history no longer holds.
+    pub skipped: u64,
+}
+
+/// A start past the newest output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Future {
+    pub asked: u64,
+    pub newest: u64,
+}
+
+/// Where a record's payload lies.
+#[derive(Debug)]
+enum Payload {
+    /// In its stream's arena buffer, at this stream offset.
+    Arena { off: u64 },
+    /// Spilled: in a chunk of the history's memory, from `start`.
+    Held { chunk: Rc<[u8]>, start: usize },
 }
 
 #[derive(Debug)]
 enum RecordKind {
     Data {
         stream: Stream,
-        off: u64,
         len: usize,
+        at: Payload,
+        /// Its JSON payload (base64), made once while JSON clients need it.
         json: Option<Rc<[u8]>>,
     },
     /// A complete chunk per format (heartbeats).
@@ -78,9 +113,24 @@ enum RecordKind {
 
 #[derive(Debug)]
 struct Record {
-    /// Payload bytes appended to the log before this record.
-    log_start: u64,
+    /// The position of its first payload byte (for a control record: of the payload byte
+    /// after it).
+    pos: u64,
     kind: RecordKind,
+}
+
+impl Record {
+    /// Payload bytes.
+    fn len(&self) -> usize {
+        match self.kind {
+            RecordKind::Data { len, .. } => len,
+            RecordKind::Control { .. } => 0,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.pos + self.len() as u64
+    }
 }
 
 #[derive(Debug)]
@@ -92,14 +142,21 @@ struct StreamBuf {
     head: u64,
     /// Stream offset of the next byte the logger writes.
     logged: u64,
-    /// Stream offset below which no client needs bytes.
+    /// Stream offset of the oldest byte a record still has in the arena (when one has).
     client_tail: u64,
+    /// Records of this stream whose payload is in the arena.
+    resident: usize,
     eof: bool,
 }
 
 impl StreamBuf {
+    /// The oldest byte the logger or a record in the arena still needs.
     fn tail(&self) -> u64 {
-        self.logged.min(self.client_tail)
+        if self.resident == 0 {
+            self.logged
+        } else {
+            self.logged.min(self.client_tail)
+        }
     }
 
     fn arena(&self, off: u64, len: usize) -> Range<usize> {
@@ -121,6 +178,9 @@ struct Client {
     /// Bytes to send before any record (an HTTP response head), and how many were sent.
     front: Vec<u8>,
     front_sent: usize,
+    /// The position it starts at: payload before it is not sent (a record it falls in is
+    /// sent from there).
+    from: u64,
     /// The next record to send, and how many bytes of its framed form were sent.
     next: u64,
     offset: usize,
@@ -142,6 +202,25 @@ pub struct Cut {
     pub lost: u64,
 }
 
+/// Read access to the arena's bytes where no read is writing (the relay decides what
+/// lands where, but does not hold the memory).
+pub trait ArenaBytes {
+    fn bytes(&self, range: Range<usize>) -> &[u8];
+}
+
+/// What the next read of a stream needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// Read into this arena range.
+    Window(Range<usize>),
+    /// First copy these arena bytes out of the arena, into the history
+    /// ([`Relay::spill`]): records still kept hold them.
+    Spill(Range<usize>),
+    /// Not now: the stream ended, or the logger, the record log or a blocking client at
+    /// the end of the history holds reading back.
+    Wait,
+}
+
 /// The fan-out state of one container's output.
 pub struct Relay {
     config: Config,
@@ -149,8 +228,11 @@ pub struct Relay {
     records: VecDeque<Record>,
     /// Sequence number of `records[0]`.
     first_seq: u64,
-    /// Payload bytes ever appended to the log.
-    log_total: u64,
+    /// The position of the next payload byte: all output read so far.
+    position: u64,
+    /// Payload bytes of the records kept, and of those spilled out of the arena.
+    retained: u64,
+    spilled: u64,
     clients: Slab<Client>,
     json_clients: usize,
     live_clients: usize,
@@ -172,6 +254,7 @@ impl Relay {
                 head: 0,
                 logged: 0,
                 client_tail: 0,
+                resident: 0,
                 eof: false,
             })
             .collect();
@@ -180,7 +263,9 @@ impl Relay {
             streams,
             records: VecDeque::new(),
             first_seq: 0,
-            log_total: 0,
+            position: 0,
+            retained: 0,
+            spilled: 0,
             clients: Slab::default(),
             json_clients: 0,
             live_clients: 0,
@@ -202,8 +287,24 @@ impl Relay {
         if index == 0 { Stream::Stdout } else { Stream::Stderr }
     }
 
-    fn buf_of(&self, stream: Stream) -> &StreamBuf {
-        &self.streams[usize::from(stream == Stream::Stderr).min(self.streams.len() - 1)]
+    fn stream_index(&self, stream: Stream) -> usize {
+        usize::from(stream == Stream::Stderr).min(self.streams.len() - 1)
+    }
+
+    /// The position of the next output byte: all output so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Payload bytes the history keeps, and how many of them were copied out of the arena
+    /// (its own memory).
+    pub fn history(&self) -> (u64, u64) {
+        (self.retained, self.spilled)
+    }
+
+    /// Whether records must be kept for no client (a replay window).
+    fn keeps_replay(&self) -> bool {
+        self.config.replay_bytes > 0
     }
 
     // -----------------------------------------------------------------------------------
@@ -214,17 +315,105 @@ impl Relay {
         self.config.max_read.div_ceil(self.config.max_record)
     }
 
-    /// Where the next read of stream `s` should land, or `None` while its buffer is full,
-    /// or the record log is (held by a blocking client), or the stream ended.
-    pub fn read_window(&self, s: usize) -> Option<Range<usize>> {
+    /// What the next read of stream `s` needs: a window to read into, arena bytes to
+    /// spill first, or a wait.
+    pub fn read_plan(&self, s: usize) -> ReadPlan {
         let b = &self.streams[s];
         if b.eof || self.records.len() + self.records_per_read() > self.config.max_records {
-            return None;
+            return ReadPlan::Wait;
         }
-        let free = b.cap - (b.head - b.tail()) as usize;
+        if self.history_full_for_blocker() {
+            return ReadPlan::Wait;
+        }
         let pos = (b.head % b.cap as u64) as usize;
-        let len = free.min(b.cap - pos).min(self.config.max_read);
-        (len > 0).then(|| b.base + pos..b.base + pos + len)
+        let wanted = self.config.max_read.min(b.cap - pos);
+        let free = b.cap - (b.head - b.tail()) as usize;
+        if free >= wanted {
+            return ReadPlan::Window(b.base + pos..b.base + pos + wanted);
+        }
+        // Records kept for clients hold the space the logger has freed: they leave the
+        // arena for the history's memory.
+        if let Some(range) = self.spill_range(s) {
+            return ReadPlan::Spill(range);
+        }
+        let len = free.min(b.cap - pos);
+        if len > 0 {
+            ReadPlan::Window(b.base + pos..b.base + pos + len)
+        } else {
+            ReadPlan::Wait
+        }
+    }
+
+    /// The arena range of stream `s`'s oldest records still in the arena that the logger
+    /// has written: whole records, about a read's worth, up to the buffer's end. (A
+    /// stream's records in the arena lie one after the other from its client tail.)
+    fn spill_range(&self, s: usize) -> Option<Range<usize>> {
+        let b = &self.streams[s];
+        let cap = b.cap as u64;
+        let budget = b.client_tail + self.config.max_read as u64;
+        let wrap = (b.client_tail / cap + 1) * cap;
+        // Records a send in flight may be reading stay where they are.
+        let in_flight = self
+            .clients
+            .values()
+            .filter(|c| c.sending > 0)
+            .map(|c| c.next)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut end = b.client_tail;
+        for (i, r) in self.records.iter().enumerate() {
+            if self.first_seq + i as u64 >= in_flight {
+                break;
+            }
+            let RecordKind::Data {
+                stream,
+                len,
+                at: Payload::Arena { off },
+                ..
+            } = &r.kind
+            else {
+                continue;
+            };
+            if self.stream_index(*stream) != s {
+                continue;
+            }
+            let next = off + *len as u64;
+            if *off != end || next > b.logged || next > wrap || (end > b.client_tail && next > budget) {
+                break;
+            }
+            end = next;
+        }
+        (end > b.client_tail).then(|| b.arena(b.client_tail, (end - b.client_tail) as usize))
+    }
+
+    /// The bytes of the range [`ReadPlan::Spill`] named (copied out of the arena): the
+    /// records they hold now refer to the history's memory, and the arena space is free.
+    pub fn spill(&mut self, s: usize, bytes: &[u8]) {
+        let chunk: Rc<[u8]> = Rc::from(bytes);
+        let (from, to) = {
+            let b = &self.streams[s];
+            (b.client_tail, b.client_tail + bytes.len() as u64)
+        };
+        let mut moved = 0;
+        for r in &mut self.records {
+            let RecordKind::Data { stream, len, at, json } = &mut r.kind else { continue };
+            let Payload::Arena { off } = *at else { continue };
+            if usize::from(*stream == Stream::Stderr).min(self.streams.len() - 1) != s || off < from || off >= to {
+                continue;
+            }
+            *at = Payload::Held {
+                chunk: chunk.clone(),
+                start: (off - from) as usize,
+            };
+            // Its base64, if any, is made again when a JSON client gets to it: kept, it
+            // would be a third of the history again.
+            *json = None;
+            moved += 1;
+            self.spilled += *len as u64;
+        }
+        let b = &mut self.streams[s];
+        b.resident -= moved;
+        b.client_tail = to;
     }
 
     /// `data` (the start of the window) was read from stream `s`. Returns the clients this
@@ -232,29 +421,38 @@ impl Relay {
     pub fn on_read(&mut self, s: usize, data: &[u8]) -> Vec<Cut> {
         let start = self.streams[s].head;
         self.streams[s].head += data.len() as u64;
-        if self.live_clients == 0 {
+        let pos = self.position;
+        self.position += data.len() as u64;
+        if self.live_clients == 0 && !self.keeps_replay() {
             self.release_records();
             return Vec::new();
         }
         for (i, chunk) in data.chunks(self.config.max_record).enumerate() {
-            let json = (self.json_clients > 0).then(|| {
-                let mut out = Vec::with_capacity(chunk.len().div_ceil(3) * 4 + 16);
-                message::json_data_payload(chunk, &mut out);
-                Rc::from(out)
-            });
-            let off = start + (i * self.config.max_record) as u64;
+            let json = (self.json_clients > 0).then(|| json_payload(chunk));
+            let at = i * self.config.max_record;
             self.records.push_back(Record {
-                log_start: self.log_total,
+                pos: pos + at as u64,
                 kind: RecordKind::Data {
                     stream: Self::stream_kind(s),
-                    off,
                     len: chunk.len(),
+                    at: Payload::Arena { off: start + at as u64 },
                     json,
                 },
             });
-            self.log_total += chunk.len() as u64;
+            self.retained += chunk.len() as u64;
+            let b = &mut self.streams[s];
+            if b.resident == 0 {
+                b.client_tail = start + at as u64;
+            }
+            b.resident += 1;
         }
         self.enforce_limits()
+    }
+
+    /// Output that went by without the relay (the zero-copy path moved it into the logger
+    /// while no copying client or replay needed it): positions move on.
+    pub fn advance(&mut self, len: usize) {
+        self.position += len as u64;
     }
 
     /// Stream `s` reached its end.
@@ -310,7 +508,7 @@ impl Relay {
             return Vec::new();
         }
         self.records.push_back(Record {
-            log_start: self.log_total,
+            pos: self.position,
             kind: RecordKind::Control { json, protobuf },
         });
         self.enforce_limits()
@@ -319,19 +517,63 @@ impl Relay {
     // -----------------------------------------------------------------------------------
     // Clients
 
-    /// Attaches a client at the live edge (no replay): it is sent `front` first, then every
-    /// record appended from now on.
+    /// Where a client that asks for `at` starts, the newest output being at `newest`
+    /// (this relay's [`Relay::position`], or past it by output the server has and the
+    /// relay will get). A start the history no longer holds moves to its oldest byte.
+    pub fn locate(&self, at: StartAt, newest: u64) -> Result<Start, Future> {
+        debug_assert!(newest >= self.position);
+        let asked = match at {
+            StartAt::Live => newest,
+            StartAt::Position(p) => p,
+            StartAt::Tail(n) => newest.saturating_sub(n),
+        };
+        if asked > newest {
+            return Err(Future { asked, newest });
+        }
+        let oldest = self
+            .records
+            .iter()
+            .find(|r| matches!(r.kind, RecordKind::Data { .. }))
+            .map_or(self.position, |r| r.pos);
+        Ok(if asked < oldest {
+            Start {
+                position: oldest,
+                skipped: oldest - asked,
+            }
+        } else {
+            Start {
+                position: asked,
+                skipped: 0,
+            }
+        })
+    }
+
+    /// Attaches a client at the live edge: it is sent `front` first, then every record
+    /// appended from now on.
     pub fn add_client(&mut self, framing: Framing, policy: LagPolicy, front: Vec<u8>) -> ClientId {
+        self.add_client_at(framing, policy, front, self.position)
+    }
+
+    /// Attaches a client that starts at position `from` (from [`Relay::locate`]): it is
+    /// sent `front` first, then the payload from `from` on.
+    pub fn add_client_at(&mut self, framing: Framing, policy: LagPolicy, front: Vec<u8>, from: u64) -> ClientId {
         if framing == Framing::Chunked(Format::Json) {
             self.json_clients += 1;
         }
         self.live_clients += 1;
+        // The first record it needs: data that ends past `from`, or control records at it
+        // or after.
+        let index = self.records.partition_point(|r| match r.kind {
+            RecordKind::Data { .. } => r.end() <= from,
+            RecordKind::Control { .. } => r.pos < from,
+        });
         ClientId(self.clients.insert(Client {
             framing,
             policy,
             front,
             front_sent: 0,
-            next: self.first_seq + self.records.len() as u64,
+            from,
+            next: self.first_seq + index as u64,
             offset: 0,
             end_sent: 0,
             ended: false,
@@ -364,17 +606,29 @@ impl Relay {
         self.live_clients
     }
 
-    /// Payload bytes the client is behind the live edge.
-    pub fn lag(&self, id: ClientId) -> u64 {
-        let c = self.client(id);
-        match self.records.get((c.next - self.first_seq) as usize) {
-            Some(r) => self.log_total - r.log_start,
-            None => 0,
-        }
+    /// Whether the relay needs the output in its records: a client is served, or the
+    /// replay window keeps it.
+    pub fn wants_output(&self) -> bool {
+        self.live_clients > 0 || self.keeps_replay()
     }
 
-    /// A live blocking client that holds the oldest record, and that record's sequence
-    /// number: the client reading may be waiting for.
+    /// The position a client has reached: every payload byte before it was sent to it.
+    pub fn reached(&self, id: ClientId) -> u64 {
+        let c = self.client(id);
+        let at = self
+            .records
+            .get((c.next - self.first_seq) as usize)
+            .map_or(self.position, |r| r.pos);
+        at.max(c.from)
+    }
+
+    /// Payload bytes the client is behind the newest output.
+    pub fn lag(&self, id: ClientId) -> u64 {
+        self.position - self.reached(id).min(self.position)
+    }
+
+    /// A live blocking client that holds the oldest record, and the position it reached:
+    /// the client reading may be waiting for.
     pub fn blocking_holder(&self) -> Option<(ClientId, u64)> {
         if self.records.is_empty() {
             return None;
@@ -382,7 +636,14 @@ impl Relay {
         self.clients
             .iter()
             .find(|(_, c)| c.state == ClientState::Live && c.policy == LagPolicy::Block && c.next == self.first_seq)
-            .map(|(key, c)| (ClientId(key), c.next))
+            .map(|(key, _)| (ClientId(key), self.reached(ClientId(key))))
+    }
+
+    /// Whether a blocking client holds the oldest record while the history is full: then
+    /// reading waits for it.
+    fn history_full_for_blocker(&self) -> bool {
+        self.retained + self.config.max_read as u64 > self.config.history_bytes as u64
+            && self.blocking_holder().is_some()
     }
 
     /// Cuts a client off for lagging (a blocking client that stopped making progress);
@@ -395,12 +656,6 @@ impl Relay {
         self.cut(id, CutReason::Lagging);
         self.release_records();
         Some(lost)
-    }
-
-    /// The sequence number of the next record the client is to get: it moves as the
-    /// client makes progress.
-    pub fn progress(&self, id: ClientId) -> u64 {
-        self.client(id).next
     }
 
     /// Why the client was cut off, if it was.
@@ -419,6 +674,12 @@ impl Relay {
     /// The client received its whole stream, end included.
     pub fn has_ended(&self, id: ClientId) -> bool {
         self.client(id).ended
+    }
+
+    /// Whether the client has every record there is (and no send in flight).
+    pub fn caught_up(&self, id: ClientId) -> bool {
+        let c = self.client(id);
+        c.sending == 0 && c.front_sent == c.front.len() && c.next == self.first_seq + self.records.len() as u64
     }
 
     /// Stops serving a client. It keeps its place until [`Relay::remove_client`], so that a
@@ -444,20 +705,13 @@ impl Relay {
         self.release_records();
     }
 
-    /// Cuts the disconnecting clients that broke the limits, and returns them. A log too
-    /// full for another read counts: clients holding its oldest record go, unless they
-    /// block (then reading waits for them).
+    /// Cuts the disconnecting clients that broke the limits, and returns them: those
+    /// further behind than the history holds, and, when the log is too full for another
+    /// read, those holding its oldest record. Blocking clients are never cut here
+    /// (reading waits for them).
     fn enforce_limits(&mut self) -> Vec<Cut> {
-        let limit = self.config.lag_limit as u64;
-        let front_lagging = self
-            .records
-            .front()
-            .is_some_and(|r| self.log_total - r.log_start > limit);
+        let limit = self.config.history_bytes as u64;
         let log_full = self.records.len() + self.records_per_read() > self.config.max_records;
-        if !front_lagging && !log_full {
-            return Vec::new();
-        }
-        let front_holder = log_full.then_some(self.first_seq);
         let mut cut = Vec::new();
         for id in self.client_ids() {
             let c = self.client(id);
@@ -465,7 +719,7 @@ impl Relay {
                 continue;
             }
             let lag = self.lag(id);
-            if lag > limit || front_holder == Some(c.next) {
+            if lag > limit || (log_full && c.next == self.first_seq) {
                 self.cut(id, CutReason::Lagging);
                 cut.push(Cut { id, lost: lag });
             }
@@ -474,10 +728,11 @@ impl Relay {
         cut
     }
 
-    /// Drops the records no client needs any more, and moves the streams' client tails.
+    /// Drops the records nobody keeps: no client needs them (a cut client still holds its
+    /// records while a send to it is in flight), they are older than the replay window,
+    /// or the history is over its size.
     fn release_records(&mut self) {
         let end = self.first_seq + self.records.len() as u64;
-        // A cut client still holds its records while a send to it is in flight.
         let keep_from = self
             .clients
             .values()
@@ -485,20 +740,41 @@ impl Relay {
             .map(|c| c.next)
             .min()
             .unwrap_or(end);
-        while self.first_seq < keep_from {
-            let Some(r) = self.records.pop_front() else { break };
-            self.first_seq += 1;
-            if let RecordKind::Data { stream, off, len, .. } = r.kind {
-                let s = usize::from(stream == Stream::Stderr).min(self.streams.len() - 1);
-                self.streams[s].client_tail = off + len as u64;
+        let replay_from = self.position.saturating_sub(self.config.replay_bytes as u64);
+        while let Some(r) = self.records.front() {
+            let needed = keep_from <= self.first_seq;
+            let replayed = matches!(r.kind, RecordKind::Data { .. }) && r.end() > replay_from;
+            let over = self.retained > self.config.history_bytes as u64;
+            if needed || (replayed && !over) {
+                break;
             }
+            let r = self.records.pop_front().expect("checked above");
+            self.first_seq += 1;
+            self.drop_record(r);
         }
-        if self.records.is_empty() {
-            for b in &mut self.streams {
-                b.client_tail = b.head;
+    }
+
+    /// A record left the log: its arena space or its share of a history chunk is free.
+    fn drop_record(&mut self, r: Record) {
+        let RecordKind::Data { stream, len, at, .. } = r.kind else { return };
+        self.retained -= len as u64;
+        let s = self.stream_index(stream);
+        match at {
+            Payload::Held { .. } => self.spilled -= len as u64,
+            Payload::Arena { off } => {
+                let b = &mut self.streams[s];
+                b.resident -= 1;
+                b.client_tail = off + len as u64;
             }
         }
     }
+}
+
+/// The JSON payload of a DATA record: base64.
+fn json_payload(data: &[u8]) -> Rc<[u8]> {
+    let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4 + 16);
+    message::json_data_payload(data, &mut out);
+    Rc::from(out)
 }
 
 #[cfg(test)]

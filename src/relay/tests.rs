@@ -2,7 +2,8 @@
 //! land in the windows the relay hands out, and sends are materialized only when they
 //! "complete" (as the kernel reads them), after other reads may have happened. Any
 //! overlap between a read and a pending send, any byte lost, reordered or duplicated,
-//! shows up in the decoded streams.
+//! shows up in the decoded streams; every client must get exactly the output from the
+//! position it started at, in position order.
 
 use std::ops::Range;
 
@@ -33,10 +34,8 @@ impl Rng {
 struct SimClient {
     id: ClientId,
     framing: Framing,
-    /// Stream offsets at attach time.
-    from: [u64; 2],
-    /// Position in the read log at attach time (for raw clients).
-    from_read: usize,
+    /// The position it started at.
+    from: u64,
     /// Bytes sent before the records (a stand-in HTTP head).
     front: Vec<u8>,
     received: Vec<u8>,
@@ -45,11 +44,21 @@ struct SimClient {
     stalled: bool,
 }
 
+/// The simulated arena, as the relay reads it.
+struct SimArena<'a>(&'a [u8]);
+
+impl ArenaBytes for SimArena<'_> {
+    fn bytes(&self, range: Range<usize>) -> &[u8] {
+        &self.0[range]
+    }
+}
+
 struct Sim {
     relay: Relay,
     arena: Vec<u8>,
     rng: Rng,
     produced: [Vec<u8>; 2],
+    /// Every read: its stream and its bytes' offsets in that stream, in position order.
     reads: Vec<(usize, Range<u64>)>,
     logged: [Vec<u8>; 2],
     logger_pending: [Option<Range<usize>>; 2],
@@ -57,6 +66,8 @@ struct Sim {
     streams: usize,
     /// Clients the relay cut off.
     cut: Vec<Cut>,
+    /// Bytes spilled out of the arena.
+    spills: usize,
 }
 
 impl Sim {
@@ -74,27 +85,32 @@ impl Sim {
             clients: Vec::new(),
             streams,
             cut: Vec::new(),
+            spills: 0,
         }
     }
 
     fn attach(&mut self, framing: Framing, front: &[u8], stalled: bool) {
-        let id = self.relay.add_client(framing, LagPolicy::Disconnect, front.to_vec());
-        let from = [
-            self.relay.streams[0].head,
-            self.relay.streams.get(1).map_or(0, |b| b.head),
-        ];
+        self.attach_at(framing, front, stalled, StartAt::Live, LagPolicy::Disconnect);
+    }
+
+    fn attach_at(&mut self, framing: Framing, front: &[u8], stalled: bool, at: StartAt, policy: LagPolicy) -> Start {
+        let start = self.relay.locate(at, self.relay.position()).unwrap();
+        let id = self
+            .relay
+            .add_client_at(framing, policy, front.to_vec(), start.position);
         self.clients.push(SimClient {
             id,
             framing,
-            from,
-            from_read: self.reads.len(),
+            from: start.position,
             front: front.to_vec(),
             received: Vec::new(),
             pending: None,
             stalled,
         });
+        start
     }
 
+    /// Arena ranges that pending operations (logger writes, sends) read.
     fn pending_arena(&self) -> Vec<Range<usize>> {
         let mut out: Vec<Range<usize>> = self.logger_pending.iter().flatten().cloned().collect();
         for c in &self.clients {
@@ -108,10 +124,25 @@ impl Sim {
         out
     }
 
-    /// Reads up to `max` fresh bytes into stream `s`, if its window is open.
+    /// Reads up to `max` fresh bytes into stream `s`, if it may read (spilling first when
+    /// the relay says so).
     fn read(&mut self, s: usize, max: usize) -> bool {
-        let Some(w) = self.relay.read_window(s) else {
-            return false;
+        let w = loop {
+            match self.relay.read_plan(s) {
+                ReadPlan::Window(w) => break w,
+                ReadPlan::Spill(r) => {
+                    for p in self.pending_arena() {
+                        assert!(
+                            p.end <= r.start || r.end <= p.start,
+                            "spill {r:?} of a range a pending operation reads {p:?}"
+                        );
+                    }
+                    self.spills += r.len();
+                    let bytes = self.arena[r].to_vec();
+                    self.relay.spill(s, &bytes);
+                }
+                ReadPlan::Wait => return false,
+            }
         };
         for p in self.pending_arena() {
             assert!(
@@ -173,7 +204,7 @@ impl Sim {
             }
             None => {
                 let mut msg = Msg::default();
-                if self.relay.fill(c.id, &mut msg) {
+                if self.relay.fill(c.id, &mut msg, &SimArena(&self.arena)) {
                     c.pending = Some(msg);
                 }
             }
@@ -241,30 +272,59 @@ impl Sim {
         panic!("the relay did not drain");
     }
 
+    /// The output from position `from` on, in position order: each read's stream and
+    /// bytes.
+    fn output_from(&self, from: u64) -> Vec<(usize, Vec<u8>)> {
+        let mut pos = 0;
+        let mut out = Vec::new();
+        for (s, r) in &self.reads {
+            let bytes = &self.produced[*s][r.start as usize..r.end as usize];
+            let end = pos + bytes.len() as u64;
+            if end > from {
+                let skip = from.saturating_sub(pos) as usize;
+                out.push((*s, bytes[skip..].to_vec()));
+            }
+            pos = end;
+        }
+        out
+    }
+
     fn check(&self) {
         for s in 0..self.streams {
             assert_eq!(self.logged[s], self.produced[s], "logger of stream {s}");
         }
         for c in &self.clients {
-            if c.stalled {
+            if c.stalled || self.relay.cut_reason(c.id).is_some() {
                 continue;
             }
             assert!(self.relay.has_ended(c.id), "client {:?} did not reach the end", c.id);
             assert!(c.received.starts_with(&c.front));
             let received = &c.received[c.front.len()..];
+            let expected = self.output_from(c.from);
             match c.framing {
                 Framing::Raw => {
-                    let expected: Vec<u8> = self.reads[c.from_read..]
-                        .iter()
-                        .flat_map(|(s, r)| self.produced[*s][r.start as usize..r.end as usize].iter().copied())
-                        .collect();
-                    assert_eq!(received, expected);
+                    let all: Vec<u8> = expected.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+                    assert_eq!(received, all);
                 }
                 Framing::Chunked(format) => {
-                    let (streams, _) = decode_body(received, format);
-                    for (s, got) in streams.iter().enumerate().take(self.streams) {
-                        assert_eq!(got[..], self.produced[s][c.from[s] as usize..], "client stream {s}");
+                    let (data, _) = decode_body(received, format);
+                    // In position order, record by record (records split reads, never
+                    // merge them): the same streams and bytes.
+                    let mut want: Vec<(usize, Vec<u8>)> = Vec::new();
+                    for (s, b) in expected {
+                        match want.last_mut() {
+                            Some((ls, lb)) if *ls == s => lb.extend(b),
+                            _ => want.push((s, b)),
+                        }
                     }
+                    let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
+                    for (s, b) in data {
+                        match got.last_mut() {
+                            Some((ls, lb)) if *ls == s => lb.extend(b),
+                            _ => got.push((s, b)),
+                        }
+                    }
+                    assert_eq!(got, want, "client from {}", c.from);
                 }
             }
         }
@@ -272,21 +332,21 @@ impl Sim {
 }
 
 /// Decodes an output response body: chunked, then RecordIO, then ProcessIO records.
-/// Returns the stdout and stderr bytes, and how many heartbeats there were.
-fn decode_body(body: &[u8], format: Format) -> ([Vec<u8>; 2], usize) {
+/// Returns the DATA records (stream, bytes) in order, and how many heartbeats there were.
+fn decode_body(body: &[u8], format: Format) -> (Vec<(usize, Vec<u8>)>, usize) {
     let mut chunked = ChunkedDecoder::new(&Limits::default());
     let mut records = recordio::Decoder::new(1 << 24);
-    let mut streams = [Vec::new(), Vec::new()];
+    let mut data = Vec::new();
     let mut heartbeats = 0;
     let mut pos = 0;
     let mut done = false;
     while pos < body.len() {
         let d = chunked.decode(&body[pos..]).unwrap();
         pos += d.used;
-        let mut data = d.data;
-        while !data.is_empty() {
-            let (used, rec) = records.decode(data).unwrap();
-            data = &data[used..];
+        let mut bytes = d.data;
+        while !bytes.is_empty() {
+            let (used, rec) = records.decode(bytes).unwrap();
+            bytes = &bytes[used..];
             if let Some(rec) = rec {
                 let pio: ProcessIo = decode(format, &rec).unwrap();
                 match process_io::Type::try_from(pio.r#type.unwrap()).unwrap() {
@@ -294,7 +354,7 @@ fn decode_body(body: &[u8], format: Format) -> ([Vec<u8>; 2], usize) {
                         let d = pio.data.unwrap();
                         let s = usize::from(d.r#type == Some(process_io::data::Type::Stderr as i32));
                         assert!(!d.data.as_ref().unwrap().is_empty(), "DATA records are never empty");
-                        streams[s].extend_from_slice(&d.data.unwrap());
+                        data.push((s, d.data.unwrap()));
                     }
                     _ => heartbeats += 1,
                 }
@@ -308,7 +368,7 @@ fn decode_body(body: &[u8], format: Format) -> ([Vec<u8>; 2], usize) {
     assert!(done, "the chunked body did not end");
     assert_eq!(pos, body.len(), "bytes after the last chunk");
     assert!(records.is_idle());
-    (streams, heartbeats)
+    (data, heartbeats)
 }
 
 fn small_config() -> Config {
@@ -316,20 +376,41 @@ fn small_config() -> Config {
         buffer_bytes: 4096,
         max_read: 700,
         max_record: 300,
-        lag_limit: 3000,
+        history_bytes: 3000,
+        replay_bytes: 0,
         max_records: 64,
         max_send_bytes: 2000,
         max_send_segments: 16,
     }
 }
 
+/// A history larger than the arena: clients far behind are served from spilled memory.
+fn history_config() -> Config {
+    Config {
+        history_bytes: 20_000,
+        max_records: 256,
+        ..small_config()
+    }
+}
+
 #[test]
 fn config_limits_must_fit() {
-    let bad = Config {
-        lag_limit: 4000,
-        ..small_config()
-    };
-    assert!(Relay::new(bad, 2).is_err());
+    for bad in [
+        Config {
+            history_bytes: 600,
+            ..small_config()
+        },
+        Config {
+            replay_bytes: 3001,
+            ..small_config()
+        },
+        Config {
+            buffer_bytes: 600,
+            ..small_config()
+        },
+    ] {
+        assert!(Relay::new(bad, 2).is_err(), "{bad:?}");
+    }
     assert!(Relay::new(Config::default(), 2).is_ok());
 }
 
@@ -350,13 +431,13 @@ fn heartbeats_reach_attached_chunked_clients_only() {
 }
 
 #[test]
-fn a_stalled_client_is_cut_and_nobody_waits_for_it() {
+fn a_stalled_client_is_cut_once_the_history_cannot_hold_it_and_nobody_waits_for_it() {
     let config = small_config();
     let mut sim = Sim::new(config, 2, 99);
     sim.attach(Framing::Chunked(Format::Protobuf), b"", true);
     sim.attach(Framing::Chunked(Format::Protobuf), b"", false);
     sim.attach(Framing::Raw, b"", false);
-    // Far more than the buffer: reading must go on while the stalled client holds nothing.
+    // Far more than the buffer and the history: reading goes on.
     while sim.produced[0].len() + sim.produced[1].len() < 20 * config.buffer_bytes {
         for s in 0..2 {
             if !sim.read(s, config.max_read) {
@@ -370,31 +451,101 @@ fn a_stalled_client_is_cut_and_nobody_waits_for_it() {
     let stalled = sim.clients[0].id;
     assert_eq!(sim.cut.iter().map(|c| c.id).collect::<Vec<_>>(), [stalled]);
     assert_eq!(sim.relay.cut_reason(stalled), Some(CutReason::Lagging));
-    assert!(sim.cut[0].lost > config.lag_limit as u64);
+    assert!(sim.cut[0].lost > config.history_bytes as u64);
     sim.relay.remove_client(stalled);
+    // Nobody lags: the history let everything go.
+    assert_eq!(sim.relay.history().1, 0);
     sim.drain();
     sim.check();
 }
 
 #[test]
-fn clients_attach_mid_stream_without_replay() {
-    let mut sim = Sim::new(small_config(), 2, 3);
-    for _ in 0..50 {
-        sim.step(700);
+fn a_client_behind_the_arena_is_served_from_the_history() {
+    let config = history_config();
+    let mut sim = Sim::new(config, 2, 5);
+    for i in 0..3 {
+        let framing = [
+            Framing::Raw,
+            Framing::Chunked(Format::Json),
+            Framing::Chunked(Format::Protobuf),
+        ][i];
+        sim.attach(framing, b"", false);
     }
-    sim.attach(Framing::Chunked(Format::Json), b"", false);
-    for round in 0..200 {
-        sim.step(700);
-        if round % 3 == 0 {
-            sim.catch_up(0);
+    // The clients do not read while four buffers' worth is produced and logged.
+    while sim.produced[0].len() + sim.produced[1].len() < 4 * config.buffer_bytes {
+        let s = sim.rng.below(2);
+        if !sim.read(s, config.max_read) {
+            sim.log(s);
         }
+        sim.log(s);
     }
-    sim.attach(Framing::Chunked(Format::Protobuf), b"front", false);
-    for round in 0..200 {
-        sim.step(700);
-        if round % 3 == 0 {
-            sim.catch_up(0);
-            sim.catch_up(1);
+    assert!(sim.spills > 0, "nothing left the arena");
+    let (kept, spilled) = sim.relay.history();
+    assert!(kept <= config.history_bytes as u64 && spilled > 0, "{kept} {spilled}");
+    assert!(sim.cut.is_empty());
+    sim.drain();
+    sim.check();
+    // Caught up: nothing is kept.
+    assert_eq!(sim.relay.history(), (0, 0));
+}
+
+#[test]
+fn clients_start_anywhere_the_history_holds() {
+    let config = Config {
+        replay_bytes: 5000,
+        ..history_config()
+    };
+    let mut sim = Sim::new(config, 2, 21);
+    for _ in 0..200 {
+        sim.step(config.max_read);
+    }
+    let newest = sim.relay.position();
+    assert!(newest > 6000);
+    // Kept for replay with no client attached: the last 5000 bytes, and a little more
+    // (whole records).
+    let (kept, _) = sim.relay.history();
+    assert!((5000..5000 + config.max_record as u64).contains(&kept), "{kept}");
+    // A tail, a resume inside a record, and a start the history no longer holds.
+    let tail = sim.attach_at(Framing::Raw, b"", false, StartAt::Tail(100), LagPolicy::Disconnect);
+    assert_eq!(
+        tail,
+        Start {
+            position: newest - 100,
+            skipped: 0
+        }
+    );
+    let p = newest - 4321;
+    let resume = sim.attach_at(
+        Framing::Chunked(Format::Json),
+        b"H",
+        false,
+        StartAt::Position(p),
+        LagPolicy::Disconnect,
+    );
+    assert_eq!(
+        resume,
+        Start {
+            position: p,
+            skipped: 0
+        }
+    );
+    let old = sim.attach_at(
+        Framing::Chunked(Format::Protobuf),
+        b"",
+        false,
+        StartAt::Position(10),
+        LagPolicy::Disconnect,
+    );
+    assert_eq!(old.position + kept - newest, 0, "{old:?} {kept}");
+    assert_eq!(old.skipped, old.position - 10);
+    assert!(sim.relay.locate(StartAt::Position(newest + 1), newest).is_err());
+    // Then live output, and everybody gets exactly theirs.
+    for round in 0..300 {
+        sim.step(config.max_read);
+        if round % 5 == 0 {
+            for i in 0..sim.clients.len() {
+                sim.catch_up(i);
+            }
         }
     }
     sim.drain();
@@ -409,7 +560,7 @@ fn a_client_that_fails_releases_its_records() {
     sim.read(0, 500);
     let id = sim.clients[0].id;
     let mut msg = Msg::default();
-    assert!(sim.relay.fill(id, &mut msg));
+    assert!(sim.relay.fill(id, &mut msg, &SimArena(&sim.arena)));
     assert!(!sim.relay.on_sent(id, Err(())));
     assert_eq!(sim.relay.cut_reason(id), Some(CutReason::Gone));
     sim.relay.remove_client(id);
@@ -418,37 +569,32 @@ fn a_client_that_fails_releases_its_records() {
     while sim.relay.logger_range(0).is_some() || sim.logger_pending[0].is_some() {
         sim.log(0);
     }
-    assert_eq!(sim.relay.read_window(0).map(|w| w.len()), Some(700));
+    assert!(matches!(sim.relay.read_plan(0), ReadPlan::Window(w) if w.len() == 700));
 }
 
 #[test]
-fn a_blocking_client_holds_back_reading_instead_of_being_cut() {
-    let config = small_config();
+fn a_blocking_client_holds_back_reading_at_the_end_of_the_history() {
+    let config = history_config();
     let mut sim = Sim::new(config, 1, 13);
-    let id = sim.relay.add_client(Framing::Raw, LagPolicy::Block, Vec::new());
-    sim.clients.push(SimClient {
-        id,
-        framing: Framing::Raw,
-        from: [0, 0],
-        from_read: 0,
-        front: Vec::new(),
-        received: Vec::new(),
-        pending: None,
-        stalled: false,
-    });
-    // The logger keeps up; the client does not read: reading stops at the buffer size.
+    sim.attach_at(Framing::Raw, b"", false, StartAt::Live, LagPolicy::Block);
+    let id = sim.clients[0].id;
+    // The logger keeps up; the client does not read: reading stops once the history is
+    // full (past the arena).
     let mut total = 0;
     while sim.read(0, config.max_read) {
         while sim.relay.logger_range(0).is_some() || sim.logger_pending[0].is_some() {
             sim.log(0);
         }
         total += 1;
-        assert!(total < 1000);
+        assert!(total < 10_000);
     }
-    assert_eq!(sim.produced[0].len(), config.buffer_bytes);
+    let produced = sim.produced[0].len();
+    assert!(produced > config.buffer_bytes, "{produced}");
+    assert!(produced <= config.history_bytes, "{produced}");
     assert!(sim.cut.is_empty() && sim.relay.cut_reason(id).is_none());
+    assert_eq!(sim.relay.blocking_holder().map(|(c, _)| c), Some(id));
     sim.catch_up(0);
-    assert!(sim.relay.read_window(0).is_some());
+    assert!(matches!(sim.relay.read_plan(0), ReadPlan::Window(_)));
     sim.drain();
     sim.check();
 }
@@ -465,7 +611,7 @@ fn a_slow_logger_pauses_reading() {
     assert_eq!(sim.produced[0].len(), config.buffer_bytes);
     sim.log(0);
     sim.log(0);
-    assert!(sim.relay.read_window(0).is_some());
+    assert!(matches!(sim.relay.read_plan(0), ReadPlan::Window(_)));
 }
 
 proptest! {
@@ -483,7 +629,7 @@ proptest! {
             };
             sim.attach(framing, if i % 2 == 0 { b"" } else { b"HTTP head" }, false);
         }
-        // Keep clients within the lag limit: at most three reads between catch-ups.
+        // Keep clients within the history: at most three reads between catch-ups.
         for round in 0..400 {
             sim.step(config.max_read);
             if round % 3 == 0 {
@@ -495,5 +641,39 @@ proptest! {
         sim.drain();
         sim.check();
         prop_assert!(sim.cut.is_empty());
+    }
+
+    #[test]
+    fn lagging_and_resuming_clients_get_exactly_their_output(seed in any::<u64>(), streams in 1usize..=2) {
+        let config = Config {
+            replay_bytes: 2000,
+            ..history_config()
+        };
+        let mut sim = Sim::new(config, streams, seed);
+        let mut rng = Rng(seed ^ 0x5eed);
+        for round in 0..600 {
+            sim.step(config.max_read);
+            if round % 50 == 0 {
+                // Now and then a client attaches anywhere, of any kind.
+                let newest = sim.relay.position();
+                let at = match rng.below(3) {
+                    0 => StartAt::Live,
+                    1 => StartAt::Tail(rng.below(3000) as u64),
+                    _ => StartAt::Position(newest.saturating_sub(rng.below(6000) as u64)),
+                };
+                let framing = [Framing::Raw, Framing::Chunked(Format::Json), Framing::Chunked(Format::Protobuf)][rng.below(3)];
+                sim.attach_at(framing, b"h", false, at, LagPolicy::Disconnect);
+            }
+            // Clients catch up rarely: they lag, within the history.
+            if round % 17 == 0 {
+                for i in 0..sim.clients.len() {
+                    sim.catch_up(i);
+                }
+            }
+        }
+        sim.drain();
+        sim.check();
+        let (kept, _) = sim.relay.history();
+        prop_assert!(kept <= config.history_bytes as u64 + config.max_read as u64);
     }
 }

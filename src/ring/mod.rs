@@ -333,7 +333,7 @@ impl Ring {
                 op.hdr.msg_iov = op.msg.iov.as_mut_ptr();
                 op.hdr.msg_iovlen = op.msg.iov.len() as _;
                 let entry = opcode::SendMsg::new(fd(), &op.hdr)
-                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .flags((libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32)
                     .build();
                 (entry, Resources::Msg(op))
             }

@@ -30,7 +30,9 @@ pub enum Op {
     Recv { fd: Fd, buf: Vec<u8> },
     /// Send `buf[start..]` (with `MSG_NOSIGNAL`).
     Send { fd: Fd, buf: Vec<u8>, start: usize },
-    /// Send the segments of `msg` with one SENDMSG (with `MSG_NOSIGNAL`).
+    /// Send the segments of `msg` with one SENDMSG (with `MSG_NOSIGNAL` and
+    /// `MSG_DONTWAIT`: a socket that takes nothing now answers `-EAGAIN` at once, so no
+    /// send waits in flight on memory that could be reused meanwhile).
     SendMsg { fd: Fd, msg: Msg },
     /// Accept connections until cancelled (multishot ACCEPT); each completion carries one.
     AcceptMulti { fd: Fd },

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 
 use crate::config::{LagPolicy, RelayConfig, RingConfig};
-use crate::relay::Framing;
+use crate::relay::{Framing, StartAt};
 use crate::ring::Ring;
 
 pub use super::output::Stats;
@@ -66,7 +66,7 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     // The clients are there before the first byte is read: they get every one.
     for (fd, framing, front) in spec.clients {
         let fd = ring.adopt(fd);
-        output.add_client(&mut ring, fd, framing, spec.policy, front);
+        output.add_client(&mut ring, fd, framing, spec.policy, StartAt::Live, |_| front.clone());
     }
     output.start(&mut ring);
     let mut finishing = false;

@@ -96,6 +96,50 @@ pub enum Route {
     Call { body: BodyFormat, response: ResponseFormat },
 }
 
+/// Ours, on `ATTACH_CONTAINER_OUTPUT` (docs/protocol.md §10.8): the request asks to
+/// start at a position, or some bytes before the newest output; the response says the
+/// position of its first byte, and how many bytes the history no longer had.
+pub const FROM_HEADER: &str = "Switchboard-From";
+pub const TAIL_HEADER: &str = "Switchboard-Tail";
+pub const POSITION_HEADER: &str = "Switchboard-Position";
+pub const SKIPPED_HEADER: &str = "Switchboard-Skipped";
+
+/// Where an output client asks to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At the newest output: what comes from now on (Mesos's behaviour, and the default).
+    Live,
+    /// At this position (`Switchboard-From`: a resume).
+    Position(u64),
+    /// This many bytes before the newest output (`Switchboard-Tail`).
+    Tail(u64),
+}
+
+/// Where an output call's headers ask it to start.
+pub fn start_at(head: &RequestHead) -> Result<StartAt, HttpError> {
+    let number = |name: &str| {
+        head.header(name)
+            .map(|v| {
+                let v = v.trim();
+                match v.bytes().all(|b| b.is_ascii_digit()) {
+                    true => v.parse::<u64>().ok(),
+                    false => None,
+                }
+                .ok_or_else(|| HttpError::new(400, format!("{name} must be a number of bytes, not '{v}'")))
+            })
+            .transpose()
+    };
+    match (number(FROM_HEADER)?, number(TAIL_HEADER)?) {
+        (Some(_), Some(_)) => Err(HttpError::new(
+            400,
+            format!("{FROM_HEADER} and {TAIL_HEADER} exclude each other"),
+        )),
+        (Some(p), None) => Ok(StartAt::Position(p)),
+        (None, Some(n)) => Ok(StartAt::Tail(n)),
+        (None, None) => Ok(StartAt::Live),
+    }
+}
+
 /// A media type with its parameters and case ignored.
 fn essence(value: &str) -> String {
     value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
@@ -174,6 +218,33 @@ mod tests {
     use super::*;
     use crate::wire::http::{Limits, parse_head};
 
+    #[test]
+    fn where_an_output_call_starts() {
+        let head = |extra: &str| {
+            let text = format!("POST / HTTP/1.1\r\nHost:\r\n{extra}Content-Length: 0\r\n\r\n");
+            parse_head(text.as_bytes(), &Limits::default()).unwrap().unwrap().0
+        };
+        assert_eq!(start_at(&head("")), Ok(StartAt::Live));
+        assert_eq!(
+            start_at(&head("Switchboard-From: 1234\r\n")),
+            Ok(StartAt::Position(1234))
+        );
+        assert_eq!(start_at(&head("switchboard-tail:  100 \r\n")), Ok(StartAt::Tail(100)));
+        for bad in [
+            "Switchboard-From: -1\r\n",
+            "Switchboard-From: \r\n",
+            "Switchboard-Tail: 1e3\r\n",
+        ] {
+            assert_eq!(start_at(&head(bad)).unwrap_err().status, 400, "{bad}");
+        }
+        assert_eq!(
+            start_at(&head("Switchboard-From: 1\r\nSwitchboard-Tail: 2\r\n"))
+                .unwrap_err()
+                .message,
+            "Switchboard-From and Switchboard-Tail exclude each other"
+        );
+    }
+
     fn negotiate(accept: Option<&str>) -> Option<&'static str> {
         [APPLICATION_JSON, APPLICATION_PROTOBUF, APPLICATION_RECORDIO]
             .into_iter()
@@ -181,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn the_table_of_section_2_3() {
+    fn the_accept_table() {
         assert_eq!(negotiate(None), Some(APPLICATION_JSON));
         assert_eq!(negotiate(Some("*/*")), Some(APPLICATION_JSON));
         assert_eq!(negotiate(Some("application/*")), Some(APPLICATION_JSON));

@@ -18,7 +18,7 @@ use crate::config::{Config, FORBIDDEN_HEAD_TIMEOUT, INPUT_ANSWER_DELAY};
 use crate::relay::Framing;
 use crate::ring::{Completion, Fd, Op, OpId, Output as OpOutput, Ring};
 use crate::wire::http::{self, RequestReader};
-use crate::wire::media::ResponseFormat;
+use crate::wire::media::{ResponseFormat, StartAt};
 use crate::wire::message::Format;
 
 use super::answer::Answer;
@@ -89,12 +89,15 @@ pub(super) enum State {
     Call {
         format: Format,
         response: ResponseFormat,
+        /// Where it asks to start (`Switchboard-From`, `Switchboard-Tail`).
+        start: StartAt,
         body: Vec<u8>,
     },
     /// An output call waits for the connection's earlier responses to go out.
     HandOver {
         framing: Framing,
-        head: Vec<u8>,
+        response: ResponseFormat,
+        start: StartAt,
     },
     /// Reading an acknowledgement's body.
     Ack {
@@ -490,7 +493,8 @@ mod tests {
         assert_eq!(next(&State::Idle, true, false, 8), Next::Parse);
         let hand_over = || State::HandOver {
             framing: Framing::Raw,
-            head: Vec::new(),
+            response: ResponseFormat::Plain(Format::Json),
+            start: StartAt::Live,
         };
         assert_eq!(next(&hand_over(), false, false, 8), Next::Wait);
         assert_eq!(next(&hand_over(), true, false, 8), Next::HandOver);

@@ -4,8 +4,9 @@
 
 use crate::config::LagPolicy;
 use crate::relay::Framing;
-use crate::wire::http::{self, Event, RequestHead};
-use crate::wire::media::{self, BodyFormat, ResponseFormat, Route};
+use crate::relay::Start;
+use crate::wire::http::{self, Event, HttpError, RequestHead};
+use crate::wire::media::{self, BodyFormat, ResponseFormat, Route, StartAt};
 use crate::wire::message::mesos::agent::{Call, call};
 use crate::wire::message::{self, Format};
 
@@ -94,10 +95,14 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
         Route::Call {
             body: BodyFormat::Single(format),
             response,
-        } => State::Call {
-            format,
-            response,
-            body: Vec::new(),
+        } => match media::start_at(&head) {
+            Ok(start) => State::Call {
+                format,
+                response,
+                start,
+                body: Vec::new(),
+            },
+            Err(e) => return respond(ctx, i, Answer::Refused(e), true),
         },
         Route::Call {
             body: BodyFormat::Streaming(format),
@@ -124,7 +129,12 @@ fn on_body(ctx: &mut Ctx<'_>, i: u32, data: Vec<u8>) {
 fn on_end(ctx: &mut Ctx<'_>, i: u32) {
     let c = get(ctx, i);
     match std::mem::replace(&mut c.state, State::Idle) {
-        State::Call { format, response, body } => output_call(ctx, i, format, response, &body),
+        State::Call {
+            format,
+            response,
+            start,
+            body,
+        } => output_call(ctx, i, format, response, start, &body),
         State::Ack { keep_alive } => {
             if *ctx.acks_outstanding > 0 {
                 *ctx.acks_outstanding -= 1;
@@ -157,7 +167,7 @@ pub(in crate::server) fn back_to_idle(ctx: &mut Ctx<'_>, i: u32) {
     }
 }
 
-fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseFormat, body: &[u8]) {
+fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseFormat, start: StartAt, body: &[u8]) {
     let call: Call = match message::decode(format, body) {
         Ok(c) => c,
         Err(error) => return respond(ctx, i, Answer::Undecodable { first: false, error }, true),
@@ -168,17 +178,38 @@ fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseForm
     if ctx.terminating {
         return respond(ctx, i, Answer::ShuttingDown, true);
     }
+    if let Err(f) = ctx.output.locate(start) {
+        let text = format!(
+            "{} {} is past the newest output ({})",
+            media::FROM_HEADER,
+            f.asked,
+            f.newest
+        );
+        return respond(ctx, i, Answer::Refused(HttpError::new(400, text)), true);
+    }
+    get(ctx, i).state = State::HandOver {
+        framing: Framing::Chunked(response.record_format()),
+        response,
+        start,
+    };
+}
+
+/// The head of an output response that starts at `start`.
+fn output_head(response: ResponseFormat, start: Start) -> Vec<u8> {
+    let position = start.position.to_string();
+    let skipped = start.skipped.to_string();
     let mut headers = vec![("Content-Type", response.content_type())];
     if let Some(mct) = response.message_content_type() {
         headers.push(("Message-Content-Type", mct));
     }
+    headers.push((media::POSITION_HEADER, &position));
+    if start.skipped > 0 {
+        headers.push((media::SKIPPED_HEADER, &skipped));
+    }
     headers.push(("Transfer-Encoding", "chunked"));
-    let mut head = Vec::with_capacity(200);
+    let mut head = Vec::with_capacity(240);
     http::write_response_head(200, &headers, &mut head);
-    get(ctx, i).state = State::HandOver {
-        framing: Framing::Chunked(response.record_format()),
-        head,
-    };
+    head
 }
 
 /// Gives an output call's connection to the output engine.
@@ -193,7 +224,14 @@ pub(super) fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     for op in [c.recv, c.timer].into_iter().flatten() {
         ctx.ring.cancel(op, true);
     }
-    let State::HandOver { framing, head } = c.state else { unreachable!("only called in HandOver") };
+    let State::HandOver {
+        framing,
+        response,
+        start,
+    } = c.state
+    else {
+        unreachable!("only called in HandOver")
+    };
     // The client redirection waited for (the agent's attach to a DEBUG session) must get
     // every byte, as in Mesos: it holds the container back rather than being cut off.
     let policy = if ctx.output.is_started() {
@@ -202,7 +240,8 @@ pub(super) fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
         LagPolicy::Block
     };
     tracing::debug!("connection {i} attached to the output ({policy:?})");
-    ctx.output.add_client(ctx.ring, c.fd, framing, policy, head);
+    let head = |start| output_head(response, start);
+    ctx.output.add_client(ctx.ring, c.fd, framing, policy, start, head);
     // The first output client starts redirection when we waited for it.
     ctx.output.start(ctx.ring);
 }

@@ -13,10 +13,10 @@
 use nix::sys::socket::{Shutdown, shutdown};
 
 use super::pipe::{Made, PipeClient};
-use super::{Output, POLLHUP};
+use super::{CLIENT_PIPE_BYTES, Output, POLLHUP};
 use crate::config::LagPolicy;
 use crate::msg::Msg;
-use crate::relay::{self, ClientId, CutReason, Framing};
+use crate::relay::{self, ClientId, CutReason, Framing, Start, StartAt};
 use crate::ring::{Completion, Fd, OpId, Ring};
 use crate::server::token::OutputOp;
 use crate::wire::message::Format;
@@ -28,10 +28,18 @@ pub(super) struct Client {
     pub policy: LagPolicy,
     /// A wait for it to hang up, while no data flows.
     pub hangup: Option<OpId>,
-    /// Its block check: the timer, and the progress it had made when it was armed.
-    pub block_check: Option<(OpId, u64)>,
+    /// Its block check, while one is armed.
+    pub block_check: Option<BlockCheck>,
     pub closing: bool,
     pub path: Path,
+}
+
+/// A block check armed for a client: the timer, and how far it had got and how far
+/// behind it was then.
+pub(super) struct BlockCheck {
+    timer: OpId,
+    progress: u64,
+    behind: u64,
 }
 
 /// How the output reaches a client.
@@ -46,15 +54,27 @@ pub(super) enum Path {
 pub(super) struct CopyClient {
     pub id: ClientId,
     pub send: Option<OpId>,
+    /// A wait for its socket to take more (a send found it full).
+    pub writable: Option<OpId>,
     /// The message of its sends, kept for reuse between them.
     pub msg: Option<Msg>,
 }
 
 impl Output {
-    /// Attaches a client connection: it gets `front`, then every record from now on.
-    /// Protobuf and raw clients take the pipe path when zero copy is on (and their pipe
-    /// can be sized: past the per-user pipe budget they are served by copies).
-    pub fn add_client(&mut self, ring: &mut Ring, fd: Fd, framing: Framing, policy: LagPolicy, front: Vec<u8>) {
+    /// Attaches a client connection that asks to start at `at` (checked with
+    /// [`Output::locate`]): it gets the head `head` makes of where it starts, then the
+    /// output from there. Protobuf and raw clients at the live edge take the pipe path
+    /// when zero copy is on (and their pipe can be sized: past the per-user pipe budget
+    /// they are served by copies).
+    pub fn add_client(
+        &mut self,
+        ring: &mut Ring,
+        fd: Fd,
+        framing: Framing,
+        policy: LagPolicy,
+        at: StartAt,
+        head: impl Fn(Start) -> Vec<u8>,
+    ) {
         let i = match self.clients.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -62,7 +82,7 @@ impl Output {
                 self.clients.len() - 1
             }
         };
-        let Some(path) = self.path_for(ring, fd, framing, policy, front, i) else {
+        let Some(path) = self.path_for(ring, fd, framing, policy, at, head, i) else {
             let _ = shutdown(ring.raw(fd), Shutdown::Both);
             ring.close(fd);
             return;
@@ -89,15 +109,17 @@ impl Output {
         self.settle(ring);
     }
 
-    /// The delivery path of a new client at index `i`; `None` if its response head was
-    /// torn (part of it went out, and no path can go on with it).
+    /// The delivery path of a new client at index `i`, with its head; `None` if its head
+    /// was torn (part of it went out, and no path can go on with it).
+    #[allow(clippy::too_many_arguments)] // One client's attach, as the connection hands it over.
     fn path_for(
         &mut self,
         ring: &mut Ring,
         fd: Fd,
         framing: Framing,
         policy: LagPolicy,
-        front: Vec<u8>,
+        at: StartAt,
+        head: impl Fn(Start) -> Vec<u8>,
         i: usize,
     ) -> Option<Path> {
         let pipes = self
@@ -106,7 +128,11 @@ impl Output {
             .flatten()
             .filter(|c| matches!(c.path, Path::Pipe(_)))
             .count();
-        if self.zero_copy() && framing != Framing::Chunked(Format::Json) && pipes < self.options.max_zero_copy_clients {
+        if at == StartAt::Live
+            && self.zero_copy()
+            && framing != Framing::Chunked(Format::Json)
+            && pipes < self.options.max_zero_copy_clients
+        {
             let min = self
                 .streams
                 .iter()
@@ -114,16 +140,36 @@ impl Output {
                 .map(|stage| stage.client_pipe_min())
                 .max()
                 .unwrap_or(0);
-            // Its pipe is its lag bound: the lag limit (the kernel rounds a pipe up to a
-            // power of two), and room for two rounds at least.
-            let pipe_bytes = self.relay.config().lag_limit.max(min);
-            match PipeClient::make(ring, fd, policy, &front, pipe_bytes, min) {
+            // A pipe client starts with the next round.
+            let start = Start {
+                position: self.live_position(),
+                skipped: 0,
+            };
+            match PipeClient::make(ring, fd, policy, &head(start), CLIENT_PIPE_BYTES.max(min), min) {
                 Made::Pipe(p) => return Some(Path::Pipe(p)),
                 Made::Torn => return None,
                 Made::Copies(why) => tracing::info!("client {i} is served by copies: {why}"),
             }
         }
-        let id = self.relay.add_client(framing, policy, front);
+        // A copying client at the live edge starts with the relay's next byte (a round
+        // staged but not yet read comes to it through the copy engine).
+        let start = match at {
+            StartAt::Live => Start {
+                position: self.relay.position(),
+                skipped: 0,
+            },
+            _ => self.relay.locate(at, self.live_position()).unwrap_or(Start {
+                position: self.live_position(),
+                skipped: 0,
+            }),
+        };
+        if start.skipped > 0 {
+            tracing::info!(
+                "client {i} starts {} bytes later than it asked: the history no longer has them",
+                start.skipped
+            );
+        }
+        let id = self.relay.add_client_at(framing, policy, head(start), start.position);
         let r = id.index() as usize;
         if self.by_relay.len() <= r {
             self.by_relay.resize(r + 1, usize::MAX);
@@ -132,6 +178,7 @@ impl Output {
         Some(Path::Copy(CopyClient {
             id,
             send: None,
+            writable: None,
             msg: Some(Msg::default()),
         }))
     }
@@ -184,11 +231,16 @@ impl Output {
                 ring.cancel(op, false);
             }
             // Its block check would find nothing to check: it never comes.
-            if let Some((op, _)) = c.block_check.take() {
-                ring.cancel(op, true);
+            if let Some(check) = c.block_check.take() {
+                ring.cancel(check.timer, true);
             }
             match &c.path {
-                Path::Copy(copy) => self.relay.cut(copy.id, CutReason::Gone),
+                Path::Copy(copy) => {
+                    self.relay.cut(copy.id, CutReason::Gone);
+                    if let Some(op) = copy.writable {
+                        ring.cancel(op, false);
+                    }
+                }
                 Path::Pipe(p) => {
                     if let Some(op) = p.writable {
                         ring.cancel(op, false);
@@ -213,7 +265,7 @@ impl Output {
         let Some(Some(c)) = self.clients.get(i) else { return };
         let in_flight = c.hangup.is_some()
             || match &c.path {
-                Path::Copy(copy) => copy.send.is_some(),
+                Path::Copy(copy) => copy.send.is_some() || copy.writable.is_some(),
                 Path::Pipe(p) => p.writable.is_some(),
             };
         if !c.closing || in_flight {
@@ -241,22 +293,33 @@ impl Output {
     }
 
     /// Client `i` holds the container back: checks back after the block timeout whether
-    /// it made progress meanwhile.
+    /// it made real progress meanwhile.
     pub(super) fn watch_blocker(&mut self, ring: &mut Ring, i: usize) {
-        let progress = self.progress(i);
+        let (progress, behind) = (self.progress(i), self.behind(i));
         let after = self.options.block_timeout;
         let Some(Some(c)) = self.clients.get_mut(i) else { return };
         if !c.closing && c.block_check.is_none() {
-            c.block_check = Some((Self::timer(ring, after, OutputOp::BlockCheck, i), progress));
+            let timer = Self::timer(ring, after, OutputOp::BlockCheck, i);
+            c.block_check = Some(BlockCheck {
+                timer,
+                progress,
+                behind,
+            });
         }
     }
 
+    /// A blocking client that still holds the container back is cut unless it took at
+    /// least half of what it was behind when the check was armed: one that trickles a
+    /// record per timeout would otherwise hold the container for ever.
     pub(super) fn on_block_check(&mut self, ring: &mut Ring, i: usize) {
         let Some(Some(c)) = self.clients.get_mut(i) else { return };
-        let Some((_, mark)) = c.block_check.take() else { return };
-        if self.holds_back(i) && self.progress(i) == mark {
+        let Some(check) = c.block_check.take() else { return };
+        let taken = self.progress(i).saturating_sub(check.progress);
+        if self.holds_back(i) && taken < (check.behind / 2).max(1) {
             tracing::warn!(
-                "client {i} made no progress for {:?} while the container waited for it; disconnecting it",
+                "client {i} took {taken} of the {} bytes it was behind in {:?} while the container waited for it; \
+                 disconnecting it",
+                check.behind,
                 self.options.block_timeout
             );
             self.cut(ring, i, CutReason::Lagging);
@@ -264,15 +327,28 @@ impl Output {
         self.pump(ring);
     }
 
-    /// How far client `i` got: it changes whenever the client makes progress.
+    /// How far client `i` got, in bytes: it grows as the client makes progress.
     fn progress(&self, i: usize) -> u64 {
         match self.clients.get(i) {
             Some(Some(Client {
                 path: Path::Copy(copy), ..
-            })) => self.relay.progress(copy.id),
+            })) => self.relay.reached(copy.id),
             Some(Some(Client {
                 path: Path::Pipe(p), ..
             })) => p.account.moved(),
+            _ => 0,
+        }
+    }
+
+    /// How far client `i` is behind, in bytes: the history it holds, or its pipe.
+    fn behind(&self, i: usize) -> u64 {
+        match self.clients.get(i) {
+            Some(Some(Client {
+                path: Path::Copy(copy), ..
+            })) => self.relay.lag(copy.id),
+            Some(Some(Client {
+                path: Path::Pipe(p), ..
+            })) => p.account.queued() as u64,
             _ => 0,
         }
     }

@@ -5,8 +5,11 @@
 //! logger has one write in flight, from the relay's logger range. Each copying client has
 //! at most one SENDMSG in flight, built by the relay from arena memory and shared buffers.
 
+use std::ops::Range;
+
 use super::client::{Client, Path};
 use super::{Output, POLLIN, POLLOUT};
+use crate::relay::{ArenaBytes, ReadPlan};
 use crate::ring::{Completion, Op, Output as OpOutput, Ring};
 use crate::server::token::{OutputOp, Token};
 use crate::sys::strerror_res as strerror;
@@ -26,13 +29,22 @@ impl Output {
             // No output yet: wait for some before allocating the buffers.
             return self.wait_readable(ring, s);
         }
-        let Some(window) = self.relay.read_window(s) else {
-            // The buffers are full: a blocking client may be what holds them.
-            if let Some((id, _)) = self.relay.blocking_holder() {
-                self.watch_blocker(ring, self.by_relay[id.index() as usize]);
+        let window = loop {
+            match self.relay.read_plan(s) {
+                ReadPlan::Window(w) => break w,
+                // Kept records that hold arena space move to the history's memory (they
+                // are old bytes: no read writes there).
+                ReadPlan::Spill(range) => self.relay.spill(s, ring.arena(range)),
+                ReadPlan::Wait => {
+                    // A blocking client may be what holds reading back.
+                    if let Some((id, _)) = self.relay.blocking_holder() {
+                        self.watch_blocker(ring, self.by_relay[id.index() as usize]);
+                    }
+                    return;
+                }
             }
-            return;
         };
+        let st = &self.streams[s];
         let fd = st.read_fd;
         let op = ring.submit(
             Op::ReadArena {
@@ -68,6 +80,7 @@ impl Output {
                 if st.stage.as_mut().is_some_and(|stage| stage.engine_read(n)) {
                     // The round is consumed: the stage may stage the next one.
                     st.stage_ready = true;
+                    self.round_done(s);
                 }
                 // (After the stage knows what was read: removing a cut client reads on.)
                 self.relay_cut(ring, &cut);
@@ -141,11 +154,11 @@ impl Output {
         else {
             return;
         };
-        if copy.send.is_some() {
+        if copy.send.is_some() || copy.writable.is_some() {
             return;
         }
         let mut msg = copy.msg.take().unwrap_or_default();
-        if self.relay.fill(copy.id, &mut msg) {
+        if self.relay.fill(copy.id, &mut msg, &RingArena(ring)) {
             let op = ring.submit(
                 Op::SendMsg { fd: *fd, msg },
                 Token::Output(OutputOp::Send, i as u32).encode(),
@@ -171,6 +184,20 @@ impl Output {
             copy.msg = Some(msg);
         }
         let id = copy.id;
+        if c.res == -libc::EAGAIN {
+            // Its socket is full (sends never wait in flight): send again once it takes
+            // more.
+            self.relay.on_sent(id, Ok(0));
+            let fd = self.clients[i].as_ref().expect("checked above").fd;
+            let poll = Self::poll(ring, fd, POLLOUT, OutputOp::ClientWritable, i);
+            if let Some(Some(Client {
+                path: Path::Copy(copy), ..
+            })) = self.clients.get_mut(i)
+            {
+                copy.writable = Some(poll);
+            }
+            return;
+        }
         let result = if c.res >= 0 { Ok(c.res as usize) } else { Err(()) };
         if !self.relay.on_sent(id, result) {
             if c.res < 0 {
@@ -187,5 +214,14 @@ impl Output {
         for s in 0..self.streams.len() {
             self.read(ring, s);
         }
+    }
+}
+
+/// The arena, as the relay reads it (for JSON payloads it makes late).
+struct RingArena<'a>(&'a Ring);
+
+impl ArenaBytes for RingArena<'_> {
+    fn bytes(&self, range: Range<usize>) -> &[u8] {
+        self.0.arena(range)
     }
 }

@@ -24,7 +24,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::config::{ConfigError, LagPolicy, RelayConfig};
-use crate::relay::{Framing, Relay};
+use crate::relay::{Framing, Future, Relay, Start, StartAt};
 use crate::ring::{Completion, Fd, OpId, Ring};
 use crate::wire::frame;
 use crate::wire::message::{self, Format};
@@ -126,6 +126,11 @@ pub struct Output {
 
 /// Rounds a stream stages in one go before the ring's other work gets a turn.
 const ROUNDS_PER_TURN: usize = 16;
+
+/// A pipe client's pipe: room for a few rounds between the staged rounds and its
+/// socket (the kernel rounds it up to a power of two). A client that falls behind it is
+/// served from the history.
+const CLIENT_PIPE_BYTES: usize = 1 << 20;
 
 impl Output {
     /// An engine reading `sources` (one for a PTY, two for pipes) into `loggers` (one per
@@ -245,6 +250,24 @@ impl Output {
         self.stats
     }
 
+    /// The position of the newest output: what the relay has, and what is staged and
+    /// not yet handed to it.
+    pub fn live_position(&self) -> u64 {
+        let staged: usize = self
+            .streams
+            .iter()
+            .filter_map(|s| s.stage.as_ref())
+            .map(Stage::unaccounted)
+            .sum();
+        self.relay.position() + staged as u64
+    }
+
+    /// Where a client that asks for `at` would start; an error for a position past the
+    /// newest output.
+    pub fn locate(&self, at: StartAt) -> Result<Start, Future> {
+        self.relay.locate(at, self.live_position())
+    }
+
     /// Whether the zero-copy path is on (its staging pipes could be made).
     pub fn zero_copy(&self) -> bool {
         self.streams.iter().any(|s| s.stage.is_some())
@@ -316,13 +339,21 @@ impl Output {
             }
             OutputOp::Send => self.on_sent(ring, i, c),
             OutputOp::ClientWritable => {
-                if let Some(Some(Client {
-                    path: Path::Pipe(p), ..
-                })) = self.clients.get_mut(i)
-                {
-                    p.writable = None;
+                match self.clients.get_mut(i) {
+                    Some(Some(Client {
+                        path: Path::Pipe(p), ..
+                    })) => {
+                        p.writable = None;
+                        self.pipe_flush(ring, i);
+                    }
+                    Some(Some(Client {
+                        path: Path::Copy(copy), ..
+                    })) => {
+                        copy.writable = None;
+                        self.send_to(ring, i);
+                    }
+                    _ => {}
                 }
-                self.pipe_flush(ring, i);
                 self.maybe_remove(ring, i);
             }
             OutputOp::Hangup => self.on_hangup(ring, i, c),

@@ -223,7 +223,7 @@ impl Output {
         // the logger need it; otherwise it moves into the logger as it is.
         let st = &self.streams[s];
         let engine =
-            self.relay.live_clients() > 0 || self.relay.logger_range(s).is_some() || st.log.is_some() || !st.spliceable;
+            self.relay.wants_output() || self.relay.logger_range(s).is_some() || st.log.is_some() || !st.spliceable;
         if engine {
             self.ensure_arena(ring);
         }
@@ -234,6 +234,10 @@ impl Output {
         } else {
             Consume::Logger { left }
         };
+        if !engine {
+            // Nobody needs its bytes in memory: it goes by the relay, which counts it.
+            self.relay.advance(left);
+        }
         true
     }
 

@@ -424,6 +424,24 @@ impl Stage {
             .is_some_and(|r| matches!(r.consume, Consume::Engine { .. }))
     }
 
+    /// Bytes of the staged round not yet handed to the relay: all of it until its clients
+    /// have it, then what the copy engine has still to read (none when it goes to the
+    /// logger directly: the relay has counted it past).
+    pub fn unaccounted(&self) -> usize {
+        match &self.round {
+            Some(Round {
+                consume: Consume::Owed,
+                size,
+                ..
+            }) => size.len,
+            Some(Round {
+                consume: Consume::Engine { left },
+                ..
+            }) => *left,
+            _ => 0,
+        }
+    }
+
     /// Whether pipe client `i` still needs the staged round.
     pub fn owes(&self, i: usize) -> bool {
         self.round.as_ref().is_some_and(|r| r.owed.contains(&i))
@@ -476,6 +494,11 @@ impl Output {
     pub(super) fn stage_pump(&mut self, ring: &mut Ring, s: usize) {
         let mut rounds = 0;
         while self.started && self.failure.is_none() {
+            if self.stage_mut(s).round.is_none() && self.other_round(s) {
+                // One round at a time, both streams together: positions, and the order
+                // of stdout and stderr, are the same for every client on both paths.
+                return;
+            }
             let stage = self.stage_mut(s);
             if stage.round.is_none() {
                 if stage.eof || stage.src_poll.is_some() {
@@ -500,6 +523,23 @@ impl Output {
             };
             if !go_on {
                 return;
+            }
+        }
+    }
+
+    /// Whether another stream has a round staged.
+    fn other_round(&self, s: usize) -> bool {
+        self.streams
+            .iter()
+            .enumerate()
+            .any(|(j, st)| j != s && st.stage.as_ref().is_some_and(|g| g.round.is_some()))
+    }
+
+    /// A round is done: the other streams may stage theirs.
+    pub(super) fn round_done(&mut self, s: usize) {
+        for (j, st) in self.streams.iter_mut().enumerate() {
+            if j != s && st.stage.is_some() {
+                st.stage_ready = true;
             }
         }
     }
@@ -556,7 +596,10 @@ impl Output {
         }
         match stage.log(ring, logger) {
             // Logged: on to the next round.
-            Ok(true) => true,
+            Ok(true) => {
+                self.round_done(s);
+                true
+            }
             Ok(false) => {
                 let poll = Self::poll(ring, logger, POLLOUT, OutputOp::StageLoggerWritable, s);
                 self.stage_mut(s).logger_poll = Some(poll);

@@ -65,8 +65,22 @@ pub(crate) fn record_data(format: Format, rec: &[u8]) -> Option<(usize, Vec<u8>)
 pub struct Collected {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Both streams in the order the body carried them: (0 stdout or 1 stderr, bytes),
+    /// runs of one stream joined.
+    pub interleaved: Vec<(usize, Vec<u8>)>,
     pub heartbeats: usize,
     pub ended: bool,
+}
+
+impl Collected {
+    /// Payload bytes of both streams.
+    pub fn len(&self) -> usize {
+        self.stdout.len() + self.stderr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub struct Collector {
@@ -102,10 +116,16 @@ impl Collector {
                 let pio: ProcessIo = decode(self.format, &rec).unwrap();
                 if pio.r#type == Some(process_io::Type::Data as i32) {
                     let d = pio.data.unwrap();
-                    if d.r#type == Some(process_io::data::Type::Stderr as i32) {
-                        out.stderr.extend(d.data.unwrap());
+                    let s = usize::from(d.r#type == Some(process_io::data::Type::Stderr as i32));
+                    let bytes = d.data.unwrap();
+                    match out.interleaved.last_mut() {
+                        Some((last, run)) if *last == s => run.extend_from_slice(&bytes),
+                        _ => out.interleaved.push((s, bytes.clone())),
+                    }
+                    if s == 1 {
+                        out.stderr.extend(bytes);
                     } else {
-                        out.stdout.extend(d.data.unwrap());
+                        out.stdout.extend(bytes);
                     }
                 } else {
                     out.heartbeats += 1;

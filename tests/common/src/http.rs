@@ -136,21 +136,25 @@ pub fn curl_attach(socket: &Path, protobuf: bool) -> Child {
 
 /// The agent's output attach request (JSON records unless `protobuf`).
 pub fn output_request(protobuf: bool) -> Vec<u8> {
+    output_request_with(protobuf, &[])
+}
+
+/// An output attach request with more header lines (`Switchboard-From: 123`, say).
+pub fn output_request_with(protobuf: bool, extra: &[&str]) -> Vec<u8> {
     let records = if protobuf {
         "application/x-protobuf"
     } else {
         "application/json"
     };
-    post(
-        "/",
-        &[
-            "Accept: application/recordio",
-            &format!("Message-Accept: {records}"),
-            "Content-Type: application/json",
-            "Connection: close",
-        ],
-        OUTPUT_CALL,
-    )
+    let accept = format!("Message-Accept: {records}");
+    let mut headers = vec![
+        "Accept: application/recordio",
+        &accept,
+        "Content-Type: application/json",
+        "Connection: close",
+    ];
+    headers.extend_from_slice(extra);
+    post("/", &headers, OUTPUT_CALL)
 }
 
 /// The head of a chunked input request (JSON records).

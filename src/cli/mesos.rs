@@ -508,6 +508,28 @@ mod tests {
         };
         assert_eq!(f.tuning.max_headers, Some(1024));
         assert_eq!(f.tuning.allowed_uids, Some(vec![7, 8]));
+        assert_eq!(
+            first_line("--lag_policy=wait"),
+            "Flag 'lag_policy' must be 'disconnect' or 'block', not 'wait'"
+        );
+        assert_eq!(
+            first_line("--lag_limit=1000000 --history_bytes=2000000"),
+            "Flags 'history_bytes' and 'lag_limit' name the same size: give one"
+        );
+        let history = |extra: &str| {
+            let Parsed::Run(f) = parse(&args(&format!("{base} {extra}"))) else { panic!() };
+            let c = f.config().unwrap();
+            (c.relay.history_bytes, c.relay.replay_bytes, c.lag_policy)
+        };
+        assert_eq!(history(""), (8 << 20, 0, LagPolicy::Disconnect));
+        assert_eq!(
+            history("--lag_limit=1000000 --replay_bytes=4096 --lag_policy=block"),
+            (1_000_000, 4096, LagPolicy::Block)
+        );
+        let Parsed::Run(f) = parse(&args(&format!("{base} --history_bytes=300000 --replay_bytes=400000"))) else {
+            panic!()
+        };
+        assert!(f.config().is_err(), "a replay larger than the history");
     }
 
     #[test]

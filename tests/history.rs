@@ -257,21 +257,26 @@ fn bad_starts_are_answered_400() {
 }
 
 #[test]
-fn copying_clients_that_do_not_read_while_much_is_written_get_every_byte() {
+fn clients_that_do_not_read_while_much_is_written_get_every_byte() {
     within(60, || {
-        let mut sb = Sb::start(Opts::default());
-        let clients: Vec<UnixStream> = (0..3).map(|_| attach(&sb, false, &[])).collect();
-        // More than the arena holds, before anyone reads.
-        let (out, err) = (pattern(6, 0, 1 << 20), pattern(7, 0, 512 << 10));
-        sb.write_stdout(&out);
-        sb.write_stderr(&err);
-        logged(&sb, 1 << 20);
-        sb.close_output();
-        for s in clients {
-            let (_, got) = read_all_output(s, Format::Json);
-            assert_eq!((got.stdout == out, got.stderr == err), (true, true));
+        // Copying clients (JSON) and pipe clients (protobuf, which fall behind their
+        // pipes to the history).
+        for protobuf in [false, true] {
+            let mut sb = Sb::start(Opts::default());
+            let clients: Vec<UnixStream> = (0..3).map(|_| attach(&sb, protobuf, &[])).collect();
+            // More than a pipe and the arena hold, before anyone reads.
+            let (out, err) = (pattern(6, 0, 1 << 20), pattern(7, 0, 512 << 10));
+            sb.write_stdout(&out);
+            sb.write_stderr(&err);
+            logged(&sb, 1 << 20);
+            sb.close_output();
+            let format = if protobuf { Format::Protobuf } else { Format::Json };
+            for s in clients {
+                let (_, got) = read_all_output(s, format);
+                assert!(got.stdout == out && got.stderr == err, "protobuf {protobuf}");
+            }
+            assert!(sb.wait(20).success());
         }
-        assert!(sb.wait(20).success());
     });
 }
 

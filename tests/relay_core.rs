@@ -22,6 +22,8 @@ struct Setup {
     max_chunk: usize,
     /// Clients that stop reading (they are read only after everyone else finished).
     stalled: Vec<usize>,
+    /// The stalled clients must get every byte all the same (the history holds them).
+    stalled_complete: bool,
     /// Clients whose connection closes before they read anything.
     closed: Vec<usize>,
     relay: RelayConfig,
@@ -37,6 +39,7 @@ impl Setup {
             streams: 2,
             max_chunk: 100 * 1024,
             stalled: Vec::new(),
+            stalled_complete: false,
             closed: Vec::new(),
             relay: RelayConfig::default(),
             zero_copy: false,
@@ -70,8 +73,9 @@ fn run(setup: Setup) -> (FanoutReport, Vec<Box<dyn Checker>>) {
     for (i, framing) in setup.clients.iter().enumerate() {
         let (ours, theirs) = socket_pair();
         clients.push((ours, *framing, Vec::new()));
-        let complete = !setup.stalled.contains(&i) && !setup.closed.contains(&i);
-        let counter = complete.then(|| progress.counter());
+        let stalled = setup.stalled.contains(&i);
+        let complete = (!stalled || setup.stalled_complete) && !setup.closed.contains(&i);
+        let counter = (complete && !stalled).then(|| progress.counter());
         let checker: Box<dyn Checker> = match framing {
             Framing::Raw => {
                 assert_eq!(setup.streams, 1, "raw clients interleave streams: test them with one");
@@ -186,6 +190,35 @@ fn raw_protobuf_and_json_clients_at_once() {
             setup.zero_copy = zero_copy;
             let (report, _) = run(setup);
             assert_eq!(report.stats.clients_cut, 2);
+        }
+    });
+}
+
+#[test]
+fn clients_far_behind_their_pipes_are_served_from_the_history() {
+    within(120, || {
+        // Three clients (raw, protobuf, JSON) read nothing until 6 MiB went by: pipe
+        // clients fall behind their 1 MiB pipes, and the history (8 MiB) serves them.
+        // Nobody is cut, and the others never wait.
+        let clients = vec![
+            Framing::Raw,
+            Framing::Chunked(Format::Protobuf),
+            Framing::Chunked(Format::Json),
+            Framing::Chunked(Format::Protobuf),
+            Framing::Raw,
+        ];
+        for zero_copy in [false, true] {
+            let mut setup = Setup::new(clients.clone(), 6 << 20);
+            // (Raw clients interleave the streams: one stream.)
+            setup.streams = 1;
+            setup.stalled = vec![0, 1, 2];
+            setup.stalled_complete = true;
+            setup.zero_copy = zero_copy;
+            let (report, _) = run(setup);
+            assert_eq!(report.stats.clients_cut, 0, "{report:?}");
+            if zero_copy {
+                assert!(report.stats.fell_behind >= 2, "{report:?}");
+            }
         }
     });
 }

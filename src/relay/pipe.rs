@@ -9,8 +9,9 @@
 //! the kernel takes only in part would tear a record in the client's stream.
 //!
 //! When a round does not fit, the client's lag policy decides ([`PipeAccount::no_room`]):
-//! a disconnecting client is cut (its pipe is its lag bound), a blocking one holds the
-//! round back, as the logger would. A blocking client counts every run at its most
+//! a disconnecting client falls behind, to be served from the output history until it
+//! catches up, a blocking one holds the round back, as the logger would. A blocking
+//! client counts every run at its most
 //! (fragmented writes), so that a round never tears in its pipe; the others count whole
 //! pages and are cut when their pipe turns out fuller than that.
 
@@ -57,8 +58,8 @@ pub struct RoundSize {
 pub enum NoRoom {
     /// It holds the round back until it drains (a blocking client).
     Wait,
-    /// It is cut off as lagging.
-    Cut,
+    /// It falls behind: the history serves it from this round on, until it catches up.
+    FallBehind,
 }
 
 /// What one client's pipe holds, as far as we can tell.
@@ -118,7 +119,7 @@ impl PipeAccount {
     pub fn no_room(&self) -> NoRoom {
         match self.policy {
             LagPolicy::Block => NoRoom::Wait,
-            LagPolicy::Disconnect => NoRoom::Cut,
+            LagPolicy::Disconnect => NoRoom::FallBehind,
         }
     }
 
@@ -252,7 +253,7 @@ mod tests {
         a.wrote(6 * PAGE, 6);
         assert_eq!(a.plan_write(1), None);
         assert_eq!(a.plan_tee(false, &round(1)), None);
-        assert_eq!(a.no_room(), NoRoom::Cut);
+        assert_eq!(a.no_room(), NoRoom::FallBehind);
         // Draining gives the room back.
         a.sent(6 * PAGE);
         assert_eq!(a.plan_write(1), Some(1));

@@ -54,10 +54,14 @@ pub(super) enum Path {
 pub(super) struct CopyClient {
     pub id: ClientId,
     pub send: Option<OpId>,
-    /// A wait for its socket to take more (a send found it full).
+    /// A wait for its socket to take more (a send, or its pipe's flush, found it full).
     pub writable: Option<OpId>,
     /// The message of its sends, kept for reuse between them.
     pub msg: Option<Msg>,
+    /// A protobuf or raw client served from the history (it fell behind its pipe, or
+    /// started behind the newest output) keeps its pipe: what the pipe still holds goes
+    /// out before any copy, and it goes back to the pipe path once it caught up.
+    pub pipe: Option<PipeClient>,
 }
 
 impl Output {
@@ -126,20 +130,21 @@ impl Output {
             .clients
             .iter()
             .flatten()
-            .filter(|c| matches!(c.path, Path::Pipe(_)))
+            .filter(|c| match &c.path {
+                Path::Pipe(_) => true,
+                Path::Copy(copy) => copy.pipe.is_some(),
+            })
             .count();
-        if at == StartAt::Live
-            && self.zero_copy()
-            && framing != Framing::Chunked(Format::Json)
-            && pipes < self.options.max_zero_copy_clients
-        {
-            let min = self
-                .streams
-                .iter()
-                .filter_map(|s| s.stage.as_ref())
-                .map(|stage| stage.client_pipe_min())
-                .max()
-                .unwrap_or(0);
+        let pipe_ok =
+            self.zero_copy() && framing != Framing::Chunked(Format::Json) && pipes < self.options.max_zero_copy_clients;
+        let min = self
+            .streams
+            .iter()
+            .filter_map(|s| s.stage.as_ref())
+            .map(|stage| stage.client_pipe_min())
+            .max()
+            .unwrap_or(0);
+        if at == StartAt::Live && pipe_ok {
             // A pipe client starts with the next round.
             let start = Start {
                 position: self.live_position(),
@@ -170,17 +175,32 @@ impl Output {
             );
         }
         let id = self.relay.add_client_at(framing, policy, head(start), start.position);
-        let r = id.index() as usize;
-        if self.by_relay.len() <= r {
-            self.by_relay.resize(r + 1, usize::MAX);
-        }
-        self.by_relay[r] = i;
+        self.note_relay_client(id, i);
+        // A protobuf or raw client that starts behind takes the pipe path once it caught
+        // up, if it can have a pipe.
+        let pipe = match pipe_ok && at != StartAt::Live {
+            true => match PipeClient::make(ring, fd, policy, &[], CLIENT_PIPE_BYTES.max(min), min) {
+                Made::Pipe(p) => Some(p),
+                _ => None,
+            },
+            false => None,
+        };
         Some(Path::Copy(CopyClient {
             id,
             send: None,
             writable: None,
             msg: Some(Msg::default()),
+            pipe,
         }))
+    }
+
+    /// Records which client of the table relay client `id` is.
+    pub(super) fn note_relay_client(&mut self, id: ClientId, i: usize) {
+        let r = id.index() as usize;
+        if self.by_relay.len() <= r {
+            self.by_relay.resize(r + 1, usize::MAX);
+        }
+        self.by_relay[r] = i;
     }
 
     /// Stops serving client `i` and closes it: for lagging (counted, with the payload

@@ -157,6 +157,17 @@ impl Output {
         if copy.send.is_some() || copy.writable.is_some() {
             return;
         }
+        // A client that fell behind its pipe gets what its pipe holds first.
+        if let Some(p) = copy.pipe.as_mut().filter(|p| p.account.queued() > 0) {
+            match p.flush(ring, *fd) {
+                Ok(true) => {}
+                Ok(false) => {
+                    copy.writable = Some(Self::poll(ring, *fd, POLLOUT, OutputOp::ClientWritable, i));
+                    return;
+                }
+                Err(why) => return self.cut(ring, i, why),
+            }
+        }
         let mut msg = copy.msg.take().unwrap_or_default();
         if self.relay.fill(copy.id, &mut msg, &RingArena(ring)) {
             let op = ring.submit(

@@ -53,6 +53,8 @@ pub struct Stats {
     /// Clients cut off for lagging, and the payload bytes they were behind when cut.
     pub clients_cut: u64,
     pub bytes_lost: u64,
+    /// Times a pipe client fell behind its pipe and was served from the history.
+    pub fell_behind: u64,
 }
 
 /// How the output engine treats its clients.
@@ -294,13 +296,15 @@ impl Output {
         for i in 0..self.clients.len() {
             let Some(c) = self.clients[i].as_mut() else { continue };
             let Path::Pipe(p) = &mut c.path else { continue };
-            if c.closing || p.finished || c.framing == Framing::Raw {
+            if c.closing || p.finished || p.torn || c.framing == Framing::Raw {
                 continue;
             }
             match p.put(ring, c.fd, &protobuf) {
                 Put::Done => self.pipe_flush(ring, i),
                 Put::NoRoom => {}
-                Put::Torn => self.close(ring, i),
+                // (A heartbeat is smaller than a pipe's atomic write: only a socket that
+                // took part of it and then refused the rest tears it.)
+                Put::Torn(_) => self.close(ring, i),
             }
         }
         self.pump(ring);

@@ -9,11 +9,12 @@ use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice, tee};
 use nix::sys::socket::MsgFlags;
 
-use super::client::Path;
+use super::client::{Client, CopyClient, Path};
 use super::stage::{Consume, NONBLOCK, Round, Stage, pipe};
 use super::{Output, POLLOUT};
 use crate::config::LagPolicy;
-use crate::relay::pipe::{NoRoom, PipeAccount};
+use crate::msg::Msg;
+use crate::relay::pipe::{NoRoom, PAGE, PipeAccount};
 use crate::relay::{CutReason, Framing};
 use crate::ring::{Fd, OpId, Ring};
 use crate::server::token::OutputOp;
@@ -25,8 +26,9 @@ pub(super) enum Put {
     Done,
     /// No room: nothing was sent or queued.
     NoRoom,
-    /// Part was sent: the client's stream is torn, and it cannot go on.
-    Torn,
+    /// Only this many of the bytes went (sent, or into its pipe): the client's stream
+    /// is torn, and can go on only from exactly there.
+    Torn(usize),
 }
 
 /// What an offer of a round to a client did.
@@ -35,6 +37,11 @@ pub(super) enum Offer {
     Taken,
     /// No room now; it may take it later (blocking clients).
     Later,
+    /// No room: it falls behind, to the history (disconnecting clients).
+    Behind,
+    /// Only this many bytes of the round went into its pipe (it was fuller than
+    /// counted): it falls behind from exactly there.
+    Torn(usize),
     Cut(CutReason),
 }
 
@@ -56,6 +63,8 @@ pub(super) struct PipeClient {
     pub writable: Option<OpId>,
     /// The end of its stream is in its pipe.
     pub finished: bool,
+    /// Its pipe holds part of a record: nothing more goes in until the rest is known.
+    pub torn: bool,
 }
 
 impl PipeClient {
@@ -84,11 +93,12 @@ impl PipeClient {
             account: PipeAccount::new(size, policy),
             writable: None,
             finished: false,
+            torn: false,
         };
         match c.put(ring, fd, front) {
             Put::Done => Made::Pipe(c),
             Put::NoRoom => Made::Copies("its pipe cannot take its response head".into()),
-            Put::Torn => Made::Torn,
+            Put::Torn(_) => Made::Torn,
         }
     }
 
@@ -96,7 +106,7 @@ impl PipeClient {
     /// round). With nothing queued ahead of them they go straight into the socket: one
     /// syscall instead of a write into the pipe and a splice out of it.
     pub fn put(&mut self, ring: &Ring, fd: Fd, mut bytes: &[u8]) -> Put {
-        let mut some_sent = false;
+        let mut taken = 0;
         if self.account.queued() == 0 {
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
             // An error (the peer gone) is left for the next flush to find.
@@ -106,10 +116,10 @@ impl PipeClient {
                 if bytes.is_empty() {
                     return Put::Done;
                 }
-                some_sent = sent > 0;
+                taken = sent;
             }
         }
-        let torn_or_no_room = if some_sent { Put::Torn } else { Put::NoRoom };
+        let torn_or_no_room = if taken > 0 { Put::Torn(taken) } else { Put::NoRoom };
         let Some(slots) = self.account.plan_write(bytes.len()) else {
             return torn_or_no_room;
         };
@@ -119,8 +129,11 @@ impl PipeClient {
                 Put::Done
             }
             Ok(0) | Err(_) => torn_or_no_room,
-            // A short write leaves a torn record: the client cannot go on.
-            Ok(_) => Put::Torn,
+            // A short write: what went in is in its pipe.
+            Ok(written) => {
+                self.account.wrote(written, written.div_ceil(PAGE));
+                Put::Torn(taken + written)
+            }
         }
     }
 
@@ -128,7 +141,7 @@ impl PipeClient {
     pub fn offer(&mut self, ring: &Ring, fd: Fd, framing: Framing, stage: &Stage, round: &Round) -> Offer {
         let later = match self.account.no_room() {
             NoRoom::Wait => Offer::Later,
-            NoRoom::Cut => Offer::Cut(CutReason::Lagging),
+            NoRoom::FallBehind => Offer::Behind,
         };
         let framed = framing != Framing::Raw;
         if let Some(small) = &round.small {
@@ -143,7 +156,7 @@ impl PipeClient {
                     Offer::Taken
                 }
                 Put::NoRoom => later,
-                Put::Torn => Offer::Cut(CutReason::Lagging),
+                Put::Torn(n) => Offer::Torn(n),
             };
         }
         let Some((len, slots)) = self.account.plan_tee(framed, &round.size) else {
@@ -156,8 +169,11 @@ impl PipeClient {
             }
             // Nothing taken: the pipe is fuller than counted.
             Ok(0) | Err(Errno::EAGAIN) => later,
-            // Short: part of the round is in its pipe. Its record is torn.
-            Ok(_) => Offer::Cut(CutReason::Lagging),
+            // Short: part of the round is in its pipe.
+            Ok(n) => {
+                self.account.teed(n, slots, 0);
+                Offer::Torn(n)
+            }
             Err(_) => Offer::Cut(CutReason::Gone),
         }
     }
@@ -186,7 +202,7 @@ impl Output {
         // The list is rebuilt from the clients that still need the round. Taking it out
         // lets the loop borrow the clients; one cut meanwhile is simply not put back.
         let owed = std::mem::take(&mut self.stage_mut(s).round.as_mut().expect("a round").owed);
-        let (mut taken, mut still) = (Vec::new(), Vec::new());
+        let (mut taken, mut still, mut behind, mut torn) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in owed {
             let Some(Some(c)) = self.clients.get_mut(i) else { continue };
             let Path::Pipe(p) = &mut c.path else { continue };
@@ -197,8 +213,18 @@ impl Output {
             match p.offer(ring, c.fd, c.framing, stage, stage.round.as_ref().expect("a round")) {
                 Offer::Taken => taken.push(i),
                 Offer::Later => still.push(i),
+                Offer::Behind => behind.push(i),
+                Offer::Torn(n) => torn.push((i, n)),
                 Offer::Cut(why) => self.cut(ring, i, why),
             }
+        }
+        // The round is the relay's next output (rounds go one at a time).
+        let pos = self.relay.position();
+        for i in behind {
+            self.fall_behind(i, pos, Vec::new());
+        }
+        for (i, n) in torn {
+            self.torn(s, i, n, pos);
         }
         // Every client's tee first, then every flush: a client woken by its flush releases
         // the round's pages (on its own CPU) while the tees to the others would take them
@@ -215,7 +241,19 @@ impl Output {
             self.stage_mut(s).round.as_mut().expect("a round").owed = still;
             return false;
         }
-        if let Err(e) = self.stage_mut(s).drop_framed() {
+        // Clients whose tee of the framed records came up short get the rest of their
+        // torn record from the records themselves, read out of the framed pipe.
+        let torn = std::mem::take(&mut self.stage_mut(s).round.as_mut().expect("a round").torn);
+        let done = match torn.is_empty() {
+            true => self.stage_mut(s).drop_framed(),
+            false => self.stage_mut(s).read_framed().map(|framed| {
+                for (i, n) in torn {
+                    let (front, from) = self.stage_mut(s).rest_of_record(&framed, n, pos);
+                    self.fall_behind(i, from, front);
+                }
+            }),
+        };
+        if let Err(e) = done {
             self.fail_stream(s, &e);
             return false;
         }
@@ -241,6 +279,97 @@ impl Output {
         true
     }
 
+    /// Pipe client `i` has no room for the round being offered: from this round on it is
+    /// served by copies from the history (after what its pipe holds), until it has
+    /// caught up and rejoins the pipe path ([`Output::rejoin_pipes`]). Rounds go one at a
+    /// time, so the relay's next position is this round's.
+    fn fall_behind(&mut self, i: usize, from: u64, front: Vec<u8>) {
+        let Some(mut c) = self.clients.get_mut(i).and_then(Option::take) else { return };
+        c.path = match c.path {
+            Path::Pipe(p) => {
+                tracing::debug!("client {i} fell behind its pipe at {from}: the history serves it");
+                let id = self.relay.add_client_at(c.framing, c.policy, front, from);
+                self.note_relay_client(id, i);
+                self.stats.fell_behind += 1;
+                Path::Copy(CopyClient {
+                    id,
+                    send: None,
+                    writable: p.writable,
+                    msg: Some(Msg::default()),
+                    pipe: Some(PipeClient {
+                        writable: None,
+                        torn: false,
+                        ..p
+                    }),
+                })
+            }
+            other => other,
+        };
+        self.clients[i] = Some(c);
+    }
+
+    /// Only `n` bytes of stream `s`'s round (at position `pos`) went into pipe client
+    /// `i`'s pipe. A raw client goes on from the next byte; one of a small round (framed
+    /// in memory) with the rest of its record; one of framed records once the round is
+    /// done with, when the rest of its torn record can be read back.
+    fn torn(&mut self, s: usize, i: usize, n: usize, pos: u64) {
+        let Some(Some(c)) = self.clients.get_mut(i) else { return };
+        let Path::Pipe(p) = &mut c.path else { return };
+        let round = self.streams[s]
+            .stage
+            .as_mut()
+            .and_then(|st| st.round.as_mut())
+            .expect("a round");
+        let (framing, len) = (c.framing, round.size.len);
+        let small = round.small.as_ref().map(|small| small.bytes[n..].to_vec());
+        if framing != Framing::Raw && small.is_none() {
+            // Nothing more goes into its pipe meanwhile.
+            p.torn = true;
+            round.torn.push((i, n));
+            return;
+        }
+        match (framing, small) {
+            (Framing::Raw, _) => self.fall_behind(i, pos + n as u64, Vec::new()),
+            (_, front) => self.fall_behind(i, pos + len as u64, front.unwrap_or_default()),
+        }
+    }
+
+    /// Clients served from the history that have every record, whose pipe is empty, go
+    /// back to the pipe path: the round about to be staged is their next byte.
+    pub(super) fn rejoin_pipes(&mut self) {
+        for i in 0..self.clients.len() {
+            let ready = match self.clients.get(i) {
+                Some(Some(Client {
+                    closing: false,
+                    path: Path::Copy(copy),
+                    ..
+                })) => {
+                    copy.send.is_none()
+                        && copy.writable.is_none()
+                        && copy
+                            .pipe
+                            .as_ref()
+                            .is_some_and(|p| p.account.queued() == 0 && !p.finished)
+                        && self.relay.caught_up(copy.id)
+                }
+                _ => false,
+            };
+            if !ready {
+                continue;
+            }
+            let Some(mut c) = self.clients[i].take() else { continue };
+            c.path = match c.path {
+                Path::Copy(CopyClient { id, pipe: Some(p), .. }) => {
+                    self.relay.remove_client(id);
+                    Path::Pipe(p)
+                }
+                other => other,
+            };
+            tracing::debug!("client {i} caught up: back on its pipe");
+            self.clients[i] = Some(c);
+        }
+    }
+
     /// Whether client `i` is a pipe client still being served.
     fn serving_pipe(&self, i: usize) -> bool {
         matches!(self.clients.get(i), Some(Some(c)) if !c.closing && matches!(&c.path, Path::Pipe(p) if !p.finished))
@@ -258,7 +387,7 @@ impl Output {
             if c.closing {
                 return;
             }
-            if finished && !p.finished {
+            if finished && !p.finished && !p.torn {
                 let end = match c.framing {
                     Framing::Chunked(_) => p.put(ring, c.fd, frame::LAST_CHUNK),
                     Framing::Raw => Put::Done,
@@ -268,7 +397,7 @@ impl Output {
                     // A client whose pipe is full gets its end once it drained (the
                     // drain timeout bounds the wait).
                     Put::NoRoom => {}
-                    Put::Torn => return self.close(ring, i),
+                    Put::Torn(_) => return self.close(ring, i),
                 }
             }
             if p.writable.is_some() {

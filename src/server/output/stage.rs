@@ -75,6 +75,11 @@ pub(super) struct Round {
     /// Pipe clients (by index in the client table) that still need the round.
     pub owed: Vec<usize>,
     pub consume: Consume,
+    /// Framed: where each record ends, in framed bytes and in payload bytes.
+    pub records: Vec<(usize, usize)>,
+    /// Pipe clients that took only part of the framed records (how many bytes), to go on
+    /// once the round is done with.
+    pub torn: Vec<(usize, usize)>,
 }
 
 /// A small round's bytes: its framed record (when framed), and where its payload starts
@@ -260,8 +265,9 @@ impl Stage {
                 Err(e) => return Err(e.into()),
             }
         };
+        let mut layout = Vec::new();
         let (size, small) = if frame {
-            self.frame_round(ring, n)?
+            self.frame_round(ring, n, &mut layout)?
         } else {
             self.raw_round(ring, n)?
         };
@@ -270,6 +276,8 @@ impl Stage {
             small,
             owed,
             consume: Consume::Owed,
+            records: layout,
+            torn: Vec::new(),
         });
         Ok(Staged::Round)
     }
@@ -298,7 +306,12 @@ impl Stage {
 
     /// Frames a round whose first record's `n` bytes are in the intake pipe, taking in
     /// more records while the source has them and the round has room.
-    fn frame_round(&mut self, ring: &mut Ring, mut n: usize) -> io::Result<(RoundSize, Option<Small>)> {
+    fn frame_round(
+        &mut self,
+        ring: &mut Ring,
+        mut n: usize,
+        layout: &mut Vec<(usize, usize)>,
+    ) -> io::Result<(RoundSize, Option<Small>)> {
         let payload_w = self.payload_w.as_ref().expect("open until the end of the source");
         let sizes = self.sizes;
         let mut size = RoundSize::default();
@@ -333,6 +346,7 @@ impl Stage {
             write_all(&self.framed_w, tail)?;
             move_all(&self.intake_r, payload_w, n)?;
             size.framed += head.len() + n + tail.len();
+            layout.push((size.framed, size.len + n));
             size.framed_slots += slots_for(n) + 2;
             let worst = max_buffers(n).min(sizes.intake_slots);
             framed_max += worst + 2;
@@ -375,6 +389,37 @@ impl Stage {
             round.size.framed -= n;
         }
         Ok(())
+    }
+
+    /// Reads the framed records out of their pipe (every client has them), for clients
+    /// that took only part of them.
+    pub fn read_framed(&mut self) -> io::Result<Vec<u8>> {
+        let Some(round) = &mut self.round else { return Ok(Vec::new()) };
+        let mut framed = vec![0; round.size.framed];
+        let mut got = 0;
+        while got < framed.len() {
+            match nix::unistd::read(&self.framed_r, &mut framed[got..]) {
+                Ok(0) => return Err(io::Error::other("the framed records vanished")),
+                Ok(k) => got += k,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        round.size.framed = 0;
+        Ok(framed)
+    }
+
+    /// For a client that took the first `n` bytes of the round's framed records (read
+    /// back as `framed`), the rest of the record it is inside, and the position after
+    /// that record (the round being at `pos`).
+    pub fn rest_of_record(&self, framed: &[u8], n: usize, pos: u64) -> (Vec<u8>, u64) {
+        let round = self.round.as_ref().expect("a round");
+        let &(end, payload_end) = round
+            .records
+            .iter()
+            .find(|(end, _)| *end > n)
+            .unwrap_or(&(n, round.size.len));
+        (framed[n..end].to_vec(), pos + payload_end as u64)
     }
 
     /// Moves the rest of the payload into the logger; `Ok(true)` when it is all there,
@@ -553,7 +598,9 @@ impl Output {
     /// Stages stream `s`'s next round, owed to every pipe client being served; false
     /// when there is none now.
     fn stage_round(&mut self, ring: &mut Ring, s: usize) -> bool {
-        let serving = |c: &&Client| !c.closing && matches!(&c.path, Path::Pipe(p) if !p.finished);
+        // Clients the history caught up take this round on their pipes.
+        self.rejoin_pipes();
+        let serving = |c: &&Client| !c.closing && matches!(&c.path, Path::Pipe(p) if !p.finished && !p.torn);
         let frame = self
             .clients
             .iter()

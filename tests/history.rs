@@ -296,3 +296,151 @@ fn read_all_output(mut s: UnixStream, format: Format) -> (u16, Collected) {
     let got = out.lock().unwrap().clone();
     (status, got)
 }
+
+/// An output client that sends its request and reads nothing.
+fn stalled(sb: &Sb, protobuf: bool) -> UnixStream {
+    attach(sb, protobuf, &[])
+}
+
+/// Reads what a client got until its connection closes: its payload, whether the
+/// stream ended properly (a cut client's does not), and the position it started at.
+fn read_rest(s: UnixStream, format: Format) -> (Collected, bool, u64) {
+    let mut s = s;
+    let mut rest = Vec::new();
+    let (status, headers) = read_head(&mut s, &mut rest).expect("a response head");
+    assert_eq!(status, 200);
+    let position = headers
+        .iter()
+        .find(|(n, _)| n == "switchboard-position")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("a position");
+    let (mut collector, out) = Collector::new(format);
+    let mut ended = collector.push(&rest);
+    let mut buf = vec![0u8; 1 << 16];
+    while !ended {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => ended = collector.push(&buf[..n]),
+        }
+    }
+    let got = out.lock().unwrap().clone();
+    (got, ended, position)
+}
+
+/// Writes `total` bytes of pattern 8 to stdout on a thread; returns when it finished.
+fn writer(sb: &Sb, total: usize) -> std::thread::JoinHandle<Instant> {
+    let fd = sb.stdout.as_ref().unwrap().try_clone().unwrap();
+    std::thread::spawn(move || {
+        for at in (0..total).step_by(1 << 16) {
+            write_all(&fd, &pattern(8, at as u64, (1 << 16).min(total - at)));
+        }
+        Instant::now()
+    })
+}
+
+#[test]
+fn with_disconnect_a_stalled_client_past_the_history_is_cut_and_the_container_goes_on() {
+    within(60, || {
+        let mut sb = Sb::start(Opts {
+            extra: vec!["--history_bytes=524288".into()],
+            ..Opts::default()
+        });
+        let clients = [stalled(&sb, true), stalled(&sb, false)];
+        // Far more than a client's pipe, its socket and the history hold: nothing holds
+        // the container back.
+        let total = 8 << 20;
+        writer(&sb, total).join().unwrap();
+        logged(&sb, total);
+        sb.close_output();
+        for (s, format) in clients.into_iter().zip([Format::Protobuf, Format::Json]) {
+            // (It may have attached after the first writes.)
+            let (got, ended, at) = read_rest(s, format);
+            assert!(!ended, "a cut client's stream ends without its last chunk");
+            assert!(got.stdout.len() < total && got.stdout == pattern(8, at, got.stdout.len()));
+        }
+        assert_eq!(*sb.stdout_log.lock().unwrap(), pattern(8, 0, total));
+        assert!(sb.wait(20).success());
+    });
+}
+
+#[test]
+fn with_block_a_stalled_client_holds_the_container_until_the_block_timeout() {
+    within(60, || {
+        for protobuf in [true, false] {
+            let mut sb = Sb::start(Opts {
+                extra: vec![
+                    "--history_bytes=524288".into(),
+                    "--lag_policy=block".into(),
+                    "--block_timeout=3secs".into(),
+                ],
+                ..Opts::default()
+            });
+            let witness = Client::new(&sb, true, &[]);
+            let witness = std::thread::spawn(move || witness.finish());
+            let client = stalled(&sb, protobuf);
+            let total = 8 << 20;
+            let started = Instant::now();
+            let writer = writer(&sb, total);
+            // The container's write waits for the stalled client: the logger stops short.
+            std::thread::sleep(Duration::from_secs(1));
+            assert!(!writer.is_finished(), "the container must be held back");
+            let held = sb.stdout_log.lock().unwrap().len();
+            assert!(held < total, "{held}");
+            // Until the block timeout cuts the client.
+            let done = writer.join().unwrap();
+            assert!(done - started >= Duration::from_secs(3), "{:?}", done - started);
+            logged(&sb, total);
+            sb.close_output();
+            let (got, ended, at) = read_rest(client, if protobuf { Format::Protobuf } else { Format::Json });
+            assert!(!ended, "cut at the block timeout");
+            assert!(got.stdout == pattern(8, at, got.stdout.len()), "protobuf {protobuf}");
+            assert_eq!(witness.join().unwrap().stdout, pattern(8, 0, total));
+            assert!(sb.wait(20).success());
+        }
+    });
+}
+
+#[test]
+fn with_block_a_client_that_only_trickles_is_cut() {
+    within(60, || {
+        let mut sb = Sb::start(Opts {
+            extra: vec![
+                "--history_bytes=524288".into(),
+                "--lag_policy=block".into(),
+                "--block_timeout=1secs".into(),
+            ],
+            ..Opts::default()
+        });
+        let mut client = stalled(&sb, true);
+        let total = 8 << 20;
+        let writer = writer(&sb, total);
+        // A few KiB per block timeout: progress, but not the half of its lag it must take
+        // to keep holding the container.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickle = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut got = 0usize;
+                let mut buf = [0u8; 4096];
+                loop {
+                    if !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => return got,
+                        Ok(n) => got += n,
+                    }
+                }
+            })
+        };
+        // Its trickle would take many minutes to let 8 MiB through: the container goes
+        // on only because it is cut.
+        writer.join().unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        logged(&sb, total);
+        sb.close_output();
+        assert!(sb.wait(20).success());
+        let got = trickle.join().unwrap();
+        assert!(got < total / 2, "{got}");
+    });
+}

@@ -8,6 +8,11 @@
 //! the container running; a first detach key alone goes through after a short pause.
 //! End of input is an empty DATA record on a pipe and EOT (^D) on a terminal. Every input
 //! response is acknowledged, as the Mesos agent does.
+//!
+//! Output starts with what the switchboard kept on pipes (its `--replay-bytes`), at the
+//! newest output on a terminal (old screen bytes would garble this one), or where
+//! `--tail` or `--from` say. When the connection drops while the container runs, it
+//! attaches again at the next byte's position, and says on stderr if bytes were lost.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -20,9 +25,8 @@ use clap::Args;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::client::{self, ClientError, InputStream, OutputStream, Probe};
+use crate::client::{self, Begin, ClientError, Follower, InputStream, Piece, Probe, Stop};
 use crate::tty::{self, RawMode};
-use crate::wire::message::mesos::agent::process_io;
 
 /// How long a lone first detach key waits for the rest of the sequence.
 pub const DETACH_PAUSE: Duration = Duration::from_millis(300);
@@ -42,6 +46,15 @@ pub struct AttachArgs {
     /// ctrl-p,ctrl-q or ctrl-a,d; empty to have none.
     #[arg(long, value_name = "KEYS", default_value = "ctrl-p,ctrl-q")]
     pub detach_keys: String,
+    /// Start with the last N lines of the output the switchboard kept (stdout and stderr
+    /// together, as written), then follow. Without --tail or --from: all it kept on
+    /// pipes, nothing on a terminal.
+    #[arg(long, value_name = "N", conflicts_with = "from")]
+    pub tail: Option<u64>,
+    /// Start at output position P (a detach prints where it left off), or at the oldest
+    /// output kept if P is older (saying how much is missing).
+    #[arg(long, value_name = "P")]
+    pub from: Option<u64>,
 }
 
 /// Parses detach keys: comma-separated `ctrl-<key>` or single characters.
@@ -82,6 +95,9 @@ pub struct Options {
     pub detach_keys: Vec<u8>,
     /// Whether the container has a terminal, when known without a probe.
     pub tty_hint: Option<bool>,
+    /// Where the output starts; `None`: what the switchboard kept on pipes, the newest
+    /// output on a terminal (or when it is not known which).
+    pub begin: Option<Begin>,
 }
 
 /// Signals that end an attachment (the terminal is restored first).
@@ -98,14 +114,21 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
     mask.add(Signal::SIGWINCH);
     mask.thread_block().map_err(|e| ClientError::Io(e.into()))?;
 
-    let mut output = OutputStream::open(socket)?;
-    let output_sock = output.shutdown_handle()?;
+    let target = match options.stdin {
+        true => probe_input(socket, options)?,
+        false => None,
+    };
+    let tty = target.as_ref().map(|t| t.tty).or(options.tty_hint);
+    let begin = options.begin.unwrap_or(match tty {
+        Some(false) => Begin::Kept,
+        _ => Begin::Live,
+    });
+    let mut output = Follower::open(socket, begin)?;
     let detached = Arc::new(AtomicBool::new(false));
     let raw: Arc<Mutex<Option<RawMode>>> = Arc::new(Mutex::new(None));
-    let input = if options.stdin {
-        start_input(socket, options, &raw, &detached, output_sock)?
-    } else {
-        None
+    let input = match target {
+        Some(target) => Some(start_input(socket, options, target, &raw, &detached, output.stopper())?),
+        None => None,
     };
     {
         let raw = raw.clone();
@@ -116,21 +139,39 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
     let stdout = io::stdout();
     let stderr = io::stderr();
     let result = loop {
-        match output.next_record() {
-            Ok(Some(pio)) => {
-                let Some(data) = pio.data else { continue };
-                let bytes = data.data.unwrap_or_default();
-                let written = if data.r#type == Some(process_io::data::Type::Stderr as i32) {
+        match output.next_piece() {
+            Ok(Some(Piece::Output {
+                stderr: to_stderr,
+                data,
+            })) => {
+                let written = if to_stderr {
                     let mut e = stderr.lock();
-                    e.write_all(&bytes).and_then(|_| e.flush())
+                    e.write_all(&data).and_then(|_| e.flush())
                 } else {
                     let mut o = stdout.lock();
-                    o.write_all(&bytes).and_then(|_| o.flush())
+                    o.write_all(&data).and_then(|_| o.flush())
                 };
                 if let Err(e) = written {
                     break Err(ClientError::Io(e));
                 }
             }
+            Ok(Some(Piece::Resumed { skipped, restarted })) => {
+                let text = match (restarted, skipped) {
+                    (true, _) => "the connection dropped and the switchboard restarted: continuing with \
+                                  the oldest output it kept; output in between may be missing"
+                        .to_string(),
+                    (false, 0) => "the connection dropped; continuing where it was, nothing missed".to_string(),
+                    (false, n) => format!(
+                        "the connection dropped; continuing, {n} bytes of output missing (the switchboard no \
+                         longer had them)"
+                    ),
+                };
+                note(&raw, &text);
+            }
+            Ok(Some(Piece::StartedLater { skipped })) => note(
+                &raw,
+                &format!("starting {skipped} bytes later than asked: the switchboard no longer has them"),
+            ),
             Ok(None) => break Ok(Ended::Output),
             Err(_) if detached.load(Ordering::SeqCst) => break Ok(Ended::Detached),
             Err(e) => break Err(e),
@@ -141,9 +182,25 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
         r.restore();
     }
     if let Ok(Ended::Detached) = result {
-        eprintln!("\r\ndetached: the container is still running");
+        match output.position() {
+            Some(p) => eprintln!(
+                "\r\ndetached at output position {p}: the container is still running (continue from \
+                 there with: switchboard attach --from {p} {})",
+                socket.display()
+            ),
+            None => eprintln!("\r\ndetached: the container is still running"),
+        }
     }
     result
+}
+
+/// Says something on stderr, between output lines (in raw mode, lines end with CR LF).
+fn note(raw: &Mutex<Option<RawMode>>, text: &str) {
+    let end = match raw.lock().unwrap().is_some() {
+        true => "\r\n",
+        false => "\n",
+    };
+    eprint!("{end}switchboard attach: {text}{end}");
 }
 
 /// Messages to the input writer.
@@ -157,13 +214,18 @@ struct InputSide {
     records: mpsc::Sender<ToWriter>,
 }
 
-fn start_input(
-    socket: &Path,
-    options: &Options,
-    raw: &Arc<Mutex<Option<RawMode>>>,
-    detached: &Arc<AtomicBool>,
-    output_sock: std::os::unix::net::UnixStream,
-) -> Result<Option<InputSide>, ClientError> {
+/// What the probe learned of the input side.
+struct Target {
+    /// Whether this process's stdin is a terminal.
+    local_tty: bool,
+    /// Its window size, when it is.
+    size: Option<(u16, u16)>,
+    /// Whether the container's stdin is a terminal.
+    tty: bool,
+}
+
+/// Probes the input slot (setting the window size); `None` when another client has it.
+fn probe_input(socket: &Path, options: &Options) -> Result<Option<Target>, ClientError> {
     let stdin = io::stdin();
     let local_tty = tty::is_terminal(stdin.as_fd());
     let size = if local_tty {
@@ -171,7 +233,7 @@ fn start_input(
     } else {
         None
     };
-    let target_tty = match client::probe(socket, size) {
+    let tty = match client::probe(socket, size) {
         Ok(Probe::Tty) => true,
         Ok(Probe::Pipe) => false,
         Ok(Probe::Free) => options.tty_hint.unwrap_or(false),
@@ -181,6 +243,23 @@ fn start_input(
         }
         Err(e) => return Err(e),
     };
+    Ok(Some(Target { local_tty, size, tty }))
+}
+
+fn start_input(
+    socket: &Path,
+    options: &Options,
+    target: Target,
+    raw: &Arc<Mutex<Option<RawMode>>>,
+    detached: &Arc<AtomicBool>,
+    output: Stop,
+) -> Result<InputSide, ClientError> {
+    let Target {
+        local_tty,
+        size,
+        tty: target_tty,
+    } = target;
+    let stdin = io::stdin();
     let mut input = InputStream::open(socket)?;
     if local_tty && target_tty {
         if let Some((rows, columns)) = size {
@@ -194,7 +273,7 @@ fn start_input(
     // switchboard would wait for us before ending the output.
     let answer = input.try_clone()?;
     let (ack_socket, detach_flag) = (socket.to_path_buf(), detached.clone());
-    std::thread::spawn(move || watch_answer(answer, &ack_socket, &detach_flag, &output_sock));
+    std::thread::spawn(move || watch_answer(answer, &ack_socket, &detach_flag, &output));
     std::thread::spawn(move || write_records(input, rx));
     {
         let tx = tx.clone();
@@ -214,17 +293,12 @@ fn start_input(
         let detached = detached.clone();
         std::thread::spawn(move || read_stdin(tx, keys, target_tty, detached));
     }
-    Ok(Some(InputSide { records: tx }))
+    Ok(InputSide { records: tx })
 }
 
 /// Waits for the input request's answer, acknowledges it, and says what a refusal was.
 /// When we detached, the output stream is shut down too.
-fn watch_answer(
-    mut answer: InputStream,
-    socket: &Path,
-    detached: &AtomicBool,
-    output_sock: &std::os::unix::net::UnixStream,
-) {
+fn watch_answer(mut answer: InputStream, socket: &Path, detached: &AtomicBool, output: &Stop) {
     let result = answer.response();
     let _ = client::acknowledge(socket);
     match result {
@@ -237,7 +311,7 @@ fn watch_answer(
         _ => {}
     }
     if detached.load(Ordering::SeqCst) {
-        let _ = output_sock.shutdown(std::net::Shutdown::Both);
+        output.stop();
     }
 }
 
@@ -356,10 +430,16 @@ pub fn run(args: &AttachArgs) -> std::process::ExitCode {
         }
     };
     let tty_hint = crate::agent::Info::next_to_socket(&args.socket).map(|i| i.tty);
+    let begin = match (args.tail, args.from) {
+        (Some(n), _) => Some(Begin::Lines(n)),
+        (None, Some(p)) => Some(Begin::Position(p)),
+        (None, None) => None,
+    };
     let options = Options {
         stdin: !args.no_stdin,
         detach_keys: keys,
         tty_hint,
+        begin,
     };
     match attach(&args.socket, &options) {
         Ok(_) => std::process::ExitCode::SUCCESS,

@@ -103,6 +103,8 @@ fn run_to_end(args: &RunArgs) -> Result<ExitCode, Stop> {
         stdin: true,
         detach_keys: keys,
         tty_hint: Some(args.tty),
+        // The first client of a server that waited for it: every byte is new.
+        begin: Some(crate::client::Begin::Live),
     };
     match attach::attach(&info.socket, &options).map_err(|e| Stop::new(1, e.to_string()))? {
         Ended::Detached => {

@@ -3,12 +3,17 @@
 //! §10-§12). It speaks protobuf records and works against any server of the protocol, Mesos's
 //! included.
 
+mod follow;
+
+pub use follow::{Begin, Follower, Piece, RECONNECT_FOR, Stop};
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use crate::wire::http::{self, ChunkedDecoder, Limits};
+use crate::wire::media::{self, StartAt};
 use crate::wire::message::mesos::ContainerId;
 use crate::wire::message::mesos::agent::call::{AttachContainerInput, attach_container_input};
 use crate::wire::message::mesos::agent::process_io::{self, Control, Data, control};
@@ -109,6 +114,35 @@ fn read_body(sock: &mut UnixStream, head: &Head, mut buf: Vec<u8>) -> Result<Str
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// Where an output response starts, as the server said (docs/protocol.md §10.8). Mesos
+/// says nothing of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The position of the first payload byte.
+    pub position: u64,
+    /// Bytes asked for that the server's history no longer had.
+    pub skipped: u64,
+    /// The position of the newest output when the response began.
+    pub newest: u64,
+    /// The server that numbered these positions.
+    pub instance: String,
+}
+
+impl Located {
+    fn from_head(head: &Head) -> Option<Located> {
+        let number = |name: &str| {
+            head.header(&name.to_ascii_lowercase())
+                .and_then(|v| v.trim().parse().ok())
+        };
+        Some(Located {
+            position: number(media::POSITION_HEADER)?,
+            skipped: number(media::SKIPPED_HEADER).unwrap_or(0),
+            newest: number(media::NEWEST_HEADER)?,
+            instance: head.header(&media::INSTANCE_HEADER.to_ascii_lowercase())?.to_string(),
+        })
+    }
+}
+
 /// The container's output, record by record.
 pub struct OutputStream {
     sock: UnixStream,
@@ -117,11 +151,22 @@ pub struct OutputStream {
     records: recordio::Decoder,
     pending: std::collections::VecDeque<Vec<u8>>,
     ended: bool,
+    located: Option<Located>,
+    /// The position of the next payload byte, when the server told where it started.
+    position: Option<u64>,
 }
 
 impl OutputStream {
-    /// Attaches to the output (`ATTACH_CONTAINER_OUTPUT`, protobuf records).
+    /// Attaches to the output at the newest output (`ATTACH_CONTAINER_OUTPUT`, protobuf
+    /// records), as every Mesos client does.
     pub fn open(socket: &Path) -> Result<OutputStream, ClientError> {
+        OutputStream::open_at(socket, StartAt::Live)
+    }
+
+    /// Attaches to the output starting at `at`: at the newest output, at a position, or
+    /// some bytes before the newest output (a server without a history, Mesos's,
+    /// starts at the newest output whatever is asked).
+    pub fn open_at(socket: &Path, at: StartAt) -> Result<OutputStream, ClientError> {
         let mut sock = connect(socket)?;
         let call = Call {
             r#type: Some(call::Type::AttachContainerOutput as i32),
@@ -131,9 +176,14 @@ impl OutputStream {
             ..Default::default()
         };
         let body = message::encode(Format::Protobuf, &call);
+        let start = match at {
+            StartAt::Live => String::new(),
+            StartAt::Position(p) => format!("{}: {p}\r\n", media::FROM_HEADER),
+            StartAt::Tail(n) => format!("{}: {n}\r\n", media::TAIL_HEADER),
+        };
         let mut req = format!(
             "POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/x-protobuf\r\nAccept: application/recordio\r\n\
-             Message-Accept: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+             Message-Accept: application/x-protobuf\r\n{start}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
         .into_bytes();
@@ -148,6 +198,7 @@ impl OutputStream {
                 body,
             });
         }
+        let located = Located::from_head(&head);
         Ok(OutputStream {
             sock,
             buf,
@@ -155,7 +206,20 @@ impl OutputStream {
             records: recordio::Decoder::new(16 << 20),
             pending: Default::default(),
             ended: false,
+            position: located.as_ref().map(|l| l.position),
+            located,
         })
+    }
+
+    /// Where the server said this stream starts; `None` from a server without positions.
+    pub fn located(&self) -> Option<&Located> {
+        self.located.as_ref()
+    }
+
+    /// The position of the next payload byte this stream will return (the position after
+    /// the last one returned); `None` from a server without positions.
+    pub fn position(&self) -> Option<u64> {
+        self.position
     }
 
     /// A handle to the connection, to stop the stream from another thread (shut it down:
@@ -169,6 +233,9 @@ impl OutputStream {
         loop {
             if let Some(rec) = self.pending.pop_front() {
                 let pio: ProcessIo = message::decode(Format::Protobuf, &rec).map_err(|e| ClientError::Protocol(e.0))?;
+                if let (Some(p), Some(data)) = (&mut self.position, &pio.data) {
+                    *p += data.data.as_ref().map_or(0, |d| d.len() as u64);
+                }
                 return Ok(Some(pio));
             }
             if self.ended {

@@ -80,6 +80,9 @@ pub struct Start {
     pub position: u64,
     /// Bytes it asked for that the history no longer holds.
     pub skipped: u64,
+    /// The position of the newest output when it attached: what it gets before this is
+    /// history, what it gets from here on was new.
+    pub newest: u64,
 }
 
 /// A start past the newest output.
@@ -539,11 +542,13 @@ impl Relay {
             Start {
                 position: oldest,
                 skipped: oldest - asked,
+                newest,
             }
         } else {
             Start {
                 position: asked,
                 skipped: 0,
+                newest,
             }
         })
     }

@@ -511,7 +511,8 @@ fn clients_start_anywhere_the_history_holds() {
         tail,
         Start {
             position: newest - 100,
-            skipped: 0
+            skipped: 0,
+            newest
         }
     );
     let p = newest - 4321;
@@ -526,7 +527,8 @@ fn clients_start_anywhere_the_history_holds() {
         resume,
         Start {
             position: p,
-            skipped: 0
+            skipped: 0,
+            newest
         }
     );
     let old = sim.attach_at(

@@ -47,6 +47,15 @@ pub enum Exit {
 /// are closed without an answer.
 const MAX_FORBIDDEN: usize = 64;
 
+/// A name no other server on this host has had: its pid and start time. A client that
+/// resumes at a position checks that the same server numbered it.
+fn instance_name() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:x}-{:x}", std::process::id(), since_epoch.as_nanos())
+}
+
 /// The server's state.
 pub(crate) struct Server {
     ring: Ring,
@@ -65,6 +74,8 @@ pub(crate) struct Server {
     redirect_finished: bool,
     terminating: bool,
     failure: Option<String>,
+    /// Names this server's positions: another server numbers its output anew.
+    instance: String,
 }
 
 /// Runs a server until it exits. Errors before it serves (the socket, the ring, bad
@@ -109,6 +120,7 @@ impl Server {
             redirect_finished: false,
             terminating: false,
             failure: None,
+            instance: instance_name(),
         };
         server.read_signal();
         server.arm_accept();
@@ -174,6 +186,7 @@ impl Server {
             acks_outstanding: &mut self.acks_outstanding,
             redirect_finished: self.redirect_finished,
             terminating: self.terminating,
+            instance: &self.instance,
         }
     }
 

@@ -98,11 +98,15 @@ pub enum Route {
 
 /// Ours, on `ATTACH_CONTAINER_OUTPUT` (docs/protocol.md §10.8): the request asks to
 /// start at a position, or some bytes before the newest output; the response says the
-/// position of its first byte, and how many bytes the history no longer had.
+/// position of its first byte, how many bytes the history no longer had, the position of
+/// the newest output when it began (what comes before is history), and which server
+/// numbered these positions.
 pub const FROM_HEADER: &str = "Switchboard-From";
 pub const TAIL_HEADER: &str = "Switchboard-Tail";
 pub const POSITION_HEADER: &str = "Switchboard-Position";
 pub const SKIPPED_HEADER: &str = "Switchboard-Skipped";
+pub const NEWEST_HEADER: &str = "Switchboard-Newest";
+pub const INSTANCE_HEADER: &str = "Switchboard-Instance";
 
 /// Where an output client asks to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,8 @@ pub(crate) struct Ctx<'a> {
     pub acks_outstanding: &'a mut u64,
     pub redirect_finished: bool,
     pub terminating: bool,
+    /// Sent with every output response (`Switchboard-Instance`).
+    pub instance: &'a str,
 }
 
 /// Bytes received and not yet consumed. Consuming moves a cursor; the buffer is compacted

@@ -195,9 +195,10 @@ fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseForm
 }
 
 /// The head of an output response that starts at `start`.
-fn output_head(response: ResponseFormat, start: Start) -> Vec<u8> {
+fn output_head(response: ResponseFormat, start: Start, instance: &str) -> Vec<u8> {
     let position = start.position.to_string();
     let skipped = start.skipped.to_string();
+    let newest = start.newest.to_string();
     let mut headers = vec![("Content-Type", response.content_type())];
     if let Some(mct) = response.message_content_type() {
         headers.push(("Message-Content-Type", mct));
@@ -206,6 +207,8 @@ fn output_head(response: ResponseFormat, start: Start) -> Vec<u8> {
     if start.skipped > 0 {
         headers.push((media::SKIPPED_HEADER, &skipped));
     }
+    headers.push((media::NEWEST_HEADER, &newest));
+    headers.push((media::INSTANCE_HEADER, instance));
     headers.push(("Transfer-Encoding", "chunked"));
     let mut head = Vec::with_capacity(240);
     http::write_response_head(200, &headers, &mut head);
@@ -240,7 +243,8 @@ pub(super) fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
         LagPolicy::Block
     };
     tracing::debug!("connection {i} attached to the output ({policy:?})");
-    let head = |start| output_head(response, start);
+    let instance = ctx.instance;
+    let head = |start| output_head(response, start, instance);
     ctx.output.add_client(ctx.ring, c.fd, framing, policy, start, head);
     // The first output client starts redirection when we waited for it.
     ctx.output.start(ctx.ring);

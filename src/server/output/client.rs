@@ -146,9 +146,11 @@ impl Output {
             .unwrap_or(0);
         if at == StartAt::Live && pipe_ok {
             // A pipe client starts with the next round.
+            let newest = self.live_position();
             let start = Start {
-                position: self.live_position(),
+                position: newest,
                 skipped: 0,
+                newest,
             };
             match PipeClient::make(ring, fd, policy, &head(start), CLIENT_PIPE_BYTES.max(min), min) {
                 Made::Pipe(p) => return Some(Path::Pipe(p)),
@@ -158,14 +160,17 @@ impl Output {
         }
         // A copying client at the live edge starts with the relay's next byte (a round
         // staged but not yet read comes to it through the copy engine).
+        let newest = self.live_position();
         let start = match at {
             StartAt::Live => Start {
                 position: self.relay.position(),
                 skipped: 0,
+                newest,
             },
-            _ => self.relay.locate(at, self.live_position()).unwrap_or(Start {
-                position: self.live_position(),
+            _ => self.relay.locate(at, newest).unwrap_or(Start {
+                position: newest,
                 skipped: 0,
+                newest,
             }),
         };
         if start.skipped > 0 {

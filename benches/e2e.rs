@@ -29,11 +29,18 @@
 //! Run (not part of CI): `cargo bench --bench e2e -- [--ns 1,16,64,256,1024] [--reps 3]
 //! [--work chunks|lines|latency] [--format protobuf|json] [--source pipe|pty]
 //! [--modes switchboard,switchboard-copy,naive,tee-splice,conmon] [--mib 1024] [--verify]
-//! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000] [--base-bin PATH]`.
+//! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000] [--base-bin PATH]
+//! [--unpaced] [--server-args A,B] [--stalled K]`.
 //! `--idle N` instead attaches N idle clients to one server and reports the server's RSS
-//! per attached client. `--base-bin PATH` adds the rows `switchboard-base` and
-//! `switchboard-copy-base`: the same runs by another build of the drop-in (the commit
-//! before a change, built in a git worktree), alternating with this build's in every rep.
+//! before and per attached client (for the `--base-bin` build too). `--base-bin PATH` adds
+//! the rows `switchboard-base` and `switchboard-copy-base`: the same runs by another
+//! build of the drop-in (the commit before a change, built in a git worktree),
+//! alternating with this build's in every rep. `--unpaced` lets the workload write at
+//! full speed, whoever keeps up (the drop-in then cuts clients that fall behind its
+//! history, unless `--server-args --lag_policy=block`); `--server-args` adds flags to
+//! every drop-in run (this build's only, not the base's); `--stalled K` attaches K more
+//! clients to the drop-in that never read (they are cut, or hold the container back with
+//! `--lag_policy=block`): the RSS column then shows what a stalled client costs.
 
 #[path = "support/clients.rs"]
 mod clients;
@@ -64,6 +71,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_mesos-io-switchboard");
 /// `--base-bin`: another build of the drop-in (the commit before a change, built in a git
 /// worktree), run in the same reps as this one.
 static BASE_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// `--server-args`: more flags for this build's drop-in.
+static SERVER_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 const SEED: u64 = 5;
 /// How far (container bytes) the workload may run ahead of the slowest client.
 const WINDOW: u64 = 512 << 10;
@@ -146,6 +155,10 @@ struct Case {
     conmon_log: &'static str,
     /// The clients poll without sleeping.
     spin: bool,
+    /// The workload keeps within [`WINDOW`] of the slowest client.
+    paced: bool,
+    /// Clients of the drop-in that attach and never read.
+    stalled: usize,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -224,7 +237,7 @@ impl Shared {
 }
 
 /// The workload: writes `total` bytes of the pattern into `out`, keeping within
-/// [`WINDOW`] of the slowest client (or, for latency, one byte at a time, waiting for
+/// [`WINDOW`] of the slowest client when paced (or, for latency, one byte at a time, waiting for
 /// every client to have it).
 fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
     pin(0);
@@ -255,7 +268,9 @@ fn workload(out: OwnedFd, case: Case, shared: Arc<Shared>) {
             // A pause between writes, as a terminal user or a log line would leave.
             std::thread::sleep(Duration::from_micros(200));
         } else {
-            shared.wait_for(pos.saturating_sub(WINDOW));
+            if case.paced {
+                shared.wait_for(pos.saturating_sub(WINDOW));
+            }
             write_all(&out, &buf[..n]);
         }
         pos += n as u64;
@@ -439,16 +454,22 @@ fn run(case: &Case) -> Sample {
     let checked = Arc::new(AtomicU64::new(0));
     let cpu0 = children_cpu_s();
     let mut rss_idle = None;
+    let mut stalled = Vec::new();
     // The relay, the clients' connections, the workload's end and the container's stdin.
     let (relay, conns, out, stdin) = match case.mode {
         Mode::Switchboard | Mode::SwitchboardCopy | Mode::SwitchboardBase | Mode::SwitchboardCopyBase => {
             let (bin, zero_copy) = case.mode.server().expect("a drop-in mode");
             let Container { out, src, stdin } = container(case.pty);
-            let (child, socket) = start_server(bin, &src, stdin.as_ref(), zero_copy, case.pty, &[]);
+            let extra = match bin == Path::new(BIN) {
+                true => SERVER_ARGS.get().cloned().unwrap_or_default(),
+                false => Vec::new(),
+            };
+            let (child, socket) = start_server(bin, &src, stdin.as_ref(), zero_copy, case.pty, &extra);
             rss_idle = status_kib(child.id() as i32, "VmRSS:");
             let conns = (0..case.n)
                 .map(|_| Conn::new(connect(&socket, case.format), Wire::Http))
                 .collect();
+            stalled = (0..case.stalled).map(|_| connect(&socket, case.format)).collect();
             (Relay::Server(child, socket), conns, out, stdin)
         }
         Mode::Naive | Mode::TeeSplice => {
@@ -528,10 +549,11 @@ fn run(case: &Case) -> Sample {
     let case_copy = *case;
     let work_shared = shared.clone();
     let writer = std::thread::spawn(move || workload(out, case_copy, work_shared));
-    // Peak RSS while it runs.
+    // Peak RSS while it runs: the kernel's high-water mark (a burst into the history
+    // comes and goes between two samples).
     let mut rss_peak = rss_attached;
     let sample_rss = |peak: &mut Option<u64>| {
-        if let Some(r) = relay.pid().and_then(|pid| status_kib(pid, "VmRSS:")) {
+        if let Some(r) = relay.pid().and_then(|pid| status_kib(pid, "VmHWM:")) {
             *peak = Some(peak.unwrap_or(0).max(r));
         }
     };
@@ -560,6 +582,7 @@ fn run(case: &Case) -> Sample {
     };
     let report = client.join().unwrap();
     drop(stdin);
+    drop(stalled);
     // From the workload's first write to the last byte's receipt by every client.
     let ns = |a: &AtomicU64| a.load(Ordering::SeqCst) as f64 / 1e9;
     let wall = ns(&shared.done_at) - ns(&shared.started);
@@ -607,13 +630,14 @@ fn run(case: &Case) -> Sample {
     }
 }
 
-/// `--idle N`: one server with N idle attached clients; its RSS per client.
-fn idle(n: usize, format: Format) {
+/// `--idle N`: one server (of `bin`) with N idle attached clients; its RSS before and
+/// per client.
+fn idle(bin: &Path, n: usize, format: Format) {
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
     let c = container(false);
     let extra = [format!("--max_connections={}", n + 16)];
-    let (mut child, socket) = start_server(Path::new(BIN), &c.src, c.stdin.as_ref(), true, false, &extra);
+    let (mut child, socket) = start_server(bin, &c.src, c.stdin.as_ref(), true, false, &extra);
     let pid = child.id() as i32;
     std::thread::sleep(Duration::from_millis(100));
     let before = status_kib(pid, "VmRSS:").unwrap();
@@ -650,7 +674,8 @@ fn idle(n: usize, format: Format) {
     let after = status_kib(pid, "VmRSS:").unwrap();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     println!(
-        "{n} idle attached {format:?} clients: server RSS {before} KiB before, {after} KiB attached: {:.2} KiB per client ({fds} descriptors)",
+        "{}: {n} idle attached {format:?} clients: server RSS {before} KiB before, {after} KiB attached: {:.2} KiB per client ({fds} descriptors)",
+        bin.display(),
         after.saturating_sub(before) as f64 / n as f64
     );
     drop(conns);
@@ -699,7 +724,11 @@ fn main() {
         Some(other) => panic!("unknown --format {other}: protobuf or json"),
     };
     if let Some(n) = arg("--idle") {
-        idle(n.parse().expect("--idle"), format);
+        let n = n.parse().expect("--idle");
+        idle(Path::new(BIN), n, format);
+        if let Some(base) = arg("--base-bin") {
+            idle(Path::new(&base), n, format);
+        }
         return;
     }
     let reps: usize = arg("--reps").map_or(3, |v| v.parse().expect("--reps"));
@@ -742,6 +771,13 @@ fn main() {
     }
     let verify = args.iter().any(|a| a == "--verify");
     let spin = args.iter().any(|a| a == "--spin");
+    let paced = !args.iter().any(|a| a == "--unpaced");
+    let stalled: usize = arg("--stalled").map_or(0, |v| v.parse().expect("--stalled"));
+    if let Some(extra) = arg("--server-args") {
+        SERVER_ARGS
+            .set(extra.split(',').map(String::from).collect())
+            .expect("set once");
+    }
     let conmon_log: &'static str = arg("--conmon-log").map_or("none:", |v| v.leak());
     let mib: Option<u64> = arg("--mib").map(|v| v.parse().expect("--mib"));
     assert!(
@@ -752,8 +788,11 @@ fn main() {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit.1, limit.1);
     let conmon = conmon::installed();
     eprintln!(
-        "end-to-end benchmark: {reps} reps, N = {ns:?}, {work:?}, {format:?} records, source {}",
-        if pty { "PTY" } else { "pipe" }
+        "end-to-end benchmark: {reps} reps, N = {ns:?}, {work:?}, {format:?} records, source {}, workload {}, \
+         drop-in flags {:?}, {stalled} stalled client(s)",
+        if pty { "PTY" } else { "pipe" },
+        if paced { "paced" } else { "unpaced" },
+        SERVER_ARGS.get().cloned().unwrap_or_default(),
     );
     match &conmon {
         Some(version) => eprintln!("{version} (Debian package conmon) is installed: conmon rows included"),
@@ -787,6 +826,8 @@ fn main() {
                 verify,
                 conmon_log,
                 spin,
+                paced,
+                stalled,
             });
             eprintln!(
                 "rep {} N={n:<5} {:<30} {:8.3} {}  {:.3} CPU-s/GiB  p50 {:.0} us p99 {:.0} us  clients {:.0}% of a CPU  \

@@ -92,7 +92,13 @@ fn pattern(seed: u64, start: u64, len: usize) -> Vec<u8> {
     v
 }
 
-const REPLAY: &str = "--replay_bytes=1048576";
+/// A drop-in that keeps the last MiB of output for clients that come later.
+fn with_replay() -> Sb {
+    Sb::start(Opts {
+        extra: vec!["--replay_bytes=1048576".into()],
+        ..Opts::default()
+    })
+}
 
 #[test]
 fn every_output_response_says_where_it_starts() {
@@ -122,10 +128,7 @@ fn every_output_response_says_where_it_starts() {
 #[test]
 fn a_tail_gets_the_last_bytes_then_the_live_output() {
     within(60, || {
-        let mut sb = Sb::start(Opts {
-            extra: vec![REPLAY.into()],
-            ..Opts::default()
-        });
+        let mut sb = with_replay();
         // Two MiB, of which the replay keeps the last one (and a little more: whole
         // records, of at most 64 KiB).
         let total = 2 << 20;
@@ -160,10 +163,7 @@ fn a_tail_gets_the_last_bytes_then_the_live_output() {
 #[test]
 fn a_client_that_drops_resumes_where_it_was_with_the_same_interleaving() {
     within(60, || {
-        let mut sb = Sb::start(Opts {
-            extra: vec![REPLAY.into()],
-            ..Opts::default()
-        });
+        let mut sb = with_replay();
         // A witness that stays, and the client that will drop (on both paths).
         let witness = Client::new(&sb, false, &[]);
         let mut dropping = [Client::new(&sb, true, &[]), Client::new(&sb, false, &[])];
@@ -272,29 +272,12 @@ fn clients_that_do_not_read_while_much_is_written_get_every_byte() {
             sb.close_output();
             let format = if protobuf { Format::Protobuf } else { Format::Json };
             for s in clients {
-                let (_, got) = read_all_output(s, format);
-                assert!(got.stdout == out && got.stderr == err, "protobuf {protobuf}");
+                let (got, ended, _) = read_rest(s, format);
+                assert!(ended && got.stdout == out && got.stderr == err, "protobuf {protobuf}");
             }
             assert!(sb.wait(20).success());
         }
     });
-}
-
-/// Reads an output response to its end.
-fn read_all_output(mut s: UnixStream, format: Format) -> (u16, Collected) {
-    let mut rest = Vec::new();
-    let (status, _) = read_head(&mut s, &mut rest).expect("a response head");
-    let (mut collector, out) = Collector::new(format);
-    let mut ended = collector.push(&rest);
-    let mut buf = vec![0u8; 1 << 16];
-    while !ended {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => ended = collector.push(&buf[..n]),
-        }
-    }
-    let got = out.lock().unwrap().clone();
-    (status, got)
 }
 
 /// An output client that sends its request and reads nothing.

@@ -113,6 +113,21 @@ impl Output {
         self.settle(ring);
     }
 
+    /// Whether a new client of `framing` may have a pipe: zero copy is on, it is not
+    /// JSON, and the pipe clients are fewer than the descriptors allow.
+    fn may_have_pipe(&self, framing: Framing) -> bool {
+        let pipes = self
+            .clients
+            .iter()
+            .flatten()
+            .filter(|c| match &c.path {
+                Path::Pipe(_) => true,
+                Path::Copy(copy) => copy.pipe.is_some(),
+            })
+            .count();
+        self.zero_copy() && framing != Framing::Chunked(Format::Json) && pipes < self.options.max_zero_copy_clients
+    }
+
     /// The delivery path of a new client at index `i`, with its head; `None` if its head
     /// was torn (part of it went out, and no path can go on with it).
     #[allow(clippy::too_many_arguments)] // One client's attach, as the connection hands it over.
@@ -126,17 +141,7 @@ impl Output {
         head: impl Fn(Start) -> Vec<u8>,
         i: usize,
     ) -> Option<Path> {
-        let pipes = self
-            .clients
-            .iter()
-            .flatten()
-            .filter(|c| match &c.path {
-                Path::Pipe(_) => true,
-                Path::Copy(copy) => copy.pipe.is_some(),
-            })
-            .count();
-        let pipe_ok =
-            self.zero_copy() && framing != Framing::Chunked(Format::Json) && pipes < self.options.max_zero_copy_clients;
+        let pipe_ok = self.may_have_pipe(framing);
         let min = self
             .streams
             .iter()

@@ -17,6 +17,7 @@
 mod client;
 mod copy;
 mod pipe;
+mod pump;
 mod stage;
 
 use std::ops::Range;

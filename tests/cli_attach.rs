@@ -286,7 +286,10 @@ fn an_attachment_cut_for_lagging_resumes_and_says_what_it_missed() {
             extra: vec!["--history_bytes=262144".into()],
             ..Opts::default()
         });
+        let before = sb.fd_count();
         let attach = Attach::start(&["--no-stdin", "--from", "0", socket(&sb)], true);
+        // Attached (it may still start after the first writes, which it is told of).
+        wait_until("the attach's connection", || sb.fd_count() > before);
         // It does not read while much more than it, its pipe and the history hold is
         // written: it is cut.
         let total = 6 << 20;
@@ -314,5 +317,61 @@ fn an_attachment_cut_for_lagging_resumes_and_says_what_it_missed() {
         let same = got.iter().zip(log).take_while(|(a, b)| a == b).count();
         assert!(same < log.len() && log.ends_with(&got[same..]), "a gap, then the rest");
         assert!(skipped > 0 && skipped < total);
+    });
+}
+
+/// Reads the container's stdin until it has `want` (or ends, for an empty `want`).
+fn expect_stdin(fd: &std::os::fd::OwnedFd, want: &[u8]) {
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < want.len() || want.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the container's stdin got {got:?}, not {want:?}"
+        );
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the container's stdin: {e}"),
+        }
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
+fn input_goes_on_through_a_dropped_connection() {
+    within(60, || {
+        use std::io::Write;
+        let dir = temp_dir("attach-input");
+        let mut sb = Sb::start(Opts::default());
+        let proxy = Proxy::start(&dir.join("proxy.sock"), &sb.socket);
+        let mut attach = Command::new(BIN)
+            .args(["attach", proxy.path.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut typed = attach.stdin.take().unwrap();
+        let stdin = sb.stdin.take().unwrap();
+        typed.write_all(b"one\n").unwrap();
+        expect_stdin(&stdin, b"one\n");
+        // Both connections drop; what is written next goes through the new ones.
+        proxy.drop_connections();
+        typed.write_all(b"two\n").unwrap();
+        expect_stdin(&stdin, b"two\n");
+        // The end of input closes the container's stdin.
+        drop(typed);
+        expect_stdin(&stdin, b"");
+        sb.close_output();
+        let out = attach.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(sb.wait(20).success());
     });
 }

@@ -10,14 +10,15 @@
 //! response is acknowledged, as the Mesos agent does.
 //!
 //! Output starts with what the switchboard kept on pipes (its `--replay-bytes`), at the
-//! newest output on a terminal (old screen bytes would garble this one), or where
-//! `--tail` or `--from` say. When the connection drops while the container runs, it
-//! attaches again at the next byte's position, and says on stderr if bytes were lost.
+//! newest output on a terminal (old screen bytes would garble this one) or when that is
+//! not known, or where `--tail` or `--from` say. When a connection drops while the
+//! container runs, output and input are made again: output at the next byte's position,
+//! saying on stderr if bytes were lost.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::client::{self, Begin, ClientError, Follower, InputStream, Piece, Probe, Stop};
 use crate::tty::{self, RawMode};
+use crate::wire::message::mesos::agent::ProcessIo;
 
 /// How long a lone first detach key waits for the rest of the sequence.
 pub const DETACH_PAUSE: Duration = Duration::from_millis(300);
@@ -47,8 +49,8 @@ pub struct AttachArgs {
     #[arg(long, value_name = "KEYS", default_value = "ctrl-p,ctrl-q")]
     pub detach_keys: String,
     /// Start with the last N lines of the output the switchboard kept (stdout and stderr
-    /// together, as written), then follow. Without --tail or --from: all it kept on
-    /// pipes, nothing on a terminal.
+    /// together, as written), then follow. Without --tail or --from: all it kept when the
+    /// container has pipes, nothing when it has a terminal or attach cannot tell.
     #[arg(long, value_name = "N", conflicts_with = "from")]
     pub tail: Option<u64>,
     /// Start at output position P (a detach prints where it left off), or at the oldest
@@ -114,16 +116,7 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
     mask.add(Signal::SIGWINCH);
     mask.thread_block().map_err(|e| ClientError::Io(e.into()))?;
 
-    let target = match options.stdin {
-        true => probe_input(socket, options)?,
-        false => None,
-    };
-    let tty = target.as_ref().map(|t| t.tty).or(options.tty_hint);
-    let begin = options.begin.unwrap_or(match tty {
-        Some(false) => Begin::Kept,
-        _ => Begin::Live,
-    });
-    let mut output = Follower::open(socket, begin)?;
+    let (mut output, target) = open(socket, options)?;
     let detached = Arc::new(AtomicBool::new(false));
     let raw: Arc<Mutex<Option<RawMode>>> = Arc::new(Mutex::new(None));
     let input = match target {
@@ -135,48 +128,7 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
         let resize = input.as_ref().map(|i| i.records.clone());
         std::thread::spawn(move || handle_signals(mask, raw, resize));
     }
-
-    let stdout = io::stdout();
-    let stderr = io::stderr();
-    let result = loop {
-        match output.next_piece() {
-            Ok(Some(Piece::Output {
-                stderr: to_stderr,
-                data,
-            })) => {
-                let written = if to_stderr {
-                    let mut e = stderr.lock();
-                    e.write_all(&data).and_then(|_| e.flush())
-                } else {
-                    let mut o = stdout.lock();
-                    o.write_all(&data).and_then(|_| o.flush())
-                };
-                if let Err(e) = written {
-                    break Err(ClientError::Io(e));
-                }
-            }
-            Ok(Some(Piece::Resumed { skipped, restarted })) => {
-                let text = match (restarted, skipped) {
-                    (true, _) => "the connection dropped and the switchboard restarted: continuing with \
-                                  the oldest output it kept; output in between may be missing"
-                        .to_string(),
-                    (false, 0) => "the connection dropped; continuing where it was, nothing missed".to_string(),
-                    (false, n) => format!(
-                        "the connection dropped; continuing, {n} bytes of output missing (the switchboard no \
-                         longer had them)"
-                    ),
-                };
-                note(&raw, &text);
-            }
-            Ok(Some(Piece::StartedLater { skipped })) => note(
-                &raw,
-                &format!("starting {skipped} bytes later than asked: the switchboard no longer has them"),
-            ),
-            Ok(None) => break Ok(Ended::Output),
-            Err(_) if detached.load(Ordering::SeqCst) => break Ok(Ended::Detached),
-            Err(e) => break Err(e),
-        }
-    };
+    let result = follow(&mut output, &raw, &detached);
     // Restore the terminal before anything else is printed.
     if let Some(r) = raw.lock().unwrap().take() {
         r.restore();
@@ -194,6 +146,73 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
     result
 }
 
+/// Where the output starts when nothing says: what was kept on pipes, the newest output
+/// on a terminal (old screen bytes would garble this one).
+fn default_begin(tty: bool) -> Begin {
+    match tty {
+        true => Begin::Live,
+        false => Begin::Kept,
+    }
+}
+
+/// Opens the output, then probes the input side. The output comes first: the probe's
+/// resize makes full-screen programs redraw, which must reach us. Where the output
+/// starts may depend on what the probe is the first to tell (whether the container has
+/// a terminal): on pipes, it is then opened again at what was kept.
+fn open(socket: &Path, options: &Options) -> Result<(Follower, Option<Target>), ClientError> {
+    let known = options.begin.or(options.tty_hint.map(default_begin));
+    let output = Follower::open(socket, known.unwrap_or(Begin::Live))?;
+    let target = match options.stdin {
+        true => probe_input(socket, options)?,
+        false => None,
+    };
+    match (known, &target) {
+        (None, Some(Target { tty: false, .. })) => Ok((Follower::open(socket, Begin::Kept)?, target)),
+        _ => Ok((output, target)),
+    }
+}
+
+/// Copies the output here until it ends, the detach keys are typed, or it fails.
+fn follow(output: &mut Follower, raw: &Mutex<Option<RawMode>>, detached: &AtomicBool) -> Result<Ended, ClientError> {
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    loop {
+        let piece = match output.next_piece() {
+            Ok(Some(piece)) => piece,
+            Ok(None) => return Ok(Ended::Output),
+            Err(_) if detached.load(Ordering::SeqCst) => return Ok(Ended::Detached),
+            Err(e) => return Err(e),
+        };
+        let text = match piece {
+            Piece::Output { stderr: true, data } => {
+                let mut e = stderr.lock();
+                e.write_all(&data).and_then(|_| e.flush())?;
+                continue;
+            }
+            Piece::Output { stderr: false, data } => {
+                let mut o = stdout.lock();
+                o.write_all(&data).and_then(|_| o.flush())?;
+                continue;
+            }
+            Piece::Resumed { restarted: true, .. } => "the connection dropped and the switchboard restarted: \
+                 continuing with the oldest output it kept; output in between may be missing"
+                .to_string(),
+            Piece::Resumed { skipped: 0, .. } => {
+                "the connection dropped; continuing where it was, nothing missed".to_string()
+            }
+            Piece::Resumed { skipped, .. } => format!(
+                "the connection dropped; continuing, {skipped} bytes of output missing (the switchboard no \
+                 longer had them)"
+            ),
+            Piece::StartedLater { skipped } => {
+                format!("starting {skipped} bytes later than asked: the switchboard no longer has them")
+            }
+            Piece::NoPositions => "this switchboard keeps no output history: starting at the newest output".to_string(),
+        };
+        note(raw, &text);
+    }
+}
+
 /// Says something on stderr, between output lines (in raw mode, lines end with CR LF).
 fn note(raw: &Mutex<Option<RawMode>>, text: &str) {
     let end = match raw.lock().unwrap().is_some() {
@@ -205,7 +224,7 @@ fn note(raw: &Mutex<Option<RawMode>>, text: &str) {
 
 /// Messages to the input writer.
 enum ToWriter {
-    Record(crate::wire::message::mesos::agent::ProcessIo),
+    Record(ProcessIo),
     /// End the body (stdin ended, or the detach keys).
     End,
 }
@@ -246,6 +265,102 @@ fn probe_input(socket: &Path, options: &Options) -> Result<Option<Target>, Clien
     Ok(Some(Target { local_tty, size, tty }))
 }
 
+/// The input request's connection, made again when it drops while the container runs
+/// (as the output's is).
+struct InputLink {
+    socket: PathBuf,
+    /// The connection records go to; `None` once it could not be made again.
+    stream: Mutex<Option<InputStream>>,
+    /// Bumped at every new connection.
+    generation: AtomicU64,
+    /// The window size last sent: a new connection sends it first.
+    size: Mutex<Option<ProcessIo>>,
+    detached: Arc<AtomicBool>,
+    raw: Arc<Mutex<Option<RawMode>>>,
+    /// Stops the output (on detach).
+    output: Stop,
+}
+
+impl InputLink {
+    /// Sends a record, waiting for a new connection if this one dropped; the record is
+    /// dropped if none comes.
+    fn send(&self, pio: ProcessIo) {
+        if is_resize(&pio) {
+            *self.size.lock().unwrap() = Some(pio.clone());
+        }
+        let deadline = std::time::Instant::now() + client::RECONNECT_FOR + Duration::from_secs(1);
+        loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            match self.stream.lock().unwrap().as_mut().map(|s| s.send(pio.clone())) {
+                Some(Ok(())) | None => return,
+                Some(Err(_)) => {}
+            }
+            while self.generation.load(Ordering::SeqCst) == generation {
+                if std::time::Instant::now() >= deadline || self.stream.lock().unwrap().is_none() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// A new connection after `error` dropped the last one; `None` if none could be made
+    /// (the link is then gone).
+    fn reconnect(&self, error: &ClientError) -> Option<InputStream> {
+        let deadline = std::time::Instant::now() + client::RECONNECT_FOR;
+        let made = loop {
+            match InputStream::open(&self.socket) {
+                Ok(mut s) => {
+                    let size = self.size.lock().unwrap().clone();
+                    match size.map_or(Ok(()), |pio| s.send(pio)) {
+                        Ok(()) => break Ok(s),
+                        Err(e) => break Err(ClientError::Io(e)),
+                    }
+                }
+                // (A 409: the server may not have seen the old connection go yet.)
+                Err(
+                    ClientError::NoServer { .. }
+                    | ClientError::Gone
+                    | ClientError::Io(_)
+                    | ClientError::Refused { status: 409, .. },
+                ) if std::time::Instant::now() < deadline && !self.detached.load(Ordering::SeqCst) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let mut current = self.stream.lock().unwrap();
+        match made.and_then(|s| Ok((s.try_clone()?, s))) {
+            Ok((answer, s)) => {
+                *current = Some(s);
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                Some(answer)
+            }
+            Err(e) => {
+                *current = None;
+                if !self.detached.load(Ordering::SeqCst) {
+                    note(
+                        &self.raw,
+                        &format!("input: the connection dropped ({error}) and could not be made again: {e}"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Ends the body of the current connection.
+    fn end(&self) {
+        if let Some(s) = self.stream.lock().unwrap().as_mut() {
+            let _ = s.end();
+        }
+    }
+}
+
+fn is_resize(pio: &ProcessIo) -> bool {
+    pio.control.as_ref().is_some_and(|c| c.tty_info.is_some())
+}
+
 fn start_input(
     socket: &Path,
     options: &Options,
@@ -261,20 +376,37 @@ fn start_input(
     } = target;
     let stdin = io::stdin();
     let mut input = InputStream::open(socket)?;
+    let resize = size
+        .filter(|_| local_tty && target_tty)
+        .map(|(rows, columns)| client::resize(rows, columns));
+    if let Some(pio) = &resize {
+        input.send(pio.clone())?;
+    }
     if local_tty && target_tty {
-        if let Some((rows, columns)) = size {
-            input.send(client::resize(rows, columns))?;
-        }
         *raw.lock().unwrap() = Some(RawMode::enable(stdin.as_fd())?);
     }
-    let (tx, rx) = mpsc::channel::<ToWriter>();
     // The response can come before we end the body (after the container's output ended,
     // or a refusal): read it whenever it comes, and acknowledge it at once, or the
     // switchboard would wait for us before ending the output.
     let answer = input.try_clone()?;
-    let (ack_socket, detach_flag) = (socket.to_path_buf(), detached.clone());
-    std::thread::spawn(move || watch_answer(answer, &ack_socket, &detach_flag, &output));
-    std::thread::spawn(move || write_records(input, rx));
+    let link = Arc::new(InputLink {
+        socket: socket.to_path_buf(),
+        stream: Mutex::new(Some(input)),
+        generation: AtomicU64::new(0),
+        size: Mutex::new(resize),
+        detached: detached.clone(),
+        raw: raw.clone(),
+        output,
+    });
+    let (tx, rx) = mpsc::channel::<ToWriter>();
+    {
+        let link = link.clone();
+        std::thread::spawn(move || watch_answers(answer, &link));
+    }
+    {
+        let link = link.clone();
+        std::thread::spawn(move || write_records(&link, rx));
+    }
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -290,42 +422,47 @@ fn start_input(
         } else {
             Vec::new()
         };
-        let detached = detached.clone();
-        std::thread::spawn(move || read_stdin(tx, keys, target_tty, detached));
+        std::thread::spawn(move || read_stdin(tx, keys, target_tty, &link));
     }
     Ok(InputSide { records: tx })
 }
 
-/// Waits for the input request's answer, acknowledges it, and says what a refusal was.
-/// When we detached, the output stream is shut down too.
-fn watch_answer(mut answer: InputStream, socket: &Path, detached: &AtomicBool, output: &Stop) {
-    let result = answer.response();
-    let _ = client::acknowledge(socket);
-    match result {
-        // A refusal is news; a connection that ends, or a 503, means the switchboard is
-        // finishing, which the output stream tells on its own.
-        Err(ClientError::Refused { status, body }) if status != 503 => {
-            let e = ClientError::Refused { status, body };
-            eprintln!("\r\nswitchboard: input: {e}");
+/// Waits for each input connection's answer, acknowledges it, and says what a refusal
+/// was; a connection that drops without an answer while we are attached is made again.
+/// After a detach, the answer to the ended body comes first, then the output stops.
+fn watch_answers(mut answer: InputStream, link: &InputLink) {
+    loop {
+        let result = answer.response();
+        let _ = client::acknowledge(&link.socket);
+        match result {
+            Err(e @ (ClientError::Gone | ClientError::Io(_))) if !link.detached.load(Ordering::SeqCst) => {
+                if let Some(next) = link.reconnect(&e) {
+                    answer = next;
+                    continue;
+                }
+            }
+            // A refusal is news; a 503 means the switchboard is finishing, which the
+            // output stream tells on its own.
+            Err(ClientError::Refused { status, body }) if status != 503 => {
+                let e = ClientError::Refused { status, body };
+                note(&link.raw, &format!("input: {e}"));
+            }
+            _ => {}
         }
-        _ => {}
-    }
-    if detached.load(Ordering::SeqCst) {
-        output.stop();
+        if link.detached.load(Ordering::SeqCst) {
+            link.output.stop();
+        }
+        return;
     }
 }
 
 /// Sends the records in order, then the end of the body.
-fn write_records(mut input: InputStream, rx: mpsc::Receiver<ToWriter>) {
+fn write_records(link: &InputLink, rx: mpsc::Receiver<ToWriter>) {
     for msg in rx {
         match msg {
-            ToWriter::Record(pio) => {
-                if input.send(pio).is_err() {
-                    return;
-                }
-            }
+            ToWriter::Record(pio) => link.send(pio),
             ToWriter::End => {
-                let _ = input.end();
+                link.end();
                 return;
             }
         }
@@ -333,7 +470,7 @@ fn write_records(mut input: InputStream, rx: mpsc::Receiver<ToWriter>) {
 }
 
 /// Reads this process's stdin into STDIN records, watching for the detach keys.
-fn read_stdin(tx: mpsc::Sender<ToWriter>, keys: Vec<u8>, target_tty: bool, detached: Arc<AtomicBool>) {
+fn read_stdin(tx: mpsc::Sender<ToWriter>, keys: Vec<u8>, target_tty: bool, link: &InputLink) {
     let stdin = io::stdin();
     let mut lock = stdin.lock();
     let mut buf = [0u8; 4096];
@@ -380,8 +517,13 @@ fn read_stdin(tx: mpsc::Sender<ToWriter>, keys: Vec<u8>, target_tty: bool, detac
                     if !out.is_empty() {
                         let _ = tx.send(ToWriter::Record(client::stdin(&out)));
                     }
-                    detached.store(true, Ordering::SeqCst);
+                    link.detached.store(true, Ordering::SeqCst);
                     let _ = tx.send(ToWriter::End);
+                    // The answer to the ended body stops the output; with no input
+                    // connection left, nothing will answer.
+                    if link.stream.lock().unwrap().is_none() {
+                        link.output.stop();
+                    }
                     return;
                 }
                 continue;

@@ -11,6 +11,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::wire::http::{self, ChunkedDecoder, Limits};
 use crate::wire::media::{self, StartAt};
@@ -167,7 +168,15 @@ impl OutputStream {
     /// some bytes before the newest output (a server without a history, Mesos's,
     /// starts at the newest output whatever is asked).
     pub fn open_at(socket: &Path, at: StartAt) -> Result<OutputStream, ClientError> {
+        OutputStream::open_within(socket, at, None)
+    }
+
+    /// [`OutputStream::open_at`], giving up (an I/O error) when the server has not
+    /// answered within `limit`.
+    pub fn open_within(socket: &Path, at: StartAt, limit: Option<Duration>) -> Result<OutputStream, ClientError> {
         let mut sock = connect(socket)?;
+        sock.set_read_timeout(limit)?;
+        sock.set_write_timeout(limit)?;
         let call = Call {
             r#type: Some(call::Type::AttachContainerOutput as i32),
             attach_container_output: Some(call::AttachContainerOutput {
@@ -199,6 +208,8 @@ impl OutputStream {
             });
         }
         let located = Located::from_head(&head);
+        sock.set_read_timeout(None)?;
+        sock.set_write_timeout(None)?;
         Ok(OutputStream {
             sock,
             buf,
@@ -234,7 +245,7 @@ impl OutputStream {
             if let Some(rec) = self.pending.pop_front() {
                 let pio: ProcessIo = message::decode(Format::Protobuf, &rec).map_err(|e| ClientError::Protocol(e.0))?;
                 if let (Some(p), Some(data)) = (&mut self.position, &pio.data) {
-                    *p += data.data.as_ref().map_or(0, |d| d.len() as u64);
+                    *p = p.saturating_add(data.data.as_ref().map_or(0, |d| d.len() as u64));
                 }
                 return Ok(Some(pio));
             }

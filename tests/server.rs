@@ -129,6 +129,8 @@ fn mesos_attach_input() {
     within(60, || {
         let mut sb = Sb::start(Opts {
             stdin_file: true,
+            // As Mesos's test: /dev/null is the stderr source and both loggers.
+            devnull: true,
             ..Opts::default()
         });
         let payload = lorem();

@@ -50,9 +50,11 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     let mut sources = Vec::new();
     for (fd, pty) in spec.sources {
         crate::sys::set_nonblocking(&fd)?;
+        let splices = crate::sys::Kind::of(&fd)?.splices_out();
         sources.push(Source {
             fd: ring.adopt(fd),
             pty,
+            splices,
         });
     }
     let loggers = spec.loggers.into_iter().map(|fd| ring.adopt(fd)).collect();

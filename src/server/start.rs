@@ -10,6 +10,7 @@ use super::Error;
 use super::output::{self, Source};
 use crate::config::{Config, Descriptors, PIPE_BYTES};
 use crate::ring::{Fd, Ring};
+use crate::sys::Kind;
 
 /// Descriptors kept for our own (ring, signals, sources, loggers, staging pipes, logs).
 const FD_RESERVE: usize = 64;
@@ -45,8 +46,9 @@ pub(super) fn adopt_streams(ring: &mut Ring, fds: &Descriptors) -> Result<(Vec<S
     for &(from, to, name) in streams {
         let bad = |source| Error::Redirect { stream: name, source };
         let source = ring.adopt_inherited(from).map_err(bad)?;
+        let kind = Kind::of(ring.borrow(source)).map_err(bad)?;
         crate::sys::set_nonblocking(ring.borrow(source)).map_err(bad)?;
-        if !fds.tty {
+        if kind == Kind::Pipe {
             // A reader on another core drains a 1 MiB pipe about three times as fast as a
             // 64 KiB one (tuning.md, K5). Best effort: past the per-user pipe budget
             // (fs.pipe-user-pages-soft) the pipe keeps its size.
@@ -55,6 +57,7 @@ pub(super) fn adopt_streams(ring: &mut Ring, fds: &Descriptors) -> Result<(Vec<S
         sources.push(Source {
             fd: source,
             pty: fds.tty,
+            splices: kind.splices_out(),
         });
         loggers.push(ring.adopt_inherited(to).map_err(bad)?);
     }

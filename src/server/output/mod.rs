@@ -40,6 +40,8 @@ use stage::Stage;
 pub struct Source {
     pub fd: Fd,
     pub pty: bool,
+    /// Whether splice(2) can take its bytes (see [`crate::sys::Kind::splices_out`]).
+    pub splices: bool,
 }
 
 /// Why the output engine failed (the server then exits 1).
@@ -148,9 +150,14 @@ impl Output {
         assert_eq!(sources.len(), loggers.len(), "one logger per source");
         let relay = Relay::new(config, sources.len())?;
         // Every stream is staged for the zero-copy path, or none is (its clients need
-        // them all). Without the pipes (a user past its pipe budget), copies serve all.
+        // them all). Without the pipes (a user past its pipe budget), or with a source
+        // splice cannot read (`/dev/null`), copies serve all.
         let mut stages = Vec::new();
-        if options.zero_copy {
+        let splices = sources.iter().all(|s| s.splices);
+        if options.zero_copy && !splices {
+            tracing::info!("no zero-copy path: a source splice cannot read; every client is served by copies");
+        }
+        if options.zero_copy && splices {
             for (i, s) in sources.iter().enumerate() {
                 let stream = Relay::stream_kind(i);
                 match Stage::new(ring, s.fd, s.pty, stream, config.max_read, config.max_record) {
@@ -186,11 +193,12 @@ impl Output {
                     logger,
                     log: None,
                     log_waiting: false,
-                    // splice(2) refuses (EINVAL) a target opened for appending, as log
-                    // files usually are; those take the copy engine's writes. So do
-                    // targets that turn out to refuse splice at the first try.
-                    spliceable: nix::fcntl::fcntl(ring.borrow(logger), nix::fcntl::FcntlArg::F_GETFL)
-                        .is_ok_and(|fl| fl & libc::O_APPEND == 0),
+                    // Only pipes and files not opened for appending take splice(2)
+                    // without blocking us or failing; the others (sockets, terminals,
+                    // devices, log files opened for appending) take the copy engine's
+                    // writes through the ring. So do files that turn out to refuse
+                    // splice at the first try (a file system without support).
+                    spliceable: crate::sys::Kind::of(ring.borrow(logger)).is_ok_and(crate::sys::Kind::splices_in),
                     stage,
                     stage_ready: false,
                 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use command_fds::{CommandFdExt, FdMapping};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::os::pipe;
+use crate::os::{pipe, socket_pair};
 
 /// A binary of the package under test. Cargo builds a package's binaries before its
 /// integration tests and benchmarks, into the directory above the one that holds their
@@ -50,6 +50,11 @@ pub struct Opts {
     pub nofile: Option<u64>,
     /// Start it as this user (and group), through `setpriv` (the test must be root).
     pub user: Option<u32>,
+    /// `/dev/null` (one descriptor, read-write) is the stderr source and both loggers,
+    /// as in Mesos's AttachInput test; stdout still comes from a pipe.
+    pub devnull: bool,
+    /// The loggers (fds 1 and 2) are stream sockets, not pipes.
+    pub socket_loggers: bool,
 }
 
 /// A running switchboard and the container side of its fds.
@@ -193,17 +198,30 @@ impl Sb {
                     parent_fd: r,
                     child_fd: 4,
                 });
-                let (r, w) = pipe(1 << 20);
-                stderr = Some(w);
+                let source: OwnedFd = if opts.devnull {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/null")
+                        .unwrap()
+                        .into()
+                } else {
+                    let (r, w) = pipe(1 << 20);
+                    stderr = Some(w);
+                    r
+                };
                 mappings.push(FdMapping {
-                    parent_fd: r,
+                    parent_fd: source,
                     child_fd: 5,
                 });
             }
         }
-        let (out_r, out_w) = pipe(1 << 20);
-        let (err_r, err_w) = pipe(1 << 20);
+        let ((out_r, out_w), (err_r, err_w)) = match opts.socket_loggers {
+            true => (socket_pair(), socket_pair()),
+            false => (pipe(1 << 20), pipe(1 << 20)),
+        };
         let (from_out, from_err, to_stdin) = if opts.tty { (3, 3, 3) } else { (4, 5, 3) };
+        let (to_out, to_err) = if opts.devnull { (5, 5) } else { (1, 2) };
         let mut args = Vec::new();
         if let Some(h) = opts.heartbeat {
             args.push(format!("--heartbeat_interval={h}"));
@@ -211,10 +229,10 @@ impl Sb {
         args.push("--help=false".to_string());
         args.push(format!("--socket_address={}", socket.display()));
         args.push(format!("--stderr_from_fd={from_err}"));
-        args.push("--stderr_to_fd=2".to_string());
+        args.push(format!("--stderr_to_fd={to_err}"));
         args.push(format!("--stdin_to_fd={to_stdin}"));
         args.push(format!("--stdout_from_fd={from_out}"));
-        args.push("--stdout_to_fd=1".to_string());
+        args.push(format!("--stdout_to_fd={to_out}"));
         args.push(format!("--tty={}", opts.tty));
         args.push(format!("--wait_for_connection={}", opts.wait_for_connection));
         args.extend(opts.extra.iter().cloned());

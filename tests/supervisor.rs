@@ -130,7 +130,7 @@ fn recovery_after_the_supervisor_is_killed() {
         // A launch still starting (no record yet) is left alone.
         std::fs::create_dir(runtime.join("starting")).unwrap();
         let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
-        let recovery = sup.recover(&["kept", "dead"]);
+        let recovery = sup.recover(&["kept", "dead"]).unwrap();
         assert_eq!(recovery.adopted, ["kept"]);
         assert_eq!(recovery.gone, ["dead"]);
         assert_eq!(recovery.orphans, ["orphan"]);
@@ -189,7 +189,7 @@ fn the_log_is_complete_across_a_restart() {
         // A new supervisor (the old one is dropped, as after a crash) adopts it.
         drop(sup);
         let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
-        assert_eq!(sup.recover(&["c"]).adopted, ["c"]);
+        assert_eq!(sup.recover(&["c"]).unwrap().adopted, ["c"]);
         std::thread::sleep(Duration::from_millis(300));
         let log_path = sup.info("c").unwrap().stdout_log.clone();
         kill(Pid::from_raw(container), Signal::SIGKILL).unwrap();
@@ -228,7 +228,7 @@ fn a_reused_pid_is_not_adopted() {
         info.save(&runtime.join("c")).unwrap();
         drop(sup);
         let mut sup = Supervisor::new(runtime.clone(), BIN.into(), timeouts());
-        let recovery = sup.recover(&["c"]);
+        let recovery = sup.recover(&["c"]).unwrap();
         assert!(recovery.adopted.is_empty());
         assert_eq!(recovery.gone, ["c"]);
         assert!(
@@ -446,7 +446,10 @@ fn a_command_that_cannot_start_fails_at_once() {
         assert_eq!(out.status.code(), Some(127));
         assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start /nonexistent/command"));
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-        assert!(agent::supervisor::list(&guard.path).is_empty(), "nothing left behind");
+        assert!(
+            agent::supervisor::list(&guard.path).unwrap().is_empty(),
+            "nothing left behind"
+        );
     });
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use command_fds::{CommandFdExt, FdMapping};
 use serde_json::{Value, json};
 
+pub mod dirs;
 pub mod supervisor;
 
 pub use supervisor::{Ended, ProcessId, Recovery, Supervisor, SupervisorError, Timeouts, boot_id};
@@ -118,7 +119,8 @@ impl Info {
 
     /// Reads a container directory's `info.json`.
     pub fn load(dir: &Path) -> io::Result<Info> {
-        let text = std::fs::read(dir.join("info.json"))?;
+        dirs::check_owned_dir(dir)?;
+        let text = dirs::read_owned(&dir.join("info.json"))?;
         let v: Value = serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Info::from_json(&v).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "info.json lacks fields"))
     }
@@ -212,10 +214,7 @@ pub fn prepare(launch: &Launch) -> io::Result<Prepared> {
             format!("'{id}' cannot name a container"),
         ));
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&launch.runtime_dir)?;
+    dirs::make_private(&launch.runtime_dir)?;
     let dir = launch.runtime_dir.join(&id);
     std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
@@ -301,20 +300,21 @@ impl Logs {
     /// or in the container's directory as `stdout.log`.
     fn open(launch: &Launch, id: &str, dir: &Path) -> io::Result<Logs> {
         let log_dir = launch.log_dir.clone().unwrap_or_else(|| dir.to_path_buf());
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&log_dir)?;
+        if launch.log_dir.is_some() {
+            dirs::make_safe(&log_dir)?;
+        }
         let log = |name: &str| -> io::Result<(PathBuf, OwnedFd)> {
             let path = log_dir.join(if launch.log_dir.is_some() {
                 format!("{id}.{name}")
             } else {
                 name.to_string()
             });
+            // Never through a link someone planted (std opens with O_CLOEXEC).
             let f = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)?;
             Ok((path, f.into()))
         };

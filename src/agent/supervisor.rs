@@ -191,9 +191,14 @@ pub struct Entry {
     pub alive: bool,
 }
 
-/// Every container recorded under `runtime_dir`, by id.
-pub fn list(runtime_dir: &Path) -> Vec<Entry> {
-    let Ok(dirs) = std::fs::read_dir(runtime_dir) else { return Vec::new() };
+/// Every container recorded under `runtime_dir`, by id; an error when the runtime
+/// directory is not private to us (see [`super::dirs`]). Records that are not ours are
+/// skipped.
+pub fn list(runtime_dir: &Path) -> io::Result<Vec<Entry>> {
+    if !super::dirs::check_private(runtime_dir)? {
+        return Ok(Vec::new());
+    }
+    let dirs = std::fs::read_dir(runtime_dir)?;
     let mut entries: Vec<Entry> = dirs
         .flatten()
         .filter_map(|d| {
@@ -204,7 +209,7 @@ pub fn list(runtime_dir: &Path) -> Vec<Entry> {
         })
         .collect();
     entries.sort_by(|a, b| a.info.id.cmp(&b.info.id));
-    entries
+    Ok(entries)
 }
 
 impl Supervisor {
@@ -384,12 +389,21 @@ impl Supervisor {
     /// After a restart: adopts the switchboards of the `known` containers that still run,
     /// reports those that are gone, and cleans up switchboards of containers the caller
     /// does not know (orphans).
-    pub fn recover(&mut self, known: &[&str]) -> Recovery {
+    /// A runtime directory that is not private to us is refused (nothing in it is
+    /// trusted); entries in it that are not directories of ours are left alone.
+    pub fn recover(&mut self, known: &[&str]) -> Result<Recovery, SupervisorError> {
         let mut recovery = Recovery::default();
-        let Ok(dirs) = std::fs::read_dir(&self.runtime_dir) else { return recovery };
+        let state = |error| SupervisorError::State {
+            path: self.runtime_dir.clone(),
+            error,
+        };
+        if !super::dirs::check_private(&self.runtime_dir).map_err(state)? {
+            return Ok(recovery);
+        }
+        let dirs = std::fs::read_dir(&self.runtime_dir).map_err(state)?;
         for d in dirs.flatten() {
             let dir = d.path();
-            if !dir.is_dir() {
+            if super::dirs::check_owned_dir(&dir).is_err() {
                 continue;
             }
             let name = d.file_name().to_string_lossy().into_owned();
@@ -442,7 +456,7 @@ impl Supervisor {
         recovery.adopted.sort();
         recovery.gone.sort();
         recovery.orphans.sort();
-        recovery
+        Ok(recovery)
     }
 
     /// Stops a container and its switchboard: the container gets SIGTERM, then SIGKILL
@@ -509,7 +523,8 @@ impl Drop for Supervisor {
     }
 }
 
-fn remove_state(dir: &Path, info: &Info) {
-    let _ = std::fs::remove_file(&info.socket);
+/// Removes a container's directory, its socket with it when it lies there. A socket a
+/// record names elsewhere is left alone: the record is all that says it is ours.
+fn remove_state(dir: &Path, _info: &Info) {
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -36,7 +36,13 @@ pub struct StopArgs {
 /// gone, socket, command.
 pub fn ps(args: &PsArgs) -> ExitCode {
     let dir = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
-    let entries = supervisor::list(&dir);
+    let entries = match supervisor::list(&dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            eprintln!("switchboard ps: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let width = entries.iter().map(|e| e.info.id.len()).max().unwrap_or(2).max(2);
     let socket_width = entries
         .iter()
@@ -65,8 +71,15 @@ pub fn ps(args: &PsArgs) -> ExitCode {
 /// switchboard up as the supervisor's cleanup does.
 pub fn stop(args: &StopArgs) -> ExitCode {
     let runtime = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
+    let entries = match supervisor::list(&runtime) {
+        Ok(entries) => entries,
+        Err(e) => {
+            eprintln!("switchboard stop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let dir = if args.target.contains('/') {
-        match supervisor::list(&runtime)
+        match entries
             .into_iter()
             .find(|e| e.info.socket == std::path::Path::new(&args.target))
         {

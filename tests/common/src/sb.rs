@@ -125,15 +125,19 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// A fresh directory, private to us (mode 0700) as a runtime directory must be.
     pub fn new(tag: &str) -> Runtime {
-        Runtime { path: temp_dir(tag) }
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_dir(tag);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Runtime { path }
     }
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
         for dir in [self.path.clone(), self.path.join("switchboard")] {
-            for entry in switchboard::agent::supervisor::list(&dir) {
+            for entry in switchboard::agent::supervisor::list(&dir).unwrap_or_default() {
                 for process in [entry.info.container(), entry.info.server()].into_iter().flatten() {
                     process.signal(nix::sys::signal::Signal::SIGKILL);
                 }

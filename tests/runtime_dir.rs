@@ -1,0 +1,96 @@
+//! A runtime directory nobody else controls: one another user made first (open to all,
+//! or theirs), or a link, is refused by `run`, `ps` and `stop` with a clear message; a
+//! record is trusted only for what lies in its own directory: `stop` never unlinks a
+//! file a record names elsewhere.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::sb::Runtime;
+use common::within;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+fn switchboard(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `run`, `ps` and `stop` on `dir` fail, saying `why`; nothing is started.
+fn all_refuse(dir: &Path, why: &str) {
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["run", "--detach", "--runtime-dir", d, "--", "true"],
+        vec!["ps", "--runtime-dir", d],
+        vec!["stop", "--runtime-dir", d, "some-id"],
+    ] {
+        let out = switchboard(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let text = stderr(&out);
+        assert!(text.contains(&format!("refusing {d}: {why}")), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn a_runtime_directory_others_control_is_refused() {
+    within(60, || {
+        let guard = Runtime::new("rt-refuse");
+        // Open to everybody.
+        let open = guard.path.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        all_refuse(&open, "other users may use it (mode 777; it must be 700)");
+        // Made first by another user (as root, the tests can make one).
+        if nix::unistd::geteuid().is_root() {
+            let theirs = guard.path.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+            nix::unistd::chown(&theirs, Some(65534.into()), Some(65534.into())).unwrap();
+            all_refuse(&theirs, "it belongs to uid 65534, not to us (uid 0)");
+        }
+        // A link, even to a directory of ours.
+        let ours = guard.path.join("ours");
+        std::fs::create_dir(&ours).unwrap();
+        std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = guard.path.join("link");
+        std::os::unix::fs::symlink(&ours, &link).unwrap();
+        all_refuse(&link, "it is a symbolic link");
+        assert_eq!(std::fs::read_dir(&ours).unwrap().count(), 0, "nothing was started");
+    });
+}
+
+#[test]
+fn stop_never_unlinks_what_a_record_names_outside_its_directory() {
+    within(60, || {
+        let guard = Runtime::new("rt-forged");
+        let rt = guard.path.join("rt");
+        let d = rt.to_str().unwrap();
+        let out = switchboard(&[
+            "run",
+            "--detach",
+            "--runtime-dir",
+            d,
+            "--name",
+            "c1",
+            "--",
+            "sleep",
+            "1000",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        // The record now names a file elsewhere as its socket.
+        let victim = guard.path.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let record = rt.join("c1").join("info.json");
+        let mut info: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        info["socket"] = victim.to_str().unwrap().into();
+        std::fs::write(&record, info.to_string()).unwrap();
+        let out = switchboard(&["stop", "--runtime-dir", d, "--grace", "1s", "c1"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!rt.join("c1").exists(), "its own directory is removed");
+    });
+}

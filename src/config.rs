@@ -36,11 +36,17 @@ pub struct Limits {
     pub max_call_body: usize,
     /// Input body bytes buffered ahead of the container's stdin before we stop reading.
     pub input_buffer: usize,
+    /// Bytes held at once, in all, for connections that do not hold the input slot
+    /// (request heads, call bodies, first records of input requests); past it, those
+    /// connections are not read until others free some (or their deadlines close them).
+    pub request_budget: usize,
     /// Open connections (output clients included); more are closed at once.
     pub max_connections: usize,
     /// How long clients get to take the rest of their streams at exit.
     pub drain_timeout: Duration,
-    /// How long a connection may take to send a request head.
+    /// How long a connection may take to send a request head, and then to bring its
+    /// body to a decision (a call body, an acknowledgement, an input request's first
+    /// record), to take a final response, or to let an answered body go.
     pub head_timeout: Duration,
     /// How long a blocking client may hold the container back without reading.
     pub block_timeout: Duration,
@@ -57,6 +63,7 @@ impl Default for Limits {
             max_record: 1 << 20,
             max_call_body: 64 << 10,
             input_buffer: 1 << 20,
+            request_budget: 32 << 20,
             max_connections: 4096,
             drain_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(30),

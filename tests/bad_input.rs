@@ -563,7 +563,7 @@ fn limit_flags_take_effect() {
             "--max_headers=8",
             "--max_chunk_line=16",
             "--max_trailer_bytes=16",
-            "--max_call_body=100",
+            "--max_call_body=200",
             "--max_record=300",
             "--input_buffer=65536",
         ];
@@ -578,7 +578,7 @@ fn limit_flags_take_effect() {
             status(head(&(0..7).map(|i| format!("X{i}: 1\r\n")).collect::<String>())),
             Some(431)
         );
-        assert_eq!(status(post("/", &[JSON], &[b' '; 101])), Some(413));
+        assert_eq!(status(post("/", &[JSON], &[b' '; 201])), Some(413));
         assert_eq!(
             status([input_head(false), b"5;aaaaaaaaaaaaaaaaaaaa\r\n".to_vec()].concat()),
             Some(400)

@@ -152,7 +152,10 @@ pub const SPECS: &[Spec] = &[
     Spec {
         name: "head_timeout",
         kind: Kind::Duration,
-        help: "How long a connection may take to send a request head (default: 30secs).",
+        help: "How long a connection may take to send a request head, then to bring its\n\
+               body to a decision (a call body, an acknowledgement, an input request's\n\
+               first record), to take a final response, or to end a refused body\n\
+               (default: 30secs). The input slot's holder has no time limit.",
     },
     Spec {
         name: "max_connections",
@@ -185,8 +188,9 @@ pub const SPECS: &[Spec] = &[
     Spec {
         name: "max_call_body",
         kind: Kind::Int,
-        help: "Largest body of an ATTACH_CONTAINER_OUTPUT call, in bytes; larger ones\n\
-               get 413 (default: 65536).",
+        help: "Largest body of an ATTACH_CONTAINER_OUTPUT call, and largest first record\n\
+               of an input request (the call that names the container), in bytes;\n\
+               larger ones get 413 (default: 65536).",
     },
     Spec {
         name: "input_buffer",

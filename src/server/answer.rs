@@ -22,6 +22,9 @@ pub(crate) enum Answer {
     Forbidden,
     /// A request head was started and not finished in time.
     HeadTimeout,
+    /// A request's body did not come to a decision in time (a call body, an
+    /// acknowledgement's body, an input request's first record).
+    BodyTimeout,
     /// A call body over `--max_call_body`.
     BodyTooLarge(usize),
     /// An output call that decoded into another call.
@@ -54,7 +57,7 @@ impl Answer {
             Answer::Refused(e) => e.status,
             Answer::ShuttingDown => 503,
             Answer::Forbidden => 403,
-            Answer::HeadTimeout => 408,
+            Answer::HeadTimeout | Answer::BodyTimeout => 408,
             Answer::BodyTooLarge(_) | Answer::RecordTooLarge(_) => 413,
             Answer::RecordFraming(_) | Answer::BodyCutShort | Answer::StdinFailed(_) => 500,
             Answer::Undecodable { first: true, .. } => 500,
@@ -74,6 +77,7 @@ impl Answer {
             Answer::ShuttingDown => "The io switchboard server is shutting down".into(),
             Answer::Forbidden => "This user may not use the io switchboard".into(),
             Answer::HeadTimeout => "No request arrived in time".into(),
+            Answer::BodyTimeout => "The request body did not arrive in time".into(),
             Answer::BodyTooLarge(limit) => format!("The request body exceeds {limit} bytes").into(),
             Answer::NotAnOutputCall => {
                 "Expecting 'type' to be 'ATTACH_CONTAINER_OUTPUT' for non-streaming requests".into()
@@ -127,6 +131,7 @@ mod tests {
             ),
             (Answer::ShuttingDown, 503, "The io switchboard server is shutting down"),
             (Answer::BodyTooLarge(65536), 413, "The request body exceeds 65536 bytes"),
+            (Answer::BodyTimeout, 408, "The request body did not arrive in time"),
         ];
         for (answer, status, text) in cases {
             assert_eq!((answer.status(), answer.text().as_ref()), (status, text), "{answer:?}");

@@ -26,7 +26,9 @@ const POLLOUT: u32 = libc::POLLOUT as u32;
 /// An input request's body, as far as it was received and decided.
 pub(super) struct Session {
     format: Format,
-    records: recordio::Decoder,
+    /// The limit of records after the first.
+    max_record: usize,
+    pub records: recordio::Decoder,
     /// Body bytes received and not yet decoded.
     pub body: Pending,
     pub body_ended: bool,
@@ -55,10 +57,13 @@ pub(super) enum Step {
 }
 
 impl Session {
-    pub fn new(format: Format, max_record: usize, keep_alive: bool) -> Session {
+    /// A session whose first record (the call that names the container, a few hundred
+    /// bytes) may be at most `max_first` bytes, and every later one `max_record`.
+    pub fn new(format: Format, max_first: usize, max_record: usize, keep_alive: bool) -> Session {
         Session {
             format,
-            records: recordio::Decoder::new(max_record),
+            max_record,
+            records: recordio::Decoder::new(max_first.min(max_record)),
             body: Pending::default(),
             body_ended: false,
             started: false,
@@ -200,13 +205,19 @@ fn claim(ctx: &mut Ctx<'_>, i: u32) {
             State::Closing
         };
         conn::queue_answer(ctx, i, &Answer::Conflict, !keep_alive);
+        // The rest of the body (or the answer's way out) gets a deadline of its own.
+        conn::start_timer(ctx, i, ctx.config.limits.head_timeout);
         conn::back_to_idle(ctx, i);
         return;
     }
     ctx.conns.input_owner = Some(i);
     if let State::Input(session) = &mut conn::get(ctx, i).state {
         session.started = true;
+        session.records.set_max_record_len(session.max_record);
     }
+    // The slot's holder may stay as long as it likes (an idle terminal); its request's
+    // deadline ends here.
+    conn::stop_timer(ctx, i);
     if ctx.redirect_finished {
         conn::start_timer(ctx, i, crate::config::INPUT_ANSWER_DELAY);
     }
@@ -376,7 +387,7 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::new(Format::Json, 1 << 10, true)
+        Session::new(Format::Json, 1 << 10, 1 << 10, true)
     }
 
     #[test]

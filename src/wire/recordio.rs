@@ -69,6 +69,16 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Records from now on may be up to `max_record_len` bytes.
+    pub fn set_max_record_len(&mut self, max_record_len: usize) {
+        self.max_record_len = max_record_len;
+    }
+
+    /// The memory held for a record started and not yet returned.
+    pub fn buffered(&self) -> usize {
+        self.header.capacity() + self.payload.capacity()
+    }
+
     /// A decoder that refuses records longer than `max_record_len` bytes.
     pub fn new(max_record_len: usize) -> Self {
         Decoder {

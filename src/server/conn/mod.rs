@@ -66,9 +66,19 @@ impl Pending {
         self.len() == 0
     }
 
+    /// The memory it holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.buf.len() {
+            // Emptied: a large buffer is given back rather than kept for an idle
+            // connection.
+            if self.buf.capacity() > 2 * RECV_SIZE {
+                self.buf = Vec::new();
+            }
             self.buf.clear();
             self.start = 0;
         }
@@ -127,6 +137,10 @@ pub(super) struct Conn {
     pub eof: bool,
     /// Its peer is not among `--allowed_uids`: its request is answered 403.
     forbidden: bool,
+    /// Bytes it holds that count against the request budget (see [`holding`]).
+    held: usize,
+    /// It wants to read, and waits for the budget to have room.
+    starved: bool,
 }
 
 impl Conn {
@@ -147,6 +161,13 @@ pub(crate) struct Conns {
     pub(super) stdin: Stdin,
     /// The connection holding the input slot.
     pub(super) input_owner: Option<u32>,
+    /// Bytes held for connections that do not hold the input slot, in all
+    /// (`Limits::request_budget`).
+    held: usize,
+    /// Connections waiting for the budget to have room before they are read again.
+    starved: Vec<u32>,
+    /// Receives in flight (each may bring `RECV_SIZE` bytes).
+    reading: usize,
 }
 
 impl Conns {
@@ -158,6 +179,9 @@ impl Conns {
             forbidden: 0,
             stdin: Stdin::new(stdin, tty),
             input_owner: None,
+            held: 0,
+            starved: Vec::new(),
+            reading: 0,
         }
     }
 
@@ -180,6 +204,10 @@ impl Conns {
         let c = self.slots[i as usize].take().expect("a connection that exists");
         self.free.push(i);
         self.count -= 1;
+        self.held -= c.held;
+        if c.recv.is_some() {
+            self.reading -= 1;
+        }
         if c.forbidden {
             self.forbidden -= 1;
         }
@@ -217,6 +245,8 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
         state: State::Idle,
         eof: false,
         forbidden: !allowed,
+        held: 0,
+        starved: false,
     });
     conns.count += 1;
     let timeout = if allowed {
@@ -298,6 +328,8 @@ pub(super) fn respond(ctx: &mut Ctx<'_>, i: u32, answer: Answer, close: bool) {
     queue_answer(ctx, i, &answer, close);
     if close {
         get(ctx, i).state = State::Closing;
+        // The client gets the request deadline to take its last response.
+        start_timer(ctx, i, ctx.config.limits.head_timeout);
     }
 }
 
@@ -320,7 +352,43 @@ fn release_input(ctx: &mut Ctx<'_>, i: u32) {
 /// Advances a connection as far as it can go, then submits its receive and send.
 pub(super) fn drive(ctx: &mut Ctx<'_>, i: u32) {
     while exists(ctx, i) && step(ctx, i) {}
+    account(ctx, i);
     arm(ctx, i);
+}
+
+/// Memory a connection holds that counts against the request budget: the buffers of
+/// what it has received and not yet done with, unless it holds the input slot (its body
+/// is bounded by `--input_buffer` on its own, and it may stay as long as it likes).
+fn holding(c: &Conn, owner: bool) -> usize {
+    if owner {
+        return 0;
+    }
+    c.buf.capacity()
+        + match &c.state {
+            State::Call { body, .. } => body.capacity(),
+            State::Input(s) => s.body.capacity() + s.records.buffered(),
+            _ => 0,
+        }
+}
+
+/// Brings the budget's count up to date with connection `i`; once there is room again,
+/// the connections that waited for it are read again.
+fn account(ctx: &mut Ctx<'_>, i: u32) {
+    let owner = ctx.conns.input_owner == Some(i);
+    if let Some(Some(c)) = ctx.conns.slots.get_mut(i as usize) {
+        let now = holding(c, owner);
+        ctx.conns.held = ctx.conns.held - c.held + now;
+        c.held = now;
+    }
+    let bound = ctx.conns.held + (ctx.conns.reading + 1) * RECV_SIZE;
+    if bound <= ctx.config.limits.request_budget && !ctx.conns.starved.is_empty() {
+        for j in std::mem::take(&mut ctx.conns.starved) {
+            if let Some(Some(c)) = ctx.conns.slots.get_mut(j as usize) {
+                c.starved = false;
+                arm(ctx, j);
+            }
+        }
+    }
 }
 
 /// What a connection can do next.
@@ -372,6 +440,7 @@ fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
 
 fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     let res = comp.res;
+    ctx.conns.reading -= 1;
     let c = get(ctx, i);
     c.recv = None;
     if let OpOutput::Buf(data) = comp.output
@@ -421,8 +490,17 @@ fn on_timer(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
         }
         State::Idle => return close(ctx, i),
         // Output ended while this input was open: Mesos answers 200 a second later.
-        State::Input(_) => respond(ctx, i, Answer::Ok, true),
-        _ => {}
+        State::Input(s) if s.started => respond(ctx, i, Answer::Ok, true),
+        // A body that did not come to a decision in time.
+        State::Input(_) | State::Call { .. } | State::Ack { .. } => {
+            tracing::info!(
+                "connection {i}: no request body in {:?}",
+                ctx.config.limits.head_timeout
+            );
+            respond(ctx, i, Answer::BodyTimeout, true);
+        }
+        // An answered body that does not end, or a response the client does not take.
+        State::Discard { .. } | State::HandOver { .. } | State::Closing => return close(ctx, i),
     }
     drive(ctx, i);
 }
@@ -431,6 +509,10 @@ fn on_timer(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
 /// its last response is out.
 fn arm(ctx: &mut Ctx<'_>, i: u32) {
     let limits = ctx.config.limits;
+    // Past the budget (what is held, and what the receives in flight may bring), only
+    // the input slot's holder is read.
+    let bound = ctx.conns.held + (ctx.conns.reading + 1) * RECV_SIZE;
+    let over_budget = bound > limits.request_budget && ctx.conns.input_owner != Some(i);
     let Some(Some(c)) = ctx.conns.slots.get_mut(i as usize) else { return };
     if c.send.is_none()
         && let Some(buf) = c.sendq.pop_front()
@@ -453,7 +535,12 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
         State::Input(s) => !s.body_ended && s.body.len() + c.buf.len() < limits.input_buffer,
         _ => c.buf.len() < limits.http.max_head_bytes + RECV_SIZE,
     };
-    if wants && !c.eof && c.recv.is_none() {
+    if wants && !c.eof && c.recv.is_none() && over_budget {
+        if !c.starved {
+            c.starved = true;
+            ctx.conns.starved.push(i);
+        }
+    } else if wants && !c.eof && c.recv.is_none() {
         let op = ctx.ring.submit(
             Op::Recv {
                 fd: c.fd,
@@ -462,6 +549,7 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
             Token::Conn(ConnOp::Recv, i).encode(),
         );
         c.recv = Some(op);
+        ctx.conns.reading += 1;
     }
 }
 
@@ -483,7 +571,7 @@ mod tests {
     use super::*;
 
     fn input(f: impl FnOnce(&mut Session)) -> State {
-        let mut s = Session::new(Format::Protobuf, 1024, true);
+        let mut s = Session::new(Format::Protobuf, 1024, 1024, true);
         f(&mut s);
         State::Input(s)
     }

@@ -107,8 +107,15 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
         Route::Call {
             body: BodyFormat::Streaming(format),
             ..
-        } => State::Input(Session::new(format, limits.max_record, head.keep_alive)),
+        } => State::Input(Session::new(
+            format,
+            limits.max_call_body,
+            limits.max_record,
+            head.keep_alive,
+        )),
     };
+    // The body must come to a decision within the request's deadline.
+    start_timer(ctx, i, limits.head_timeout);
 }
 
 fn on_body(ctx: &mut Ctx<'_>, i: u32, data: Vec<u8>) {

@@ -296,3 +296,49 @@ fn the_terminal_is_restored_when_attach_is_killed_and_a_vanished_server_is_repor
         kill_container(&runtime);
     });
 }
+
+#[test]
+fn stop_kills_what_the_container_left_running_after_its_leader_exited() {
+    within(60, || {
+        let guard = Runtime::new("run-orphan");
+        let runtime = guard.path.clone();
+        let pid_file = runtime.join("child.pid");
+        // The shell exits at once; its background child keeps stdout open.
+        let script = format!("sleep 1000 & echo $! > {}", pid_file.display());
+        let out = switchboard(&runtime)
+            .args(["run", "--detach", "--", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        wait_for(|| std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n')));
+        let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // However the test ends, the child ends with it (by its pid, while it is still
+        // that process).
+        struct Kill(i32, Option<u64>);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                if switchboard::agent::supervisor::start_time(self.0) == self.1 {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        let _kill = Kill(child, switchboard::agent::supervisor::start_time(child));
+        let leader = info(&runtime)["container_pid"].as_i64().unwrap() as i32;
+        let running = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        };
+        wait_for(|| !running(leader));
+        assert!(running(child));
+        let id = info(&runtime)["id"].as_str().unwrap().to_string();
+        let started = std::time::Instant::now();
+        let out = switchboard(&runtime)
+            .args(["stop", "--grace", "2s", &id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!running(child), "the background child must be gone");
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    });
+}

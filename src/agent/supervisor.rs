@@ -63,13 +63,47 @@ pub fn boot_id() -> String {
 /// exists. The command name before them is in parentheses and may hold spaces, or bytes
 /// that are not UTF-8: fields are counted after the last ')'.
 fn stat(pid: i32) -> Option<(u8, u64)> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.iter().rposition(|&b| b == b')')? + 2..)?;
-    let rest = std::str::from_utf8(rest).ok()?;
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.bytes().next()?;
-    // `fields` now starts at field 4; the start time is field 22.
-    Some((state, fields.nth(18)?.parse().ok()?))
+    let s = Stat::of(pid)?;
+    Some((s.state, s.start_time))
+}
+
+/// What `/proc/<pid>/stat` says of a process.
+struct Stat {
+    state: u8,
+    /// Its process group and session.
+    pgrp: i32,
+    session: i32,
+    start_time: u64,
+}
+
+impl Stat {
+    fn of(pid: i32) -> Option<Stat> {
+        let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.get(stat.iter().rposition(|&b| b == b')')? + 2..)?;
+        let rest = std::str::from_utf8(rest).ok()?;
+        // Fields from 3 (the state) on.
+        let fields: Vec<&str> = rest.split(' ').collect();
+        Some(Stat {
+            state: fields.first()?.bytes().next()?,
+            pgrp: fields.get(2)?.parse().ok()?,
+            session: fields.get(3)?.parse().ok()?,
+            start_time: fields.get(19)?.parse().ok()?,
+        })
+    }
+}
+
+/// Whether a live process is in the session and process group `leader` made, started
+/// no earlier than it (so: its descendant, whether or not the leader still runs; a
+/// group's id is not given to a new process while the group has members).
+fn group_has_members(leader: i32, since: u64) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(Stat::of)
+            .is_some_and(|s| s.pgrp == leader && s.session == leader && s.start_time >= since && s.state != b'Z')
+    })
 }
 
 /// The start time of `pid` (clock ticks after boot), if it is running.
@@ -106,17 +140,25 @@ impl ProcessId {
 
     /// Sends `signal` to this process's group if it leads one (a container started in a
     /// session of its own, whose children hold its stdio too), else to the process; only
-    /// if this very process still runs.
+    /// if this very process still runs, or, once it exited, if processes it started
+    /// remain in the session and group it made (a shell's background child that keeps
+    /// its stdout open).
     pub fn signal_group(&self, signal: Signal) -> bool {
-        if !self.is_alive() {
-            return false;
-        }
         let pid = Pid::from_raw(self.pid);
+        if !self.is_alive() {
+            return self.group_alive() && nix::sys::signal::killpg(pid, signal).is_ok();
+        }
         if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
             nix::sys::signal::killpg(pid, signal).is_ok()
         } else {
             kill(pid, signal).is_ok()
         }
+    }
+
+    /// Whether this process, or any process of the session and group it made, still
+    /// runs.
+    pub fn group_alive(&self) -> bool {
+        self.is_alive() || group_has_members(self.pid, self.start_time)
     }
 }
 
@@ -466,7 +508,7 @@ impl Supervisor {
         if let Some(container) = t.info.container() {
             container.signal_group(Signal::SIGTERM);
             let deadline = Instant::now() + self.timeouts.grace;
-            while container.is_alive() && Instant::now() < deadline {
+            while container.group_alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             container.signal_group(Signal::SIGKILL);

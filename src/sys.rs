@@ -37,6 +37,37 @@ pub fn grow_pipe(fd: impl AsFd, bytes: usize) -> io::Result<usize> {
     }
 }
 
+/// The descriptors this process was started with, noted by [`note_inherited_fds`].
+static INHERITED: std::sync::OnceLock<Vec<std::os::fd::RawFd>> = std::sync::OnceLock::new();
+
+/// Notes the descriptors open now, which must be before the process opens any of its
+/// own (first thing in `main`): a flag that names a container descriptor may then only
+/// name one of these, never one the process opened itself (its log file, its ring).
+pub fn note_inherited_fds() {
+    use std::os::fd::AsRawFd;
+    let Ok(mut dir) = nix::dir::Dir::open(
+        "/proc/self/fd",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return;
+    };
+    let own = dir.as_raw_fd();
+    let fds = dir
+        .iter()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().ok()?.parse().ok())
+        .filter(|&fd| fd != own)
+        .collect();
+    let _ = INHERITED.set(fds);
+}
+
+/// Whether `fd` was open when the process started; `None` if that was not noted (a
+/// library user's process).
+pub fn was_inherited(fd: std::os::fd::RawFd) -> Option<bool> {
+    INHERITED.get().map(|fds| fds.contains(&fd))
+}
+
 /// What a descriptor is, as far as moving bytes through it goes: whether splice(2) can
 /// read from it or write into it without blocking the caller. Decided once, from
 /// `fstat` and the status flags.

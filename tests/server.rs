@@ -651,6 +651,26 @@ fn flag_errors_and_bad_descriptors() {
             String::from_utf8_lossy(&out.stderr),
             "EXIT with status 1: Failed redirecting stdout: Bad file descriptor\n"
         );
+        // Numbers the server opens itself (3 and up: its signalfd, its ring, its log) are
+        // not the container's: with nothing inherited there, the same error.
+        let out = std::process::Command::new(drop_in())
+            .args([
+                "--help=false",
+                &format!("--socket_address={}", dir.join("s").display()),
+                &format!("--log_file={}", dir.join("log").display()),
+                "--stderr_from_fd=4",
+                "--stderr_to_fd=2",
+                "--stdin_to_fd=5",
+                "--stdout_from_fd=3",
+                "--stdout_to_fd=1",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "EXIT with status 1: Failed redirecting stdout: Bad file descriptor\n"
+        );
         let _ = std::fs::remove_dir_all(dir);
     });
 }

@@ -7,6 +7,8 @@ use switchboard::cli::mesos::{self, Parsed};
 use switchboard::server::{self, Exit};
 
 fn main() -> ExitCode {
+    // Before anything of ours is opened: the container's descriptors are among these.
+    switchboard::sys::note_inherited_fds();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flags = match mesos::parse(&args) {
         Parsed::Help(text) => {

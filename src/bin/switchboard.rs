@@ -39,6 +39,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything of ours is opened: `serve`'s descriptors are among these.
+    switchboard::sys::note_inherited_fds();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => switchboard::cli::run::run(&args),

@@ -45,6 +45,7 @@ pub(super) fn adopt_streams(ring: &mut Ring, fds: &Descriptors) -> Result<(Vec<S
     let mut loggers = Vec::new();
     for &(from, to, name) in streams {
         let bad = |source| Error::Redirect { stream: name, source };
+        inherited(from).and_then(|()| inherited(to)).map_err(bad)?;
         let source = ring.adopt_inherited(from).map_err(bad)?;
         let kind = Kind::of(ring.borrow(source)).map_err(bad)?;
         crate::sys::set_nonblocking(ring.borrow(source)).map_err(bad)?;
@@ -67,7 +68,7 @@ pub(super) fn adopt_streams(ring: &mut Ring, fds: &Descriptors) -> Result<(Vec<S
 /// Takes the container's stdin, made non-blocking (as Mesos does: a full pipe then waits
 /// on a poll). A descriptor that is not open is only logged: input requests then fail.
 pub(super) fn adopt_stdin(ring: &mut Ring, fd: RawFd) -> Option<Fd> {
-    match ring.adopt_inherited(fd) {
+    match inherited(fd).and_then(|()| ring.adopt_inherited(fd)) {
         Ok(fd) => {
             let _ = crate::sys::set_nonblocking(ring.borrow(fd));
             Some(fd)
@@ -76,6 +77,15 @@ pub(super) fn adopt_stdin(ring: &mut Ring, fd: RawFd) -> Option<Fd> {
             tracing::warn!("stdin_to_fd {fd} is not usable: {e}");
             None
         }
+    }
+}
+
+/// A container descriptor must be one the process was started with (when that was
+/// noted): a number it opened itself (its log file, the signalfd) is not the container's.
+fn inherited(fd: RawFd) -> std::io::Result<()> {
+    match crate::sys::was_inherited(fd) {
+        Some(false) => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        _ => Ok(()),
     }
 }
 

@@ -342,3 +342,32 @@ fn stop_kills_what_the_container_left_running_after_its_leader_exited() {
         assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     });
 }
+
+#[test]
+fn run_over_a_stale_socket_attaches_and_a_server_that_cannot_start_says_why() {
+    within(60, || {
+        let guard = Runtime::new("run-stale");
+        let runtime = guard.path.clone();
+        // A socket file an earlier server left behind.
+        let socket = runtime.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        assert!(socket.exists());
+        let out = switchboard(&runtime)
+            .args(["run", "--socket", socket.to_str().unwrap(), "--", "sh", "-c", "echo hi"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+        // A socket path the server cannot bind: its own reason, not "no diagnostics".
+        let long = runtime.join("x".repeat(120));
+        let out = switchboard(&runtime)
+            .args(["run", "--socket", long.to_str().unwrap(), "--", "true"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Path too long, must be less than 108 bytes"), "{err}");
+    });
+}

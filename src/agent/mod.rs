@@ -258,6 +258,9 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
     if let Some(h) = launch.heartbeat {
         cmd.arg("--heartbeat").arg(format!("{}ms", h.as_millis()));
     }
+    // A file left at the socket's path by an earlier server: the new one replaces it
+    // once it listens, so readiness is a different file there, not just a file.
+    let stale = file_id(&socket);
     let mut server = spawn_server(cmd, mappings)?;
     let info = Info {
         id: id.to_string(),
@@ -273,7 +276,7 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
         stdout_log: logs.stdout,
         stderr_log: logs.stderr,
     };
-    if let Err(e) = wait_for_socket(&info.socket, &mut server, dir).and_then(|()| info.save(dir)) {
+    if let Err(e) = wait_for_socket(&info.socket, stale, &mut server, dir).and_then(|()| info.save(dir)) {
         let _ = server.kill();
         let _ = server.wait();
         return Err(e);
@@ -369,10 +372,11 @@ fn container_stdio(tty: bool, cmd: &mut Command, mappings: &mut Vec<FdMapping>) 
     })
 }
 
-/// Starts the switchboard in a session of its own, with only `mappings` inherited and its
-/// own stdio on /dev/null.
+/// Starts the switchboard in a session of its own, with only `mappings` inherited, its
+/// stdin and stdout on /dev/null and its stderr a pipe to us (read only if it cannot
+/// start: it says why there).
 fn spawn_server(mut cmd: Command, mappings: Vec<FdMapping>) -> io::Result<Child> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let last_fd = mappings.iter().map(|m| m.child_fd).max().unwrap_or(2);
     cmd.fd_mappings(mappings).map_err(|e| io::Error::other(e.to_string()))?;
     crate::tty::new_session(&mut cmd, false, last_fd);
@@ -380,16 +384,33 @@ fn spawn_server(mut cmd: Command, mappings: Vec<FdMapping>) -> io::Result<Child>
     cmd.spawn()
 }
 
-/// Waits until the switchboard's socket appears (it is renamed into place once listening).
-fn wait_for_socket(socket: &Path, server: &mut Child, dir: &Path) -> io::Result<()> {
+/// The device and inode of the file at `path`, if there is one.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Waits until the switchboard's socket appears (it is renamed into place once
+/// listening): a file at its path other than `stale`, the one there before.
+fn wait_for_socket(socket: &Path, stale: Option<(u64, u64)>, server: &mut Child, dir: &Path) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if socket.exists() {
+        if file_id(socket).is_some_and(|id| Some(id) != stale) {
+            // Its stderr is only for reasons it could not start.
+            drop(server.stderr.take());
             return Ok(());
         }
         if let Some(status) = server.try_wait()? {
+            // Its own words: what it printed, else the last line of its log.
+            let mut said = String::new();
+            if let Some(mut err) = server.stderr.take() {
+                let _ = io::Read::read_to_string(&mut err, &mut said);
+            }
             let log = std::fs::read_to_string(dir.join("switchboard.log")).unwrap_or_default();
-            let last = log.lines().last().unwrap_or("no diagnostics").to_string();
+            let last = match said.trim() {
+                "" => log.lines().last().unwrap_or("it said nothing").to_string(),
+                said => said.to_string(),
+            };
             return Err(io::Error::other(format!(
                 "the switchboard exited ({status}) before listening: {last}"
             )));

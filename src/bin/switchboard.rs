@@ -73,6 +73,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(why) => {
+            // Both: a supervisor reads either (its stderr until it listens, its log).
+            tracing::error!("{why}");
             eprintln!("switchboard serve: {why}");
             ExitCode::FAILURE
         }

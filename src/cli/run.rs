@@ -106,7 +106,19 @@ fn run_to_end(args: &RunArgs) -> Result<ExitCode, Stop> {
         // The first client of a server that waited for it: every byte is new.
         begin: Some(crate::client::Begin::Live),
     };
-    match attach::attach(&info.socket, &options).map_err(|e| Stop::new(1, e.to_string()))? {
+    let ended = match attach::attach(&info.socket, &options) {
+        Ok(ended) => ended,
+        Err(e) => {
+            // Nobody is attached to a container `run` was to attach: it is stopped,
+            // rather than left running unseen.
+            let stopped = match supervisor.stop(&id) {
+                Ok(_) => "the container and its switchboard were stopped".to_string(),
+                Err(s) => format!("stopping the container failed too: {s}"),
+            };
+            return Err(Stop::new(1, format!("{e} ({stopped})")));
+        }
+    };
+    match ended {
         Ended::Detached => {
             eprintln!(
                 "switchboard: attach again with: switchboard attach {}",

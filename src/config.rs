@@ -145,7 +145,12 @@ pub enum ConfigError {
         max_read: usize,
         replay_bytes: usize,
     },
+    /// A size past what the server takes ([`MAX_SIZE`]).
+    TooLarge { what: &'static str, bytes: usize },
 }
+
+/// The largest stream buffer or history the server takes: 1 GiB.
+pub const MAX_SIZE: usize = 1 << 30;
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -175,6 +180,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "the history ({history_bytes}) must hold a read ({max_read}) and the replay ({replay_bytes})"
             ),
+            ConfigError::TooLarge { what, bytes } => {
+                write!(f, "the {what} ({bytes} bytes) may be at most {MAX_SIZE} bytes")
+            }
         }
     }
 }
@@ -207,6 +215,15 @@ impl RelayConfig {
                 max_read: self.max_read,
                 max_record: self.max_record,
             });
+        }
+        for (what, bytes) in [
+            ("stream buffer", self.buffer_bytes),
+            ("history", self.history_bytes),
+            ("replay", self.replay_bytes),
+        ] {
+            if bytes > MAX_SIZE {
+                return Err(ConfigError::TooLarge { what, bytes });
+            }
         }
         if self.buffer_bytes < self.max_read {
             return Err(ConfigError::BufferTooSmall {

@@ -110,4 +110,24 @@ fn serve_usage_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the stream buffer (1000) must hold a read"));
+    // Sizes past 1 GiB are refused, not allocated when output comes.
+    for (flag, what) in [("--history-bytes", "history"), ("--buffer-bytes", "stream buffer")] {
+        let out = Command::new(BIN)
+            .args([
+                "serve",
+                "--socket",
+                "/tmp/x",
+                "--pty-fd",
+                "3",
+                flag,
+                "18446744073709551615",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("switchboard serve: the {what} (18446744073709551615 bytes) may be at most 1073741824 bytes\n")
+        );
+    }
 }

@@ -71,8 +71,8 @@ pub struct ServeArgs {
     /// Send a heartbeat record to output clients this often (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// The output history, in bytes (default 8 MiB): recent output kept once for every
-    /// client. A client that falls behind is served from it; one further behind than it
+    /// The output history, in bytes (default 8 MiB, at most 1 GiB): recent output kept
+    /// once for every client. A client that falls behind is served from it; one further behind than it
     /// holds is disconnected (or, with --lag-policy block, holds the container back).
     #[arg(long, value_name = "BYTES", alias = "lag-limit")]
     pub history_bytes: Option<usize>,
@@ -83,7 +83,7 @@ pub struct ServeArgs {
     /// What happens to an output client further behind than the history holds.
     #[arg(long, value_enum, default_value = "disconnect")]
     pub lag_policy: LagPolicyArg,
-    /// Output buffer per container stream, in bytes.
+    /// Output buffer per container stream, in bytes (default 1 MiB, at most 1 GiB).
     #[arg(long, value_name = "BYTES")]
     pub buffer_bytes: Option<usize>,
     /// How long clients get to take the end of their streams at exit.

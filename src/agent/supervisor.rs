@@ -133,9 +133,17 @@ impl ProcessId {
         stat(self.pid).is_some_and(|(state, start)| state != b'Z' && start == self.start_time)
     }
 
-    /// Sends `signal` if this very process still runs.
+    /// Sends `signal` if this very process still runs: through a pidfd where the kernel
+    /// has them (once open, it names this process whatever becomes of the pid number; the
+    /// start time, checked after opening it, tells that it is ours), else by pid.
     pub fn signal(&self, signal: Signal) -> bool {
-        self.is_alive() && kill(Pid::from_raw(self.pid), signal).is_ok()
+        let pidfd = rustix::process::Pid::from_raw(self.pid)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
+        let Some(sig) = rustix::process::Signal::from_named_raw(signal as i32) else { return false };
+        match pidfd {
+            Some(fd) => self.is_alive() && rustix::process::pidfd_send_signal(&fd, sig).is_ok(),
+            None => self.is_alive() && kill(Pid::from_raw(self.pid), signal).is_ok(),
+        }
     }
 
     /// Sends `signal` to this process's group if it leads one (a container started in a
@@ -151,7 +159,7 @@ impl ProcessId {
         if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
             nix::sys::signal::killpg(pid, signal).is_ok()
         } else {
-            kill(pid, signal).is_ok()
+            self.signal(signal)
         }
     }
 

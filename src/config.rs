@@ -44,9 +44,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long clients get to take the rest of their streams at exit.
     pub drain_timeout: Duration,
-    /// How long a connection may take to send a request head, and then to bring its
-    /// body to a decision (a call body, an acknowledgement, an input request's first
-    /// record), to take a final response, or to let an answered body go.
+    /// How long a connection may take to send a request head and bring its body to a
+    /// decision (a call body, an acknowledgement, an input request's first record), and
+    /// then to take a final response or to let an answered body go.
     pub head_timeout: Duration,
     /// How long a blocking client may hold the container back without reading.
     pub block_timeout: Duration,

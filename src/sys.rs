@@ -83,7 +83,7 @@ pub enum Kind {
     Socket { stream: bool },
     /// `/dev/null`.
     Null,
-    /// Any other character device (`/dev/null`, `/dev/zero`), a block device, or
+    /// Any other character device (`/dev/zero`, `/dev/urandom`), a block device, or
     /// anything else.
     Other,
 }
@@ -125,12 +125,13 @@ impl Kind {
         )
     }
 
-    /// Whether splice(2) from a pipe into it is correct and never blocks the caller: a
+    /// Whether splice(2) from a pipe into it is correct and never waits for a reader: a
     /// pipe (SPLICE_F_NONBLOCK covers both pipes), a file not opened for appending
-    /// (splice refuses those), `/dev/null` (which drops what it is given). A socket or a
-    /// terminal would block when its reader stops, whatever the flags (the non-blocking
-    /// flag covers only the pipe side), and a descriptor's own `O_NONBLOCK` is not ours
-    /// to set (others share it).
+    /// (splice refuses those; it may wait for the disk, as any write to it would),
+    /// `/dev/null` (which drops what it is given). A socket or a terminal would block
+    /// for as long as its reader stops, whatever the flags (the non-blocking flag covers
+    /// only the pipe side), and a descriptor's own `O_NONBLOCK` is not ours to set
+    /// (others share it).
     pub fn splices_in(self) -> bool {
         matches!(self, Kind::Pipe | Kind::File { append: false } | Kind::Null)
     }

@@ -94,3 +94,59 @@ fn stop_never_unlinks_what_a_record_names_outside_its_directory() {
         assert!(!rt.join("c1").exists(), "its own directory is removed");
     });
 }
+
+#[test]
+fn attach_refuses_another_users_server_and_stop_takes_only_names() {
+    within(60, || {
+        let guard = Runtime::new("rt-peer");
+        let d = guard.path.to_str().unwrap();
+        // `..` is no container's name, and no way out of the runtime directory.
+        let out = switchboard(&["stop", "--runtime-dir", d, ".."]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("no container '..'"), "{}", stderr(&out));
+        // A log directory others may write to (sticky or not) is refused.
+        let open_logs = guard.path.join("logs");
+        std::fs::create_dir(&open_logs).unwrap();
+        std::fs::set_permissions(&open_logs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let rt = guard.path.join("rt");
+        let out = switchboard(&[
+            "run",
+            "--detach",
+            "--runtime-dir",
+            rt.to_str().unwrap(),
+            "--log-dir",
+            open_logs.to_str().unwrap(),
+            "--",
+            "true",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("other users may write to it (mode 1777)"),
+            "{}",
+            stderr(&out)
+        );
+        // A switchboard of another user at the socket's path: attach refuses it (it would
+        // hand that user our keystrokes). Root may start one as `nobody`.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let mut sb = common::sb::Sb::start(common::sb::Opts {
+            user: Some(65534),
+            ..Default::default()
+        });
+        let out = Command::new(BIN)
+            .args(["attach", "--no-stdin", sb.socket.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "switchboard attach: refusing {}: its server runs as uid 65534, neither you nor root\n",
+                sb.socket.display()
+            )
+        );
+        sb.close_output();
+        assert!(sb.wait(20).success());
+    });
+}

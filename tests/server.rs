@@ -652,8 +652,11 @@ fn flag_errors_and_bad_descriptors() {
             "EXIT with status 1: Failed redirecting stdout: Bad file descriptor\n"
         );
         // Numbers the server opens itself (3 and up: its signalfd, its ring, its log) are
-        // not the container's: with nothing inherited there, the same error.
-        let out = std::process::Command::new(drop_in())
+        // not the container's: with nothing inherited there (a shell closes whatever the
+        // test's environment left open), the same error.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; exec \"$0\" \"$@\""])
+            .arg(drop_in())
             .args([
                 "--help=false",
                 &format!("--socket_address={}", dir.join("s").display()),

@@ -61,14 +61,44 @@ pub fn check_private(path: &Path) -> io::Result<bool> {
 }
 
 /// Makes `path` (and any missing parent) and checks that it is a directory of ours or
-/// root's that nobody else may write to (a log directory may be readable by others).
+/// root's that nobody else may write to, sticky or not (a log directory may be readable
+/// by others), under ancestors only we or root may change.
 pub fn make_safe(path: &Path) -> io::Result<()> {
     make_levels(path)?;
     let meta = std::fs::symlink_metadata(path)?;
     if !meta.file_type().is_dir() {
         return Err(refuse(path, "it is not a directory (or is a symbolic link)".into()));
     }
+    if meta.uid() != euid() && meta.uid() != 0 {
+        return Err(refuse(path, format!("it belongs to uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(
+            path,
+            format!("other users may write to it (mode {:o})", meta.mode() & 0o7777),
+        ));
+    }
     safe_ancestors(path)
+}
+
+/// Opens (creating it, mode 0600) a log file to append to: never through a link, never
+/// a FIFO or device someone put there (opening does not wait for a reader), and only a
+/// regular file of ours.
+pub fn open_log(path: &Path) -> io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.file_type().is_file() || meta.uid() != euid() {
+        return Err(refuse(
+            path,
+            format!("it is not a regular file of ours (owner uid {})", meta.uid()),
+        ));
+    }
+    Ok(f)
 }
 
 /// Checks a container's directory: a directory of ours, not a link.
@@ -113,9 +143,18 @@ fn ours(path: &Path, meta: &Metadata) -> io::Result<()> {
     Ok(())
 }
 
-/// Every directory from `path` (resolved) up to `/` may be changed only by us or root:
-/// owned by one of us, and not writable by others unless sticky.
+/// Every directory from `path` up to `/` may be changed only by us or root: owned by one
+/// of us, and not writable by others unless sticky; so may every link on the way (a
+/// link another user owns could be pointed elsewhere after the check), and then the
+/// directories it resolves to.
 fn safe_ancestors(path: &Path) -> io::Result<()> {
+    let absolute = std::path::absolute(path)?;
+    for p in absolute.ancestors() {
+        let meta = std::fs::symlink_metadata(p)?;
+        if meta.file_type().is_symlink() && meta.uid() != 0 && meta.uid() != euid() {
+            return Err(refuse(path, format!("{} is a link of uid {}", p.display(), meta.uid())));
+        }
+    }
     let resolved = std::fs::canonicalize(path)?;
     for dir in resolved.ancestors() {
         let meta = std::fs::metadata(dir)?;

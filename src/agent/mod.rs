@@ -312,13 +312,7 @@ impl Logs {
             } else {
                 name.to_string()
             });
-            // Never through a link someone planted (std opens with O_CLOEXEC).
-            let f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
+            let f = dirs::open_log(&path)?;
             Ok((path, f.into()))
         };
         let (stdout, stdout_fd) = log("stdout.log")?;

@@ -93,9 +93,14 @@ impl Stat {
 }
 
 /// Whether a live process is in the session and process group `leader` made, started
-/// no earlier than it (so: its descendant, whether or not the leader still runs; a
-/// group's id is not given to a new process while the group has members).
+/// no earlier than it (so: its descendant, whether or not the leader still runs). A
+/// group's id is not given to a new process while the group has members; once it has
+/// none, the number may go to a new process, which may make a session of its own: so
+/// when a process other than the leader has its number, the group is known to be empty.
 fn group_has_members(leader: i32, since: u64) -> bool {
+    if Stat::of(leader).is_some_and(|s| s.start_time != since) {
+        return false;
+    }
     let Ok(procs) = std::fs::read_dir("/proc") else { return false };
     procs.flatten().any(|e| {
         e.file_name()

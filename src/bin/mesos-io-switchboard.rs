@@ -1,6 +1,7 @@
 //! `mesos-io-switchboard`: the drop-in for Apache Mesos's binary of that name. An agent
 //! starts it from its `--launcher_dir` with the container's fds and Mesos's flags.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use switchboard::cli::mesos::{self, Parsed};
@@ -46,11 +47,16 @@ fn main() -> ExitCode {
             tracing::error!("EXIT with status 1: The io switchboard server failed: {why}");
             ExitCode::FAILURE
         }
+        // fd 2 is the container's stderr log: once serving, the diagnostics file only.
+        Err(why @ server::Error::Serving(_)) => {
+            tracing::error!("EXIT with status 1: {why}");
+            ExitCode::FAILURE
+        }
         // Before serving nothing of the container's went to fds 1 and 2: say why once, as
         // Mesos does.
         Err(why) => {
             tracing::error!("EXIT with status 1: {why}");
-            eprintln!("EXIT with status 1: {why}");
+            let _ = writeln!(std::io::stderr(), "EXIT with status 1: {why}");
             ExitCode::FAILURE
         }
     }

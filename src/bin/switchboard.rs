@@ -1,5 +1,6 @@
 //! `switchboard`: the command line for people.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -72,10 +73,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             tracing::error!("{why}");
             ExitCode::FAILURE
         }
-        Err(why) => {
-            // Both: a supervisor reads either (its stderr until it listens, its log).
+        // Once serving, stderr may be the container's log (--stderr-log-fd 2) or a pipe
+        // nobody reads any more: the log file only.
+        Err(why @ server::Error::Serving(_)) => {
             tracing::error!("{why}");
-            eprintln!("switchboard serve: {why}");
+            ExitCode::FAILURE
+        }
+        // Before: both (a supervisor reads either: its stderr until it listens, its log).
+        Err(why) => {
+            tracing::error!("{why}");
+            let _ = writeln!(std::io::stderr(), "switchboard serve: {why}");
             ExitCode::FAILURE
         }
     }

@@ -93,6 +93,14 @@ pub fn stop(args: &StopArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    } else if matches!(args.target.as_str(), "" | "." | "..") {
+        // Not a name a container can have (and not a way out of the runtime directory).
+        eprintln!(
+            "switchboard stop: no container '{}' under {}",
+            args.target,
+            runtime.display()
+        );
+        return ExitCode::FAILURE;
     } else {
         runtime.join(&args.target)
     };

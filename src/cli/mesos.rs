@@ -152,9 +152,9 @@ pub const SPECS: &[Spec] = &[
     Spec {
         name: "head_timeout",
         kind: Kind::Duration,
-        help: "How long a connection may take to send a request head, then to bring its\n\
-               body to a decision (a call body, an acknowledgement, an input request's\n\
-               first record), to take a final response, or to end a refused body\n\
+        help: "How long a connection may take to send a request head and bring its body\n\
+               to a decision (a call body, an acknowledgement, an input request's first\n\
+               record), and then to take a final response or to end a refused body\n\
                (default: 30secs). The input slot's holder has no time limit.",
     },
     Spec {

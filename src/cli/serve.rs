@@ -77,7 +77,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", alias = "lag-limit")]
     pub history_bytes: Option<usize>,
     /// Output kept for clients that attach later or resume, however far every client is
-    /// (default: 1 MiB on pipes, 0 with --pty-fd: a terminal's screen is not its bytes).
+    /// (default: 1 MiB on pipes, 0 with --pty-fd: a terminal's screen is not its bytes;
+    /// at most the history).
     #[arg(long, value_name = "BYTES")]
     pub replay_bytes: Option<usize>,
     /// What happens to an output client further behind than the history holds.
@@ -96,7 +97,8 @@ pub struct ServeArgs {
     /// Serve every client by copies, not by tee and splice of pipe pages.
     #[arg(long)]
     pub no_zero_copy: bool,
-    /// Write diagnostics to this file (never to stdout or stderr).
+    /// Write diagnostics to this file (once serving, never to stdout or stderr; a
+    /// start-up failure is also said on stderr).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
     /// Diagnostics level: error, warn, info, debug or trace.

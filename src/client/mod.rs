@@ -36,6 +36,8 @@ pub enum ClientError {
     Io(io::Error),
     /// The server sent something that is not the protocol.
     Protocol(String),
+    /// The server at the path runs as another user (not root).
+    Untrusted { path: PathBuf, uid: u32 },
 }
 
 impl fmt::Display for ClientError {
@@ -56,6 +58,11 @@ impl fmt::Display for ClientError {
             ClientError::Gone => write!(f, "the switchboard went away (its stream ended before its end)"),
             ClientError::Io(e) => write!(f, "{e}"),
             ClientError::Protocol(e) => write!(f, "the switchboard spoke no protocol we know: {e}"),
+            ClientError::Untrusted { path, uid } => write!(
+                f,
+                "refusing {}: its server runs as uid {uid}, neither you nor root",
+                path.display()
+            ),
         }
     }
 }
@@ -68,11 +75,24 @@ impl From<io::Error> for ClientError {
     }
 }
 
+/// Connects to the server at `socket`, which must run as this user or as root: another
+/// user's server at that path (planted in a directory others can write to) would be
+/// handed our keystrokes.
 fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
-    UnixStream::connect(socket).map_err(|error| ClientError::NoServer {
+    let sock = UnixStream::connect(socket).map_err(|error| ClientError::NoServer {
         path: socket.to_path_buf(),
         error,
-    })
+    })?;
+    let peer = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| ClientError::Io(e.into()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if peer.uid() != me && peer.uid() != 0 {
+        return Err(ClientError::Untrusted {
+            path: socket.to_path_buf(),
+            uid: peer.uid(),
+        });
+    }
+    Ok(sock)
 }
 
 /// A response head: status and headers (lower-case names).

@@ -31,6 +31,12 @@ use request::{hand_over, parse};
 
 const RECV_SIZE: usize = 16 * 1024;
 
+/// The receive size of connections that do not hold the input slot (heads, call bodies,
+/// first records are small): every connection may have one in flight, counted against
+/// the request budget, so the budget holds 8192 of them, more than the connections
+/// allowed: idle connections alone cannot use it up.
+const SMALL_RECV_SIZE: usize = 4 * 1024;
+
 /// What connection code may touch of the server.
 pub(crate) struct Ctx<'a> {
     pub ring: &'a mut Ring,
@@ -141,6 +147,8 @@ pub(super) struct Conn {
     held: usize,
     /// It wants to read, and waits for the budget to have room.
     starved: bool,
+    /// Its receive in flight counts against the budget.
+    budgeted_recv: bool,
 }
 
 impl Conn {
@@ -166,7 +174,8 @@ pub(crate) struct Conns {
     held: usize,
     /// Connections waiting for the budget to have room before they are read again.
     starved: Vec<u32>,
-    /// Receives in flight (each may bring `RECV_SIZE` bytes).
+    /// Receives in flight for connections that do not hold the input slot (each may
+    /// bring `SMALL_RECV_SIZE` bytes).
     reading: usize,
 }
 
@@ -205,8 +214,11 @@ impl Conns {
         self.free.push(i);
         self.count -= 1;
         self.held -= c.held;
-        if c.recv.is_some() {
+        if c.recv.is_some() && c.budgeted_recv {
             self.reading -= 1;
+        }
+        if c.starved {
+            self.starved.retain(|&j| j != i);
         }
         if c.forbidden {
             self.forbidden -= 1;
@@ -247,6 +259,7 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
         forbidden: !allowed,
         held: 0,
         starved: false,
+        budgeted_recv: false,
     });
     conns.count += 1;
     let timeout = if allowed {
@@ -327,9 +340,18 @@ pub(super) fn respond(ctx: &mut Ctx<'_>, i: u32, answer: Answer, close: bool) {
     release_input(ctx, i);
     queue_answer(ctx, i, &answer, close);
     if close {
-        get(ctx, i).state = State::Closing;
-        // The client gets the request deadline to take its last response.
-        start_timer(ctx, i, ctx.config.limits.head_timeout);
+        let c = get(ctx, i);
+        c.state = State::Closing;
+        // Nothing more of it is read: what it sent ahead is let go.
+        c.buf = Pending::default();
+        // The client gets the request deadline (a refused peer its short one) to take
+        // its last response.
+        let deadline = if c.forbidden {
+            FORBIDDEN_HEAD_TIMEOUT
+        } else {
+            ctx.config.limits.head_timeout
+        };
+        start_timer(ctx, i, deadline);
     }
 }
 
@@ -380,13 +402,24 @@ fn account(ctx: &mut Ctx<'_>, i: u32) {
         ctx.conns.held = ctx.conns.held - c.held + now;
         c.held = now;
     }
-    let bound = ctx.conns.held + (ctx.conns.reading + 1) * RECV_SIZE;
-    if bound <= ctx.config.limits.request_budget && !ctx.conns.starved.is_empty() {
-        for j in std::mem::take(&mut ctx.conns.starved) {
-            if let Some(Some(c)) = ctx.conns.slots.get_mut(j as usize) {
-                c.starved = false;
-                arm(ctx, j);
-            }
+    wake_starved(ctx);
+}
+
+/// Whether a connection that does not hold the input slot may have another receive in
+/// flight: what is held, and what the receives in flight may bring, stay in the budget.
+fn budget_allows_recv(ctx: &Ctx<'_>) -> bool {
+    ctx.conns.held + (ctx.conns.reading + 1) * SMALL_RECV_SIZE <= ctx.config.limits.request_budget
+}
+
+/// Reads again the connections that waited for the budget, once it has room.
+fn wake_starved(ctx: &mut Ctx<'_>) {
+    if ctx.conns.starved.is_empty() || !budget_allows_recv(ctx) {
+        return;
+    }
+    for j in std::mem::take(&mut ctx.conns.starved) {
+        if let Some(Some(c)) = ctx.conns.slots.get_mut(j as usize) {
+            c.starved = false;
+            arm(ctx, j);
         }
     }
 }
@@ -440,9 +473,12 @@ fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
 
 fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     let res = comp.res;
-    ctx.conns.reading -= 1;
     let c = get(ctx, i);
     c.recv = None;
+    if std::mem::take(&mut c.budgeted_recv) {
+        ctx.conns.reading -= 1;
+    }
+    let c = get(ctx, i);
     if let OpOutput::Buf(data) = comp.output
         && res > 0
     {
@@ -511,8 +547,8 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
     let limits = ctx.config.limits;
     // Past the budget (what is held, and what the receives in flight may bring), only
     // the input slot's holder is read.
-    let bound = ctx.conns.held + (ctx.conns.reading + 1) * RECV_SIZE;
-    let over_budget = bound > limits.request_budget && ctx.conns.input_owner != Some(i);
+    let owner = ctx.conns.input_owner == Some(i);
+    let over_budget = !owner && !budget_allows_recv(ctx);
     let Some(Some(c)) = ctx.conns.slots.get_mut(i as usize) else { return };
     if c.send.is_none()
         && let Some(buf) = c.sendq.pop_front()
@@ -541,15 +577,17 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
             ctx.conns.starved.push(i);
         }
     } else if wants && !c.eof && c.recv.is_none() {
+        let size = if owner { RECV_SIZE } else { SMALL_RECV_SIZE };
         let op = ctx.ring.submit(
             Op::Recv {
                 fd: c.fd,
-                buf: Vec::with_capacity(RECV_SIZE),
+                buf: Vec::with_capacity(size),
             },
             Token::Conn(ConnOp::Recv, i).encode(),
         );
         c.recv = Some(op);
-        ctx.conns.reading += 1;
+        c.budgeted_recv = !owner;
+        ctx.conns.reading += usize::from(!owner);
     }
 }
 
@@ -564,6 +602,8 @@ fn close(ctx: &mut Ctx<'_>, i: u32) {
     }
     ctx.ring.close(c.fd);
     tracing::debug!("connection {i} closed");
+    // What it held is free: others may be read again.
+    wake_starved(ctx);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::wire::media::{self, BodyFormat, ResponseFormat, Route, StartAt};
 use crate::wire::message::mesos::agent::{Call, call};
 use crate::wire::message::{self, Format};
 
-use super::{Ctx, State, close, get, respond, start_timer, stop_timer};
+use super::{Ctx, State, close, get, respond, start_timer};
 use crate::server::answer::Answer;
 use crate::server::input::{self, Session};
 
@@ -62,7 +62,8 @@ fn at_eof(ctx: &mut Ctx<'_>, i: u32) -> bool {
 }
 
 fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
-    stop_timer(ctx, i);
+    // The timer that ran for the head runs on for the body: a request has one deadline
+    // to come to a decision, head and body together.
     tracing::debug!("{} {} on connection {i}", head.method, head.target);
     if get(ctx, i).forbidden {
         return respond(ctx, i, Answer::Forbidden, true);
@@ -114,8 +115,6 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
             head.keep_alive,
         )),
     };
-    // The body must come to a decision within the request's deadline.
-    start_timer(ctx, i, limits.head_timeout);
 }
 
 fn on_body(ctx: &mut Ctx<'_>, i: u32, data: Vec<u8>) {

@@ -7,6 +7,7 @@
 //! hands the connection over to the output engine. An input call holds the input slot
 //! once its first record is in; the slot is freed however the request ends.
 
+mod budget;
 mod request;
 
 use std::collections::VecDeque;
@@ -25,6 +26,7 @@ use super::answer::Answer;
 use super::input::{self, Session, Stdin};
 use super::output::Output;
 use super::token::{ConnOp, Token};
+use budget::{account, budget_allows_recv, wake_starved};
 
 pub(super) use request::back_to_idle;
 use request::{hand_over, parse};
@@ -378,52 +380,6 @@ pub(super) fn drive(ctx: &mut Ctx<'_>, i: u32) {
     arm(ctx, i);
 }
 
-/// Memory a connection holds that counts against the request budget: the buffers of
-/// what it has received and not yet done with, unless it holds the input slot (its body
-/// is bounded by `--input_buffer` on its own, and it may stay as long as it likes).
-fn holding(c: &Conn, owner: bool) -> usize {
-    if owner {
-        return 0;
-    }
-    c.buf.capacity()
-        + match &c.state {
-            State::Call { body, .. } => body.capacity(),
-            State::Input(s) => s.body.capacity() + s.records.buffered(),
-            _ => 0,
-        }
-}
-
-/// Brings the budget's count up to date with connection `i`; once there is room again,
-/// the connections that waited for it are read again.
-fn account(ctx: &mut Ctx<'_>, i: u32) {
-    let owner = ctx.conns.input_owner == Some(i);
-    if let Some(Some(c)) = ctx.conns.slots.get_mut(i as usize) {
-        let now = holding(c, owner);
-        ctx.conns.held = ctx.conns.held - c.held + now;
-        c.held = now;
-    }
-    wake_starved(ctx);
-}
-
-/// Whether a connection that does not hold the input slot may have another receive in
-/// flight: what is held, and what the receives in flight may bring, stay in the budget.
-fn budget_allows_recv(ctx: &Ctx<'_>) -> bool {
-    ctx.conns.held + (ctx.conns.reading + 1) * SMALL_RECV_SIZE <= ctx.config.limits.request_budget
-}
-
-/// Reads again the connections that waited for the budget, once it has room.
-fn wake_starved(ctx: &mut Ctx<'_>) {
-    if ctx.conns.starved.is_empty() || !budget_allows_recv(ctx) {
-        return;
-    }
-    for j in std::mem::take(&mut ctx.conns.starved) {
-        if let Some(Some(c)) = ctx.conns.slots.get_mut(j as usize) {
-            c.starved = false;
-            arm(ctx, j);
-        }
-    }
-}
-
 /// What a connection can do next.
 #[derive(Debug, PartialEq, Eq)]
 enum Next {
@@ -607,56 +563,4 @@ fn close(ctx: &mut Ctx<'_>, i: u32) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn input(f: impl FnOnce(&mut Session)) -> State {
-        let mut s = Session::new(Format::Protobuf, 1024, 1024, true);
-        f(&mut s);
-        State::Input(s)
-    }
-
-    #[test]
-    fn requests_wait_for_earlier_responses_and_input_for_stdin() {
-        // A head is parsed only once earlier responses are out.
-        assert_eq!(next(&State::Idle, false, false, 8), Next::Wait);
-        assert_eq!(next(&State::Idle, true, false, 8), Next::Parse);
-        let hand_over = || State::HandOver {
-            framing: Framing::Raw,
-            response: ResponseFormat::Plain(Format::Json),
-            start: StartAt::Live,
-        };
-        assert_eq!(next(&hand_over(), false, false, 8), Next::Wait);
-        assert_eq!(next(&hand_over(), true, false, 8), Next::HandOver);
-        assert_eq!(next(&State::Closing, true, false, 8), Next::Wait);
-        // An input request reads its body while its record is written...
-        assert_eq!(next(&input(|s| s.writing = true), true, true, 8), Next::Parse);
-        // ...up to the input buffer, then waits.
-        let full = input(|s| {
-            s.writing = true;
-            s.body.extend(&[0; 8]);
-        });
-        assert_eq!(next(&full, true, true, 8), Next::Wait);
-        // A record parked for stdin goes on once stdin is free.
-        let parked = || input(|s| s.parked = Some(crate::wire::input::InputAction::Heartbeat));
-        assert_eq!(next(&parked(), true, true, 8), Next::Parse);
-        assert_eq!(next(&parked(), true, false, 8), Next::Records);
-        // A full buffer, or the end of the body, is decoded before reading more.
-        assert_eq!(next(&input(|s| s.body.extend(&[0; 8])), true, false, 8), Next::Records);
-        assert_eq!(next(&input(|s| s.body_ended = true), true, false, 8), Next::Records);
-        assert_eq!(next(&input(|_| {}), true, false, 8), Next::Parse);
-    }
-
-    #[test]
-    fn pending_bytes_compact_lazily() {
-        let mut p = Pending::default();
-        p.extend(b"abcdef");
-        p.consume(2);
-        assert_eq!(p.data(), b"cdef");
-        p.consume(2);
-        p.extend(b"gh");
-        assert_eq!((p.data(), p.start), (&b"efgh"[..], 0));
-        p.consume(4);
-        assert!(p.is_empty() && p.buf.is_empty());
-    }
-}
+mod tests;

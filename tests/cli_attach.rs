@@ -375,3 +375,51 @@ fn input_goes_on_through_a_dropped_connection() {
         assert!(sb.wait(20).success());
     });
 }
+
+#[test]
+fn a_container_that_ended_before_the_input_side_connected_still_shows_its_output() {
+    within(30, || {
+        use std::io::Write;
+        use switchboard::wire::Format;
+        use switchboard::wire::message::mesos::agent::ProcessIo;
+        use switchboard::wire::message::mesos::agent::process_io::{Data, Type, data};
+        let dir = temp_dir("attach-ended");
+        let path = dir.join("sb.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // A switchboard whose container ended at once: it answers the output request,
+        // then stops listening (as ours does once its clients have all the output)
+        // before attach's input side connects.
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                req.extend_from_slice(&buf[..n]);
+            }
+            drop(listener);
+            let pio = ProcessIo {
+                r#type: Some(Type::Data as i32),
+                data: Some(Data {
+                    r#type: Some(data::Type::Stdout as i32),
+                    data: Some(b"hi\n".to_vec()),
+                }),
+                control: None,
+            };
+            let rec = switchboard::wire::message::record(Format::Protobuf, &pio);
+            let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: application/recordio\r\n\
+                Message-Content-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+            out.extend_from_slice(format!("{:x}\r\n", rec.len()).as_bytes());
+            out.extend_from_slice(&rec);
+            out.extend_from_slice(b"\r\n0\r\n\r\n");
+            s.write_all(&out).unwrap();
+        });
+        let attach = Attach::start(&[path.to_str().unwrap()], false);
+        let (status, out, err) = attach.finish();
+        server.join().unwrap();
+        assert!(status.success(), "{status}: {}", String::from_utf8_lossy(&err));
+        assert_eq!(out, b"hi\n");
+    });
+}

@@ -121,7 +121,12 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
     let detached = Arc::new(AtomicBool::new(false));
     let raw: Arc<Mutex<Option<RawMode>>> = Arc::new(Mutex::new(None));
     let input = match target {
-        Some(target) => Some(start_input(socket, options, target, &raw, &detached, output.stopper())?),
+        Some(target) => match start_input(socket, options, target, &raw, &detached, output.stopper()) {
+            Ok(input) => Some(input),
+            // The output is open: what the container wrote still comes on it.
+            Err(e) if server_left(&e) => None,
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     {
@@ -164,12 +169,32 @@ fn open(socket: &Path, options: &Options) -> Result<(Follower, Option<Target>), 
     let known = options.begin.or(options.tty_hint.map(default_begin));
     let output = Follower::open(socket, known.unwrap_or(Begin::Live))?;
     let target = match options.stdin {
-        true => probe_input(socket, options)?,
+        true => match probe_input(socket, options) {
+            Ok(target) => target,
+            // The output is open: what the container wrote still comes on it.
+            Err(e) if server_left(&e) => None,
+            Err(e) => return Err(e),
+        },
         false => None,
     };
     match (known, &target) {
         (None, Some(Target { tty: false, .. })) => Ok((Follower::open(socket, Begin::Kept)?, target)),
         _ => Ok((output, target)),
+    }
+}
+
+/// Whether an input connection failed because the server already left. A server exits
+/// once the container's output ended and its clients have it all, which can come before
+/// the input side connects (a short-lived container); the output connection, opened
+/// first, still delivers everything.
+fn server_left(error: &ClientError) -> bool {
+    match error {
+        ClientError::NoServer { .. } | ClientError::Gone => true,
+        ClientError::Io(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
     }
 }
 

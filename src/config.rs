@@ -242,16 +242,56 @@ impl RelayConfig {
     }
 }
 
-/// Ring sizes.
+/// The event engine and its sizes.
 #[derive(Debug, Clone, Copy)]
 pub struct RingConfig {
     /// Submission queue entries (the completion queue gets four times as many).
     pub entries: u32,
+    /// Which engine drives the operations.
+    pub engine: EngineChoice,
 }
 
 impl Default for RingConfig {
+    /// 256 entries, and the engine `$SWITCHBOARD_ENGINE` names (auto when it names none).
     fn default() -> Self {
-        RingConfig { entries: 256 }
+        RingConfig {
+            entries: 256,
+            engine: EngineChoice::from_env().ok().flatten().unwrap_or_default(),
+        }
+    }
+}
+
+/// Which engine serves: io_uring where the kernel allows it, else epoll (`Auto`); or one
+/// of them only. The epoll engine never touches io_uring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// The variable that chooses the engine where no flag does (the CLI's own servers, tests).
+pub const ENGINE_VAR: &str = "SWITCHBOARD_ENGINE";
+
+impl EngineChoice {
+    pub const NAMES: &str = "auto, io_uring or epoll";
+
+    pub fn parse(text: &str) -> Result<EngineChoice, String> {
+        match text {
+            "auto" => Ok(EngineChoice::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(EngineChoice::IoUring),
+            "epoll" => Ok(EngineChoice::Epoll),
+            other => Err(format!("'{other}' is not an engine: use {}", Self::NAMES)),
+        }
+    }
+
+    /// The engine `$SWITCHBOARD_ENGINE` names, if it is set (and not empty).
+    pub fn from_env() -> Result<Option<EngineChoice>, String> {
+        match std::env::var(ENGINE_VAR) {
+            Ok(v) if !v.is_empty() => Self::parse(&v).map(Some).map_err(|e| format!("${ENGINE_VAR}: {e}")),
+            _ => Ok(None),
+        }
     }
 }
 

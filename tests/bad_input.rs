@@ -664,7 +664,12 @@ fn refused_peers_cannot_lock_out_allowed_ones() {
         let baseline = sb.fd_count();
         let mut holder = Reaped(
             std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "hold_connections", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    &common::test_name(module_path!(), "hold_connections"),
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("SB_HOLD", &sb.socket)
                 .uid(65534)
                 .stdin(std::process::Stdio::null())

@@ -102,7 +102,12 @@ fn recovery_after_the_supervisor_is_killed() {
         let runtime = guard.path.clone();
         let mut first = Reaped(
             Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "supervisor_process", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    &common::test_name(module_path!(), "supervisor_process"),
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("SB_SUPERVISOR", &runtime)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -325,7 +330,7 @@ fn alone(name: &str) -> bool {
         return true;
     }
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--test-threads=1"])
+        .args(["--exact", &common::test_name(module_path!(), name), "--test-threads=1"])
         .env("SB_ALONE", "1")
         .stdin(Stdio::null())
         .output()

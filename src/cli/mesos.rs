@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::stout::{self, Kind, Spec};
-use crate::config::{Config, ConfigError, Descriptors, LagPolicy, Limits, RelayConfig, RingConfig};
+use crate::config::{Config, ConfigError, Descriptors, EngineChoice, LagPolicy, Limits, RelayConfig, RingConfig};
 
 /// The program name Mesos prints in its usage, whatever `argv[0]` is.
 pub const NAME: &str = "mesos-io-switchboard";
@@ -205,6 +205,14 @@ pub const SPECS: &[Spec] = &[
                than by copies (JSON clients are always served by copies).",
     },
     Spec {
+        name: "engine",
+        kind: Kind::String,
+        help: "The event engine: 'io_uring', 'epoll', or 'auto' (the default; also\n\
+               taken from $SWITCHBOARD_ENGINE): io_uring where the kernel allows it,\n\
+               else epoll, saying why in the log. 'io_uring' fails where it is\n\
+               refused; 'epoll' never uses io_uring.",
+    },
+    Spec {
         name: "allowed_uids",
         kind: Kind::String,
         help: "Comma-separated user ids that may connect besides this process's own\n\
@@ -239,6 +247,7 @@ pub struct Tuning {
     pub input_buffer: Option<usize>,
     pub allowed_uids: Option<Vec<u32>>,
     pub zero_copy: Option<bool>,
+    pub engine: Option<EngineChoice>,
 }
 
 /// The validated flags of one server.
@@ -336,6 +345,12 @@ pub fn parse(args: &[String]) -> Parsed {
                 allowed_uids: f.string("allowed_uids").map(parse_uids).transpose()?,
                 // `None` is the default (on).
                 zero_copy: (!f.bool("zero_copy")).then_some(false),
+                engine: match f.string("engine") {
+                    Some(name) => Some(
+                        EngineChoice::parse(name).map_err(|e| usage(Some(&format!("Flag 'engine': {e}"))) + "\n")?,
+                    ),
+                    None => EngineChoice::from_env().map_err(|e| usage(Some(&e)) + "\n")?,
+                },
             },
         })
     })();
@@ -374,7 +389,10 @@ impl Flags {
             limits,
             relay: RelayConfig::sized(t.buffer_bytes, t.history_bytes, t.replay_bytes)?,
             lag_policy: t.lag_policy.unwrap_or_default(),
-            ring: RingConfig::default(),
+            ring: RingConfig {
+                engine: t.engine.unwrap_or_default(),
+                ..RingConfig::default()
+            },
         })
     }
 }

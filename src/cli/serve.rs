@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::stout::FlagError;
 
-use crate::config::{Config, ConfigError, Descriptors, LagPolicy, Limits, RelayConfig};
+use crate::config::{Config, ConfigError, Descriptors, EngineChoice, LagPolicy, Limits, RelayConfig, RingConfig};
 
 /// Parses a duration: stout's form (`30secs`, `100ms`, `2mins`) or the short units
 /// `s`, `m`, `h` (`30s`, `5m`).
@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Serve every client by copies, not by tee and splice of pipe pages.
     #[arg(long)]
     pub no_zero_copy: bool,
+    /// The event engine: auto (io_uring where the kernel allows it, else epoll, saying
+    /// why in the log), io_uring (fail where it is refused) or epoll.
+    #[arg(long, value_name = "ENGINE", env = "SWITCHBOARD_ENGINE", default_value = "auto", value_parser = EngineChoice::parse)]
+    pub engine: EngineChoice,
     /// Write diagnostics to this file (once serving, never to stdout or stderr; a
     /// start-up failure is also said on stderr).
     #[arg(long, value_name = "PATH")]
@@ -142,7 +146,10 @@ impl ServeArgs {
                 LagPolicyArg::Disconnect => LagPolicy::Disconnect,
                 LagPolicyArg::Block => LagPolicy::Block,
             },
-            ring: Default::default(),
+            ring: RingConfig {
+                engine: self.engine,
+                ..RingConfig::default()
+            },
         })
     }
 }

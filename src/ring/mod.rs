@@ -1,5 +1,8 @@
-//! The io_uring core: one ring per thread, driven by a hand-written loop on the `io-uring`
-//! crate. This room holds all of the crate's `unsafe` code that touches the kernel.
+//! The event core: one engine per thread, behind one interface. Callers submit
+//! operations that own their buffers and take completions, whichever engine runs them:
+//! io_uring ([`uring`], a hand-written loop on the `io-uring` crate) where the kernel
+//! allows it, else epoll readiness and non-blocking syscalls ([`epoll`]). This room holds
+//! all of the crate's `unsafe` code that touches the kernel.
 //!
 //! * Every operation lives in a slot of an op slab from submission to its final
 //!   completion, owning the buffers and the `msghdr`/iovecs/timespec the kernel reads
@@ -9,28 +12,32 @@
 //! * File descriptors are handles ([`Fd`]) into a table that closes a descriptor only once
 //!   no operation on it is in flight.
 //! * Container output is read into the arena, registered as a fixed buffer when the
-//!   kernel and `RLIMIT_MEMLOCK` allow, and sent from there without user-space copies.
+//!   kernel and `RLIMIT_MEMLOCK` allow (io_uring), and sent from there without user-space
+//!   copies.
 //! * Dropping the ring cancels what is still in flight and waits for it before freeing
 //!   any memory the kernel could touch.
 
 mod arena;
+mod epoll;
 mod fd;
 mod op;
+mod uring;
 
-use std::collections::VecDeque;
+use std::fmt;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use io_uring::types;
 
+use crate::config::EngineChoice;
 use crate::msg::{Msg, Seg};
 use crate::slab::{Key, Slab};
 use arena::Arena;
 pub use fd::Fd;
 use fd::FdTable;
-use op::CURRENT_POSITION;
+use op::Prepared;
 pub use op::{Completion, Op, Output};
 
 /// An operation handle, valid until its final completion.
@@ -76,96 +83,87 @@ struct Slot {
 
 pub use crate::config::RingConfig;
 
-/// The opcodes the switchboard needs, with their names for error messages.
-const REQUIRED_OPCODES: &[(u8, &str)] = &[
-    (opcode::Read::CODE, "READ"),
-    (opcode::Write::CODE, "WRITE"),
-    (opcode::ReadFixed::CODE, "READ_FIXED"),
-    (opcode::WriteFixed::CODE, "WRITE_FIXED"),
-    (opcode::Recv::CODE, "RECV"),
-    (opcode::Send::CODE, "SEND"),
-    (opcode::SendMsg::CODE, "SENDMSG"),
-    (opcode::Accept::CODE, "ACCEPT"),
-    (opcode::PollAdd::CODE, "POLL_ADD"),
-    (opcode::Timeout::CODE, "TIMEOUT"),
-    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-];
+/// The engine a ring runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    IoUring,
+    Epoll,
+}
 
-/// An io_uring instance with its op slab, fd table and arena.
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::IoUring => "io_uring",
+            Engine::Epoll => "epoll",
+        })
+    }
+}
+
+enum Backend {
+    Uring(uring::Uring),
+    Epoll(epoll::Epoll),
+}
+
+/// The event core: an engine with its op slab, fd table and arena.
 pub struct Ring {
-    uring: IoUring,
+    backend: Backend,
     slots: Slab<Slot>,
     fds: FdTable,
     arena: Arena,
-    /// Completions taken off a full completion queue (to make room), not yet handed out.
-    /// They stay raw until [`Ring::next`], so a slot lives (and can be forgotten) until
-    /// its completion is delivered.
-    backlog: VecDeque<cqueue::Entry>,
+    /// Why io_uring was not used, when the choice was `auto` and it was refused.
+    fallback: Option<String>,
 }
 
 impl Ring {
-    /// Sets up a ring, probing the kernel: fails with a message that names what is missing
-    /// (io_uring disabled by sysctl or seccomp, or an opcode this kernel lacks).
+    /// Sets up the engine `config` chooses. io_uring is probed (set-up and every opcode we
+    /// use): `IoUring` fails with a message that names what is missing (io_uring disabled
+    /// by sysctl or seccomp, an opcode this kernel lacks); `Auto` then runs on epoll and
+    /// says why in [`Ring::fallback`]. `Epoll` never touches io_uring.
     pub fn new(config: RingConfig) -> io::Result<Ring> {
-        let entries = config.entries.max(8);
-        let uring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(entries * 4)
-            .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))
-            .map_err(|e| {
-                let why = match e.raw_os_error() {
-                    Some(libc::ENOSYS) => "the kernel was built without io_uring",
-                    Some(libc::EPERM) | Some(libc::EACCES) => {
-                        "io_uring is disabled for this process: see /proc/sys/kernel/io_uring_disabled \
-                         (0 allows it) and the seccomp profile of the container or service"
-                    }
-                    Some(libc::ENOMEM) => "not enough locked memory for the ring (RLIMIT_MEMLOCK)",
-                    _ => "io_uring_setup failed",
-                };
-                io::Error::new(e.kind(), format!("cannot use io_uring: {why} ({e})"))
-            })?;
-        let mut probe = Probe::new();
-        uring.submitter().register_probe(&mut probe).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot use io_uring: probing opcodes failed ({e}); Linux 6.1 or newer is needed"),
-            )
-        })?;
-        let missing: Vec<&str> = REQUIRED_OPCODES
-            .iter()
-            .filter(|(code, _)| !probe.is_supported(*code))
-            .map(|(_, name)| *name)
-            .collect();
-        if !missing.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "cannot use io_uring: this kernel lacks {}; Linux 6.1 or newer is needed",
-                    missing.join(", ")
-                ),
-            ));
-        }
+        let mut fallback = None;
+        let backend = match config.engine {
+            EngineChoice::IoUring => Backend::Uring(uring::Uring::new(config.entries)?),
+            EngineChoice::Epoll => Backend::Epoll(epoll::Epoll::new()?),
+            EngineChoice::Auto => match uring::Uring::new(config.entries) {
+                Ok(u) => Backend::Uring(u),
+                Err(e) => {
+                    fallback = Some(e.to_string());
+                    Backend::Epoll(epoll::Epoll::new()?)
+                }
+            },
+        };
         Ok(Ring {
-            uring,
+            backend,
             slots: Slab::default(),
             fds: FdTable::default(),
             arena: Arena::new(0),
-            backlog: VecDeque::new(),
+            fallback,
         })
     }
 
-    /// Allocates the arena (once) and registers it as a fixed buffer if the kernel allows;
-    /// otherwise reads into it are plain READs. Returns whether it is registered.
+    /// The engine this ring runs on.
+    pub fn engine(&self) -> Engine {
+        match self.backend {
+            Backend::Uring(_) => Engine::IoUring,
+            Backend::Epoll(_) => Engine::Epoll,
+        }
+    }
+
+    /// Why io_uring was refused, when `auto` fell back to epoll.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Allocates the arena (once) and registers it as a fixed buffer if the engine and
+    /// kernel allow; otherwise reads into it are plain reads. Returns whether it is
+    /// registered.
     pub fn init_arena(&mut self, len: usize) -> bool {
         assert_eq!(self.arena.len(), 0, "the arena is allocated once");
         self.arena = Arena::new(len);
-        let iov = [self.arena.iovec()];
-        // SAFETY: the iovec describes the arena's live allocation, which stays allocated and
-        // unmoved until the ring is dropped; Drop waits for every operation first, and the
-        // registration dies with the ring.
-        self.arena.registered = len > 0 && unsafe { self.uring.submitter().register_buffers(&iov) }.is_ok();
+        self.arena.registered = match &mut self.backend {
+            Backend::Uring(u) => len > 0 && u.register(self.arena.iovec()),
+            Backend::Epoll(_) => false,
+        };
         self.arena.registered
     }
 
@@ -240,79 +238,92 @@ impl Ring {
         self.slots.len()
     }
 
-    fn alloc_slot(&mut self, slot: Slot) -> OpId {
-        OpId(self.slots.insert(slot))
-    }
-
     /// Submits `op`; its completion will carry `token`.
     pub fn submit(&mut self, op: Op, token: u64) -> OpId {
         let fd = op.fd();
-        let raw = fd.map(|fd| types::Fd(self.fds.acquire(fd)));
+        let raw = fd.map(|fd| self.fds.acquire(fd));
         let slot = Slot {
             token,
             fd,
             resources: Resources::None,
             state: State::InFlight,
         };
-        let id = self.alloc_slot(slot);
-        let (entry, resources) = self.build(op, raw);
+        let id = OpId(self.slots.insert(slot));
+        let (prepared, resources) = self.prepare(op, raw);
         self.slots.get_mut(id.0).expect("just allocated").resources = resources;
-        self.push(entry.user_data(id.0.to_u64()));
+        match &mut self.backend {
+            Backend::Uring(u) => u.push_op(id.0.to_u64(), prepared),
+            Backend::Epoll(e) => e.start(id.0.to_u64(), prepared),
+        }
         id
     }
 
-    fn build(&mut self, op: Op, fd: Option<types::Fd>) -> (squeue::Entry, Resources) {
+    /// Turns `op` into what either engine runs, and the resources its slot keeps.
+    fn prepare(&mut self, op: Op, fd: Option<RawFd>) -> (Prepared, Resources) {
         let fd = || fd.expect("operation has an fd");
+        let fixed = self.arena.registered;
         match op {
             Op::ReadArena { range, .. } => {
-                let len = range.len() as u32;
+                let len = range.len();
                 let ptr = self.arena.begin_write(range.clone());
-                let entry = if self.arena.registered {
-                    opcode::ReadFixed::new(fd(), ptr, len, 0)
-                        .offset(CURRENT_POSITION)
-                        .build()
-                } else {
-                    opcode::Read::new(fd(), ptr, len).offset(CURRENT_POSITION).build()
-                };
-                (entry, Resources::ArenaRead(range))
+                (
+                    Prepared::Read {
+                        fd: fd(),
+                        ptr,
+                        len,
+                        fixed,
+                    },
+                    Resources::ArenaRead(range),
+                )
             }
             Op::WriteArena { range, .. } => {
-                let ptr = self.arena.ptr(&range);
-                let len = range.len() as u32;
-                let entry = if self.arena.registered {
-                    opcode::WriteFixed::new(fd(), ptr, len, 0)
-                        .offset(CURRENT_POSITION)
-                        .build()
-                } else {
-                    opcode::Write::new(fd(), ptr, len).offset(CURRENT_POSITION).build()
-                };
-                (entry, Resources::None)
+                let ptr = self.arena.ptr(&range).cast_const();
+                (
+                    Prepared::Write {
+                        fd: fd(),
+                        ptr,
+                        len: range.len(),
+                        fixed,
+                    },
+                    Resources::None,
+                )
             }
             Op::Read { mut buf, .. } => {
                 let spare = buf.spare_capacity_mut();
-                let entry = opcode::Read::new(fd(), spare.as_mut_ptr().cast(), spare.len() as u32)
-                    .offset(CURRENT_POSITION)
-                    .build();
-                (entry, Resources::Fill(buf))
+                let (ptr, len) = (spare.as_mut_ptr().cast(), spare.len());
+                let fixed = false;
+                (
+                    Prepared::Read {
+                        fd: fd(),
+                        ptr,
+                        len,
+                        fixed,
+                    },
+                    Resources::Fill(buf),
+                )
             }
             Op::Write { buf, start, .. } => {
                 let bytes = &buf[start..];
-                let entry = opcode::Write::new(fd(), bytes.as_ptr(), bytes.len() as u32)
-                    .offset(CURRENT_POSITION)
-                    .build();
-                (entry, Resources::Drain(buf))
+                let (ptr, len, fixed) = (bytes.as_ptr(), bytes.len(), false);
+                (
+                    Prepared::Write {
+                        fd: fd(),
+                        ptr,
+                        len,
+                        fixed,
+                    },
+                    Resources::Drain(buf),
+                )
             }
             Op::Recv { mut buf, .. } => {
                 let spare = buf.spare_capacity_mut();
-                let entry = opcode::Recv::new(fd(), spare.as_mut_ptr().cast(), spare.len() as u32).build();
-                (entry, Resources::Fill(buf))
+                let (ptr, len) = (spare.as_mut_ptr().cast(), spare.len());
+                (Prepared::Recv { fd: fd(), ptr, len }, Resources::Fill(buf))
             }
             Op::Send { buf, start, .. } => {
                 let bytes = &buf[start..];
-                let entry = opcode::Send::new(fd(), bytes.as_ptr(), bytes.len() as u32)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build();
-                (entry, Resources::Drain(buf))
+                let (ptr, len) = (bytes.as_ptr(), bytes.len());
+                (Prepared::Send { fd: fd(), ptr, len }, Resources::Drain(buf))
             }
             Op::SendMsg { mut msg, .. } => {
                 msg.iov.clear();
@@ -332,53 +343,22 @@ impl Ring {
                 let mut op = Box::new(MsgOp { msg, hdr });
                 op.hdr.msg_iov = op.msg.iov.as_mut_ptr();
                 op.hdr.msg_iovlen = op.msg.iov.len() as _;
-                let entry = opcode::SendMsg::new(fd(), &op.hdr)
-                    .flags((libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32)
-                    .build();
-                (entry, Resources::Msg(op))
+                let hdr = &raw const op.hdr;
+                (Prepared::SendMsg { fd: fd(), hdr }, Resources::Msg(op))
             }
-            Op::AcceptMulti { .. } => {
-                let entry = opcode::AcceptMulti::new(fd()).flags(libc::SOCK_CLOEXEC).build();
-                (entry, Resources::Accept)
-            }
-            Op::Poll { events, .. } => (opcode::PollAdd::new(fd(), events).build(), Resources::None),
+            Op::AcceptMulti { .. } => (Prepared::Accept { fd: fd() }, Resources::Accept),
+            Op::Poll { events, .. } => (Prepared::Poll { fd: fd(), events }, Resources::None),
             Op::Timeout { after } => {
                 let ts = Box::new(types::Timespec::new().sec(after.as_secs()).nsec(after.subsec_nanos()));
-                let entry = opcode::Timeout::new(&*ts).build();
-                (entry, Resources::Timespec { _kept: ts })
+                let ptr = &raw const *ts;
+                (Prepared::Timeout { ts: ptr, after }, Resources::Timespec { _kept: ts })
             }
         }
     }
 
-    fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: everything the entry points to is owned by its slot (heap memory that
-            // does not move while the slot lives) or is the arena, and lives until the
-            // operation's final completion: slots are freed only on that CQE, and Drop
-            // waits for all of them before freeing anything.
-            if unsafe { self.uring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            // The submission queue is full: hand it to the kernel and retry. EBUSY means the
-            // completion queue is full too: reap it first.
-            match self.uring.submit() {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap_into_backlog(),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {}
-                // Nothing can go on without the ring; fail loudly rather than lose track of
-                // operations.
-                Err(e) => panic!("io_uring_enter failed: {e}"),
-            }
-        }
-    }
-
-    /// Moves completions off a full completion queue, so submission can go on.
-    fn reap_into_backlog(&mut self) {
-        self.backlog.extend(self.uring.completion());
-    }
-
-    /// Asks the kernel to cancel `id`. Its completion still arrives (usually `-ECANCELED`)
-    /// unless `forget` is set, in which case it is swallowed and its resources freed.
+    /// Asks the engine to cancel `id`. Its completion still arrives (usually
+    /// `-ECANCELED`) unless `forget` is set, in which case it is swallowed and its
+    /// resources freed.
     pub fn cancel(&mut self, id: OpId, forget: bool) {
         let Some(slot) = self.slots.get_mut(id.0) else {
             return;
@@ -386,61 +366,48 @@ impl Ring {
         if forget {
             slot.state = State::Forgotten;
         }
-        let cancel = Slot {
-            token: 0,
-            fd: None,
-            resources: Resources::None,
-            state: State::Forgotten,
-        };
-        let cancel_id = self.alloc_slot(cancel);
-        self.push(
-            opcode::AsyncCancel::new(id.0.to_u64())
-                .build()
-                .user_data(cancel_id.0.to_u64()),
-        );
+        match &mut self.backend {
+            Backend::Uring(u) => {
+                let cancel = self.slots.insert(Slot {
+                    token: 0,
+                    fd: None,
+                    resources: Resources::None,
+                    state: State::Forgotten,
+                });
+                u.push_cancel(id.0.to_u64(), cancel.to_u64());
+            }
+            Backend::Epoll(e) => e.cancel(id.0.to_u64()),
+        }
     }
 
     /// Submits what is queued and, if `block`, waits until a completion is ready (unless
     /// nothing is in flight). Take completions with [`Ring::next`].
     pub fn wait(&mut self, block: bool) -> io::Result<()> {
-        let ready = !self.backlog.is_empty() || !self.uring.completion().is_empty();
-        let want = usize::from(block && !ready && !self.slots.is_empty());
-        loop {
-            match self.uring.submit_and_wait(want) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) && want == 0 => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                // The completion queue is full: make room; there is something to handle.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    self.reap_into_backlog();
-                    if !self.backlog.is_empty() {
-                        return Ok(());
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let in_flight = !self.slots.is_empty();
+        match &mut self.backend {
+            Backend::Uring(u) => u.wait(block && in_flight),
+            Backend::Epoll(e) => e.wait(block && in_flight),
         }
     }
 
     /// The next completion, one at a time. An operation forgotten before its completion
-    /// is handed out (even one already posted by the kernel) is swallowed here.
+    /// is handed out (even one the kernel already finished) is swallowed here.
     #[allow(clippy::should_implement_trait)] // An iterator would borrow the ring between items.
     pub fn next(&mut self) -> Option<Completion> {
         loop {
-            let cqe = match self.backlog.pop_front() {
-                Some(cqe) => cqe,
-                None => self.uring.completion().next()?,
-            };
-            if let Some(c) = self.complete(cqe) {
+            let done = match &mut self.backend {
+                Backend::Uring(u) => u.next(),
+                Backend::Epoll(e) => e.next(),
+            }?;
+            if let Some(c) = self.complete(done) {
                 return Some(c);
             }
         }
     }
 
-    fn complete(&mut self, cqe: cqueue::Entry) -> Option<Completion> {
-        let id = OpId(Key::from_u64(cqe.user_data()));
-        let res = cqe.result();
-        let more = cqueue::more(cqe.flags());
+    fn complete(&mut self, done: op::Done) -> Option<Completion> {
+        let op::Done { key, res, more } = done;
+        let id = OpId(Key::from_u64(key));
         let Some(slot) = self.slots.get_mut(id.0) else {
             panic!("completion for unknown operation {id:?}");
         };
@@ -500,7 +467,7 @@ fn accepted(res: i32) -> Output {
     if res < 0 {
         return Output::None;
     }
-    // SAFETY: a successful ACCEPT's result is a new descriptor the kernel created for this
+    // SAFETY: a successful accept's result is a new descriptor the kernel created for this
     // process; nothing else refers to it, so we are its only owner.
     Output::Accepted(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) })
 }
@@ -508,9 +475,10 @@ fn accepted(res: i32) -> Output {
 impl Drop for Ring {
     /// Cancels whatever is still in flight and waits for every operation to complete, so
     /// that the kernel touches no buffer after it is freed. If the kernel never completes
-    /// them, the memory is leaked rather than freed under it.
+    /// them, the memory is leaked rather than freed under it. (On epoll nothing is ever
+    /// in the kernel's hands between calls: the slots are freed as they are.)
     fn drop(&mut self) {
-        if self.slots.is_empty() {
+        if self.slots.is_empty() || matches!(self.backend, Backend::Epoll(_)) {
             return;
         }
         let pending: Vec<OpId> = self.slots.iter().map(|(key, _)| OpId(key)).collect();
@@ -519,12 +487,10 @@ impl Drop for Ring {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.slots.is_empty() && Instant::now() < deadline {
-            let ts = types::Timespec::new().nsec(100_000_000);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            match self.uring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
-                Err(_) => break,
+            if let Backend::Uring(u) = &mut self.backend
+                && !u.wait_a_little()
+            {
+                break;
             }
             while self.next().is_some() {}
         }

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::fd::Fd;
@@ -98,4 +98,61 @@ impl Completion {
             other => panic!("completion carries {other:?}, not a buffer"),
         }
     }
+}
+
+/// An operation ready to run on either engine: its descriptor number, and pointers into
+/// memory its slot owns (or into the arena) that stay valid until its final completion.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Prepared {
+    /// Read into `ptr..ptr+len`; `fixed` from the registered arena.
+    Read {
+        fd: RawFd,
+        ptr: *mut u8,
+        len: usize,
+        fixed: bool,
+    },
+    /// Write `ptr..ptr+len`; `fixed` from the registered arena.
+    Write {
+        fd: RawFd,
+        ptr: *const u8,
+        len: usize,
+        fixed: bool,
+    },
+    Recv {
+        fd: RawFd,
+        ptr: *mut u8,
+        len: usize,
+    },
+    /// Send with `MSG_NOSIGNAL`.
+    Send {
+        fd: RawFd,
+        ptr: *const u8,
+        len: usize,
+    },
+    /// SENDMSG with `MSG_NOSIGNAL | MSG_DONTWAIT`.
+    SendMsg {
+        fd: RawFd,
+        hdr: *const libc::msghdr,
+    },
+    Accept {
+        fd: RawFd,
+    },
+    Poll {
+        fd: RawFd,
+        events: u32,
+    },
+    /// `ts` holds `after` for the kernel.
+    Timeout {
+        ts: *const io_uring::types::Timespec,
+        after: Duration,
+    },
+}
+
+/// A completion as an engine reports it: the slot's key, the result (a count, a new
+/// descriptor, or a negative errno), and whether a multishot operation goes on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done {
+    pub key: u64,
+    pub res: i32,
+    pub more: bool,
 }

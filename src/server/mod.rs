@@ -89,6 +89,10 @@ impl Server {
     fn start(config: Config) -> Result<Server, Error> {
         let signals = start::signal_fd()?;
         let mut ring = Ring::new(config.ring).map_err(Error::Ring)?;
+        match ring.fallback() {
+            Some(why) => tracing::warn!("{why}: serving on the epoll engine instead"),
+            None => tracing::info!("serving on the {} engine", ring.engine()),
+        }
         let signals = ring.adopt(signals);
         let (sources, loggers) = start::adopt_streams(&mut ring, &config.fds)?;
         let stdin = start::adopt_stdin(&mut ring, config.fds.stdin_to_fd);

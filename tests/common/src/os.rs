@@ -39,3 +39,13 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// The name libtest knows the test `name` of module `module` (`module_path!()`) by, for
+/// running it alone in this binary again: the module path without the crate's name (a
+/// test file included as a module of another binary has one).
+pub fn test_name(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_, path)) => format!("{path}::{name}"),
+        None => name.to_string(),
+    }
+}

@@ -3,61 +3,17 @@
 //! regular file as stdin, and a stream socket as the logger whose reader stops: nothing
 //! else the server does waits for it.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::http::*;
 use common::sb::*;
-use common::{Collector, fill_pattern, within};
+use common::{fill_pattern, within};
 use switchboard::wire::Format;
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     fill_pattern(seed, 0, &mut v);
     v
-}
-
-/// Sends an input request carrying `data` and its acknowledgement; its status.
-fn send_input(sb: &Sb, data: &[u8]) -> u16 {
-    let mut s = sb.connect();
-    let mut req = input_head(true);
-    req.extend(record(FIRST_RECORD));
-    for piece in data.chunks(4096) {
-        req.extend(record(&stdin_record(piece)));
-    }
-    req.extend_from_slice(LAST_CHUNK);
-    s.write_all(&req).unwrap();
-    let mut rest = Vec::new();
-    let status = read_response(&mut s, &mut rest).unwrap().status;
-    s.write_all(&ack_request(true)).unwrap();
-    assert_eq!(read_response(&mut s, &mut rest).unwrap().status, 200);
-    status
-}
-
-/// Attaches an output client and reads its response head.
-fn attach(sb: &Sb, protobuf: bool) -> (UnixStream, Vec<u8>) {
-    let mut s = sb.connect();
-    s.write_all(&output_request(protobuf)).unwrap();
-    let mut rest = Vec::new();
-    let (status, _) = read_head(&mut s, &mut rest).expect("a response head");
-    assert_eq!(status, 200);
-    (s, rest)
-}
-
-/// Reads an output response's body to its end; its stdout.
-fn stdout_of(mut s: UnixStream, rest: Vec<u8>, format: Format) -> Vec<u8> {
-    let (mut collector, out) = Collector::new(format);
-    let mut ended = collector.push(&rest);
-    let mut buf = vec![0u8; 1 << 16];
-    while !ended {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => ended = collector.push(&buf[..n]),
-        }
-    }
-    assert!(ended, "the body did not end");
-    out.lock().unwrap().stdout.clone()
 }
 
 #[test]
@@ -70,14 +26,14 @@ fn dev_null_as_source_and_loggers_and_a_file_as_stdin() {
             stdin_file: true,
             ..Opts::default()
         });
-        let clients = [attach(&sb, true), attach(&sb, false)];
+        let clients = [sb.attach_output(true), sb.attach_output(false)];
         let out = pattern(1, 300_000);
         sb.write_stdout(&out);
         let input = pattern(2, 100_000);
-        assert_eq!(send_input(&sb, &input), 200);
+        assert_eq!(sb.send_input(&input), 200);
         sb.close_output();
         for ((s, rest), format) in clients.into_iter().zip([Format::Protobuf, Format::Json]) {
-            assert!(stdout_of(s, rest, format) == out, "{format:?}");
+            assert!(read_stdout(s, rest, format) == out, "{format:?}");
         }
         assert!(sb.wait(30).success());
         assert!(std::fs::read(sb.stdin_path.as_ref().unwrap()).unwrap() == input);
@@ -106,8 +62,8 @@ fn a_socket_logger_that_stops_reading_holds_back_only_the_output() {
         assert!(!writer.is_finished(), "the stalled logger holds the container back");
         // Meanwhile: new output clients are answered, input reaches stdin, SIGTERM (which
         // only starts reading) changes nothing, and new connections are still served.
-        let client = attach(&sb, true);
-        assert_eq!(send_input(&sb, b"typed while the logger is stalled\n"), 200);
+        let client = sb.attach_output(true);
+        assert_eq!(sb.send_input(b"typed while the logger is stalled\n"), 200);
         let mut got = vec![0u8; 34];
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut n = 0;
@@ -117,17 +73,17 @@ fn a_socket_logger_that_stops_reading_holds_back_only_the_output() {
         }
         assert_eq!(&got, b"typed while the logger is stalled\n");
         sb.signal(nix::sys::signal::Signal::SIGTERM);
-        let second = attach(&sb, false);
+        let second = sb.attach_output(false);
         assert!(sb.is_running());
         // The logger reads again: every byte reaches it, and both clients.
         sb.set_logger(LOGGER_READS);
         writer.join().unwrap();
         sb.close_output();
         let (s, rest) = client;
-        let got = stdout_of(s, rest, Format::Protobuf);
+        let got = read_stdout(s, rest, Format::Protobuf);
         assert!(data.ends_with(&got), "the first client's bytes are the output's end");
         let (s, rest) = second;
-        assert!(data.ends_with(&stdout_of(s, rest, Format::Json)));
+        assert!(data.ends_with(&read_stdout(s, rest, Format::Json)));
         assert!(sb.wait(30).success());
         assert!(*sb.stdout_log.lock().unwrap() == data, "the logger has every byte");
     });

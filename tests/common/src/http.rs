@@ -209,3 +209,19 @@ pub fn ack_request(keep_alive: bool) -> Vec<u8> {
     format!("POST /acknowledge_container_input_response HTTP/1.1\r\nHost:\r\nContent-Length: 0\r\n{conn}\r\n")
         .into_bytes()
 }
+
+/// Reads an output response's body to its end (after `rest`, what followed its head);
+/// the stdout it carried.
+pub fn read_stdout(mut s: UnixStream, rest: Vec<u8>, format: switchboard::wire::Format) -> Vec<u8> {
+    let (mut collector, out) = crate::Collector::new(format);
+    let mut ended = collector.push(&rest);
+    let mut buf = vec![0u8; 1 << 16];
+    while !ended {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => ended = collector.push(&buf[..n]),
+        }
+    }
+    assert!(ended, "the body did not end");
+    out.lock().unwrap().stdout.clone()
+}

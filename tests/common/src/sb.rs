@@ -55,6 +55,8 @@ pub struct Opts {
     pub devnull: bool,
     /// The loggers (fds 1 and 2) are stream sockets, not pipes.
     pub socket_loggers: bool,
+    /// Start it under a seccomp filter that refuses io_uring so.
+    pub refuse_io_uring: Option<crate::engine::Refuse>,
 }
 
 /// A running switchboard and the container side of its fds.
@@ -270,6 +272,9 @@ impl Sb {
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w));
         cmd.fd_mappings(mappings).unwrap();
+        if let Some(how) = opts.refuse_io_uring {
+            crate::engine::refuse_io_uring(&mut cmd, how);
+        }
         let child = cmd.spawn().unwrap();
         drop(cmd);
         let logger = Arc::new(AtomicU8::new(LOGGER_READS));
@@ -305,6 +310,37 @@ impl Sb {
         let s = UnixStream::connect(&self.socket).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s
+    }
+
+    /// Sends an input request carrying `data` and its acknowledgement; its status.
+    pub fn send_input(&self, data: &[u8]) -> u16 {
+        use crate::http::*;
+        use std::io::Write;
+        let mut s = self.connect();
+        let mut req = input_head(true);
+        req.extend(record(FIRST_RECORD));
+        for piece in data.chunks(4096) {
+            req.extend(record(&stdin_record(piece)));
+        }
+        req.extend_from_slice(LAST_CHUNK);
+        s.write_all(&req).unwrap();
+        let mut rest = Vec::new();
+        let status = read_response(&mut s, &mut rest).unwrap().status;
+        s.write_all(&ack_request(true)).unwrap();
+        assert_eq!(read_response(&mut s, &mut rest).unwrap().status, 200);
+        status
+    }
+
+    /// Attaches an output client and reads its response head: the connection, and what
+    /// came after the head.
+    pub fn attach_output(&self, protobuf: bool) -> (UnixStream, Vec<u8>) {
+        use std::io::Write;
+        let mut s = self.connect();
+        s.write_all(&crate::http::output_request(protobuf)).unwrap();
+        let mut rest = Vec::new();
+        let (status, _) = crate::http::read_head(&mut s, &mut rest).expect("a response head");
+        assert_eq!(status, 200);
+        (s, rest)
     }
 
     /// Writes as the container, on stdout or stderr.

@@ -30,7 +30,7 @@
 //! [--work chunks|lines|latency] [--format protobuf|json] [--source pipe|pty]
 //! [--modes switchboard,switchboard-copy,naive,tee-splice,conmon] [--mib 1024] [--verify]
 //! [--spin] [--conmon-log none:|k8s-file:/dev/null] [--idle 10000] [--base-bin PATH]
-//! [--unpaced] [--server-args A,B] [--stalled K]`.
+//! [--unpaced] [--server-args A,B] [--stalled K] [--engines]`.
 //! `--idle N` instead attaches N idle clients to one server and reports the server's RSS
 //! before and per attached client (for the `--base-bin` build too). `--base-bin PATH` adds
 //! the rows `switchboard-base` and `switchboard-copy-base`: the same runs by another
@@ -41,6 +41,9 @@
 //! every drop-in run (this build's only, not the base's); `--stalled K` attaches K more
 //! clients to the drop-in that never read (they are cut, or hold the container back with
 //! `--lag_policy=block`): the RSS column then shows what a stalled client costs.
+//! `--engines` adds the rows `switchboard-epoll` and `switchboard-copy-epoll`: this build
+//! on its epoll engine, alternating with its io_uring rows (then run with
+//! `--engine=io_uring`) in every rep.
 
 #[path = "support/clients.rs"]
 mod clients;
@@ -73,6 +76,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_mesos-io-switchboard");
 static BASE_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// `--server-args`: more flags for this build's drop-in.
 static SERVER_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+/// `--engines`: this build's drop-in rows run on each engine, alternating.
+static ENGINES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 const SEED: u64 = 5;
 /// How far (container bytes) the workload may run ahead of the slowest client.
 const WINDOW: u64 = 512 << 10;
@@ -84,6 +89,10 @@ enum Mode {
     /// The same two, run by the binary of `--base-bin` (another build, to compare with).
     SwitchboardBase,
     SwitchboardCopyBase,
+    /// The same two, this build on its epoll engine (`--engine=epoll`; the two above
+    /// are then run with `--engine=io_uring`).
+    SwitchboardEpoll,
+    SwitchboardCopyEpoll,
     Naive,
     TeeSplice,
     Conmon,
@@ -96,12 +105,14 @@ impl Mode {
             "switchboard-copy" => Mode::SwitchboardCopy,
             "switchboard-base" => Mode::SwitchboardBase,
             "switchboard-copy-base" => Mode::SwitchboardCopyBase,
+            "switchboard-epoll" => Mode::SwitchboardEpoll,
+            "switchboard-copy-epoll" => Mode::SwitchboardCopyEpoll,
             "naive" => Mode::Naive,
             "tee-splice" => Mode::TeeSplice,
             "conmon" => Mode::Conmon,
             other => panic!(
                 "unknown mode {other}: switchboard, switchboard-copy, switchboard-base, switchboard-copy-base, \
-                 naive, tee-splice or conmon"
+                 switchboard-epoll, switchboard-copy-epoll, naive, tee-splice or conmon"
             ),
         }
     }
@@ -112,6 +123,8 @@ impl Mode {
             Mode::SwitchboardCopy => "switchboard --zero_copy=false",
             Mode::SwitchboardBase => "base: switchboard (zero copy)",
             Mode::SwitchboardCopyBase => "base: switchboard --zero_copy=false",
+            Mode::SwitchboardEpoll => "switchboard (zero copy) on epoll",
+            Mode::SwitchboardCopyEpoll => "switchboard --zero_copy=false on epoll",
             Mode::Naive => "naive read + write() (raw)",
             Mode::TeeSplice => "raw tee + splice (raw)",
             Mode::Conmon => "conmon (SEQPACKET)",
@@ -122,14 +135,21 @@ impl Mode {
         self.server().is_some()
     }
 
-    /// For the drop-in's modes: its binary, and whether zero copy is on.
-    fn server(self) -> Option<(&'static Path, bool)> {
+    /// For the drop-in's modes: its binary, whether zero copy is on, and the engine flag
+    /// (this build's; none for the base build, which may not know it).
+    fn server(self) -> Option<(&'static Path, bool, Option<&'static str>)> {
         let base = || BASE_BIN.get().expect("--base-bin").as_path();
+        let ours = || match ENGINES.get() {
+            Some(true) => Some("--engine=io_uring"),
+            _ => None,
+        };
         match self {
-            Mode::Switchboard => Some((Path::new(BIN), true)),
-            Mode::SwitchboardCopy => Some((Path::new(BIN), false)),
-            Mode::SwitchboardBase => Some((base(), true)),
-            Mode::SwitchboardCopyBase => Some((base(), false)),
+            Mode::Switchboard => Some((Path::new(BIN), true, ours())),
+            Mode::SwitchboardCopy => Some((Path::new(BIN), false, ours())),
+            Mode::SwitchboardBase => Some((base(), true, None)),
+            Mode::SwitchboardCopyBase => Some((base(), false, None)),
+            Mode::SwitchboardEpoll => Some((Path::new(BIN), true, Some("--engine=epoll"))),
+            Mode::SwitchboardCopyEpoll => Some((Path::new(BIN), false, Some("--engine=epoll"))),
             _ => None,
         }
     }
@@ -457,13 +477,19 @@ fn run(case: &Case) -> Sample {
     let mut stalled = Vec::new();
     // The relay, the clients' connections, the workload's end and the container's stdin.
     let (relay, conns, out, stdin) = match case.mode {
-        Mode::Switchboard | Mode::SwitchboardCopy | Mode::SwitchboardBase | Mode::SwitchboardCopyBase => {
-            let (bin, zero_copy) = case.mode.server().expect("a drop-in mode");
+        Mode::Switchboard
+        | Mode::SwitchboardCopy
+        | Mode::SwitchboardBase
+        | Mode::SwitchboardCopyBase
+        | Mode::SwitchboardEpoll
+        | Mode::SwitchboardCopyEpoll => {
+            let (bin, zero_copy, engine) = case.mode.server().expect("a drop-in mode");
             let Container { out, src, stdin } = container(case.pty);
-            let extra = match bin == Path::new(BIN) {
+            let mut extra = match bin == Path::new(BIN) {
                 true => SERVER_ARGS.get().cloned().unwrap_or_default(),
                 false => Vec::new(),
             };
+            extra.extend(engine.map(String::from));
             let (child, socket) = start_server(bin, &src, stdin.as_ref(), zero_copy, case.pty, &extra);
             rss_idle = status_kib(child.id() as i32, "VmRSS:");
             let conns = (0..case.n)
@@ -763,6 +789,19 @@ fn main() {
             // Each build's rows right after the other's, in every rep.
             modes.insert(1, Mode::SwitchboardBase);
             modes.insert(3, Mode::SwitchboardCopyBase);
+        }
+    }
+    if args.iter().any(|a| a == "--engines") {
+        ENGINES.set(true).expect("set once");
+        if arg("--modes").is_none() {
+            // Each engine's row right after the other's, in every rep.
+            for (ours, epoll) in [
+                (Mode::Switchboard, Mode::SwitchboardEpoll),
+                (Mode::SwitchboardCopy, Mode::SwitchboardCopyEpoll),
+            ] {
+                let at = modes.iter().position(|m| *m == ours).expect("a default mode");
+                modes.insert(at + 1, epoll);
+            }
         }
     }
     if pty {

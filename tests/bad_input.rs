@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::http::*;
 use common::sb::*;
-use common::{Checker, within};
+use common::within;
 use switchboard::wire::Format;
 
 /// What a case must get back.
@@ -393,17 +393,7 @@ fn every_bad_request_gets_its_answer_and_the_server_keeps_serving() {
             let mut rest = Vec::new();
             let (status, _) = read_head(&mut watcher, &mut rest).expect("a response head");
             assert_eq!(status, 200);
-            let (mut collector, out) = common::Collector::new(Format::Protobuf);
-            let mut ended = collector.push(&rest);
-            let mut buf = vec![0u8; 1 << 16];
-            while !ended {
-                match watcher.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => ended = collector.push(&buf[..n]),
-                }
-            }
-            collector.finish();
-            out.lock().unwrap().clone()
+            read_body(&mut watcher, &rest, Format::Protobuf).0
         });
         let cases = cases();
         assert!(cases.len() >= 60, "{} cases", cases.len());

@@ -297,16 +297,7 @@ fn read_rest(s: UnixStream, format: Format) -> (Collected, bool, u64) {
         .find(|(n, _)| n == "switchboard-position")
         .and_then(|(_, v)| v.parse().ok())
         .expect("a position");
-    let (mut collector, out) = Collector::new(format);
-    let mut ended = collector.push(&rest);
-    let mut buf = vec![0u8; 1 << 16];
-    while !ended {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => ended = collector.push(&buf[..n]),
-        }
-    }
-    let got = out.lock().unwrap().clone();
+    let (got, ended) = read_body(&mut s, &rest, format);
     (got, ended, position)
 }
 

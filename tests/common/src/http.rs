@@ -210,11 +210,11 @@ pub fn ack_request(keep_alive: bool) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Reads an output response's body to its end (after `rest`, what followed its head);
-/// the stdout it carried.
-pub fn read_stdout(mut s: UnixStream, rest: Vec<u8>, format: switchboard::wire::Format) -> Vec<u8> {
+/// Reads an output response's body (after `rest`, what followed its head) to its end or
+/// its connection's: what it carried, and whether it ended.
+pub fn read_body(s: &mut UnixStream, rest: &[u8], format: switchboard::wire::Format) -> (crate::Collected, bool) {
     let (mut collector, out) = crate::Collector::new(format);
-    let mut ended = collector.push(&rest);
+    let mut ended = collector.push(rest);
     let mut buf = vec![0u8; 1 << 16];
     while !ended {
         match s.read(&mut buf) {
@@ -222,6 +222,13 @@ pub fn read_stdout(mut s: UnixStream, rest: Vec<u8>, format: switchboard::wire::
             Ok(n) => ended = collector.push(&buf[..n]),
         }
     }
+    let got = out.lock().unwrap().clone();
+    (got, ended)
+}
+
+/// [`read_body`] of a body that must end; the stdout it carried.
+pub fn read_stdout(mut s: UnixStream, rest: Vec<u8>, format: switchboard::wire::Format) -> Vec<u8> {
+    let (got, ended) = read_body(&mut s, &rest, format);
     assert!(ended, "the body did not end");
-    out.lock().unwrap().stdout.clone()
+    got.stdout
 }

@@ -39,8 +39,13 @@ pub(super) struct Epoll {
     by_fd: HashMap<RawFd, Registered>,
     /// Timeouts by deadline (entries of finished operations are skipped).
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// Completions not yet handed out.
+    /// Completions handed out by `next`, made at the last `wait`.
     ready: VecDeque<Done>,
+    /// Completions made since the last `wait` (an operation that finished as it was
+    /// submitted, a cancel): handed out after the next one, so that a stream that is
+    /// always ready cannot keep the loop from timers, signals and other descriptors (as
+    /// io_uring's submissions wait for the next `io_uring_enter`).
+    done: VecDeque<Done>,
     events: Vec<libc::epoll_event>,
 }
 
@@ -72,6 +77,7 @@ impl Epoll {
             by_fd: HashMap::new(),
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
+            done: VecDeque::new(),
             events: Vec::with_capacity(256),
         })
     }
@@ -80,7 +86,10 @@ impl Epoll {
     pub(super) fn start(&mut self, key: u64, op: Prepared) {
         self.waiting.insert(key, op);
         match op {
-            Prepared::Timeout { after, .. } => self.timers.push(Reverse((Instant::now() + after, key))),
+            Prepared::Timeout { after, .. } => {
+                self.timers.push(Reverse((Instant::now() + after, key)));
+                self.compact_timers();
+            }
             Prepared::Poll { fd, events } => match poll_now(fd, events) {
                 0 => self.wait_for(key, fd, events),
                 revents => self.finish(key, revents as i32),
@@ -116,7 +125,8 @@ impl Epoll {
     fn wait_for(&mut self, key: u64, fd: RawFd, events: u32) {
         let reg = self.by_fd.entry(fd).or_default();
         reg.keys.push(key);
-        let (old, new) = (reg.events, reg.events | events);
+        // (Errors and hang-ups are always reported: a poll for nothing else still ends.)
+        let (old, new) = (reg.events, reg.events | events | ALWAYS);
         if old == new {
             return;
         }
@@ -155,7 +165,14 @@ impl Epoll {
     fn unwait(&mut self, key: u64, fd: RawFd) {
         let Some(reg) = self.by_fd.get_mut(&fd) else { return };
         reg.keys.retain(|k| *k != key);
-        let wanted = reg.keys.iter().map(|k| interest(self.waiting[k])).fold(0, |a, b| a | b);
+        let wanted = match reg.keys.is_empty() {
+            true => 0,
+            false => reg
+                .keys
+                .iter()
+                .map(|k| interest(self.waiting[k]))
+                .fold(ALWAYS, |a, b| a | b),
+        };
         if wanted == reg.events {
             return;
         }
@@ -177,7 +194,7 @@ impl Epoll {
             self.unwait(key, fd);
         }
         self.waiting.remove(&key);
-        self.ready.push_back(Done { key, res, more: false });
+        self.done.push_back(Done { key, res, more: false });
     }
 
     /// Cancels `key` if it has not finished: it completes with `-ECANCELED`.
@@ -190,7 +207,7 @@ impl Epoll {
     /// Waits (if `block` and nothing is ready) for readiness or the next deadline, and
     /// moves what became ready on.
     pub(super) fn wait(&mut self, block: bool) -> io::Result<()> {
-        let timeout = match block && self.ready.is_empty() {
+        let timeout = match block && self.ready.is_empty() && self.done.is_empty() {
             false => 0,
             true => self.next_deadline().map_or(-1, |d| {
                 let left = d.saturating_duration_since(Instant::now());
@@ -211,6 +228,7 @@ impl Epoll {
         };
         if n < 0 {
             let e = io::Error::last_os_error();
+            self.ready.append(&mut self.done);
             return match e.raw_os_error() {
                 Some(libc::EINTR) => Ok(()),
                 _ => Err(e),
@@ -225,7 +243,18 @@ impl Epoll {
         }
         self.events = events;
         self.expire(Instant::now());
+        self.ready.append(&mut self.done);
         Ok(())
+    }
+
+    /// Drops the entries of finished timeouts once they are most of the heap (a timer
+    /// stopped early leaves its entry until its deadline otherwise: with a request
+    /// deadline per connection, that would grow with the request rate).
+    fn compact_timers(&mut self) {
+        if self.timers.len() > 64 && self.timers.len() > 2 * self.waiting.len() {
+            let waiting = &self.waiting;
+            self.timers.retain(|Reverse((_, key))| waiting.contains_key(key));
+        }
     }
 
     /// The earliest deadline of a timeout still waiting.
@@ -278,7 +307,7 @@ impl Epoll {
             // by the ring's table while the accept is in flight.
             let res = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
             if res >= 0 {
-                self.ready.push_back(Done { key, res, more: true });
+                self.done.push_back(Done { key, res, more: true });
                 continue;
             }
             match io::Error::last_os_error().raw_os_error() {
@@ -291,6 +320,12 @@ impl Epoll {
 
     pub(super) fn next(&mut self) -> Option<Done> {
         self.ready.pop_front()
+    }
+
+    /// Every completion made, whether or not a `wait` came since (for dropping the ring:
+    /// accepted descriptors among them are then closed).
+    pub(super) fn drain(&mut self) -> Option<Done> {
+        self.ready.pop_front().or_else(|| self.done.pop_front())
     }
 }
 
@@ -383,7 +418,9 @@ fn nowait_rw(fd: RawFd, ptr: *mut u8, len: usize, write: bool) -> i32 {
         }
     };
     let res = result(ret);
-    if res != -libc::EOPNOTSUPP {
+    // No RWF_NOWAIT here: EOPNOTSUPP, or EINVAL for a buffered write to a file whose
+    // filesystem cannot do it without blocking (ext4 on some kernels).
+    if res != -libc::EOPNOTSUPP && res != -libc::EINVAL {
         return res;
     }
     let len = match plain_kind(fd) {

@@ -478,7 +478,17 @@ impl Drop for Ring {
     /// them, the memory is leaked rather than freed under it. (On epoll nothing is ever
     /// in the kernel's hands between calls: the slots are freed as they are.)
     fn drop(&mut self) {
-        if self.slots.is_empty() || matches!(self.backend, Backend::Epoll(_)) {
+        if matches!(self.backend, Backend::Epoll(_)) {
+            // Nothing is in the kernel's hands; what completed is handed out and dropped
+            // (accepted descriptors closed), what did not is freed with its slot.
+            while let Backend::Epoll(e) = &mut self.backend
+                && let Some(done) = e.drain()
+            {
+                drop(self.complete(done));
+            }
+            return;
+        }
+        if self.slots.is_empty() {
             return;
         }
         let pending: Vec<OpId> = self.slots.iter().map(|(key, _)| OpId(key)).collect();

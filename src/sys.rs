@@ -27,6 +27,11 @@ pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a descriptor is non-blocking (`O_NONBLOCK`); false if that cannot be told.
+pub fn is_nonblocking(fd: impl AsFd) -> bool {
+    fcntl(&fd, FcntlArg::F_GETFL).is_ok_and(|f| OFlag::from_bits_truncate(f).contains(OFlag::O_NONBLOCK))
+}
+
 /// Raises a pipe's capacity (best effort up to `/proc/sys/fs/pipe-max-size`); returns the
 /// capacity it has.
 pub fn grow_pipe(fd: impl AsFd, bytes: usize) -> io::Result<usize> {

@@ -1,6 +1,7 @@
 //! Any kind of descriptor as the container's stdio: `/dev/null` as a source and as a
 //! logger (the same descriptor for several flags, as Mesos's own tests pass it), a
-//! regular file as stdin, and a stream socket as the logger whose reader stops: nothing
+//! regular file as stdin, and a stream socket or a terminal as the logger whose reader
+//! stops: nothing
 //! else the server does waits for it.
 
 use std::time::{Duration, Instant};
@@ -42,9 +43,18 @@ fn dev_null_as_source_and_loggers_and_a_file_as_stdin() {
 
 #[test]
 fn a_socket_logger_that_stops_reading_holds_back_only_the_output() {
-    within(90, || {
+    a_stalled_logger_holds_back_only_the_output(Loggers::Sockets);
+}
+
+#[test]
+fn a_terminal_logger_that_stops_reading_holds_back_only_the_output() {
+    a_stalled_logger_holds_back_only_the_output(Loggers::Terminals);
+}
+
+fn a_stalled_logger_holds_back_only_the_output(loggers: Loggers) {
+    within(90, move || {
         let mut sb = Sb::start(Opts {
-            socket_loggers: true,
+            loggers,
             ..Opts::default()
         });
         let container_stdin = sb.stdin.take().unwrap();

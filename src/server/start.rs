@@ -60,9 +60,41 @@ pub(super) fn adopt_streams(ring: &mut Ring, fds: &Descriptors) -> Result<(Vec<S
             pty: fds.tty,
             splices: kind.splices_out(),
         });
-        loggers.push(ring.adopt_inherited(to).map_err(bad)?);
+        let logger = ring.adopt_inherited(to).map_err(bad)?;
+        loggers.push(own_nonblocking(ring, logger, name));
     }
     Ok((sources, loggers))
+}
+
+/// A logger that is a terminal (or another device) gets a description of our own,
+/// opened again through `/proc/self/fd` with `O_NONBLOCK`: a terminal write on a
+/// blocking description waits for its reader inside the syscall whichever engine makes
+/// it (io_uring issues it inline), which would stop the whole server while the reader is
+/// stopped (a ^S, a paused pager). Its original description, which others may share, is
+/// left as it is. Pipes, sockets and files need none of this (they take non-blocking
+/// writes per call, or never wait for a reader).
+fn own_nonblocking(ring: &mut Ring, logger: Fd, name: &str) -> Fd {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !matches!(Kind::of(ring.borrow(logger)), Ok(Kind::Tty | Kind::Other))
+        || crate::sys::is_nonblocking(ring.borrow(logger))
+    {
+        return logger;
+    }
+    let path = format!("/proc/self/fd/{}", ring.raw(logger));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+    {
+        Ok(file) => ring.adopt(file.into()),
+        Err(e) => {
+            tracing::warn!(
+                "the {name} logger is a terminal or device that could not be opened again non-blocking ({e}): \
+                 while its reader stops, so does the server"
+            );
+            logger
+        }
+    }
 }
 
 /// Takes the container's stdin, made non-blocking (as Mesos does: a full pipe then waits

@@ -53,10 +53,31 @@ pub struct Opts {
     /// `/dev/null` (one descriptor, read-write) is the stderr source and both loggers,
     /// as in Mesos's AttachInput test; stdout still comes from a pipe.
     pub devnull: bool,
-    /// The loggers (fds 1 and 2) are stream sockets, not pipes.
-    pub socket_loggers: bool,
+    /// What the loggers (fds 1 and 2) are.
+    pub loggers: Loggers,
     /// Start it under a seccomp filter that refuses io_uring so.
     pub refuse_io_uring: Option<crate::engine::Refuse>,
+}
+
+/// What the loggers (the server's fds 1 and 2) are; the test reads their other ends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Loggers {
+    #[default]
+    Pipes,
+    /// Stream socket pairs.
+    Sockets,
+    /// Terminals (PTY slaves in raw mode, read at their masters).
+    Terminals,
+}
+
+/// A PTY in raw mode (bytes pass unchanged): its master, and its slave.
+fn raw_pty() -> (OwnedFd, OwnedFd) {
+    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut attrs = tcgetattr(&pty.slave).unwrap();
+    cfmakeraw(&mut attrs);
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &attrs).unwrap();
+    (pty.master, pty.slave)
 }
 
 /// A running switchboard and the container side of its fds.
@@ -222,9 +243,10 @@ impl Sb {
                 });
             }
         }
-        let ((out_r, out_w), (err_r, err_w)) = match opts.socket_loggers {
-            true => (socket_pair(), socket_pair()),
-            false => (pipe(1 << 20), pipe(1 << 20)),
+        let ((out_r, out_w), (err_r, err_w)) = match opts.loggers {
+            Loggers::Sockets => (socket_pair(), socket_pair()),
+            Loggers::Pipes => (pipe(1 << 20), pipe(1 << 20)),
+            Loggers::Terminals => (raw_pty(), raw_pty()),
         };
         let (from_out, from_err, to_stdin) = if opts.tty { (3, 3, 3) } else { (4, 5, 3) };
         let (to_out, to_err) = if opts.devnull { (5, 5) } else { (1, 2) };

@@ -552,6 +552,17 @@ mod tests {
             panic!()
         };
         assert!(f.config().is_err(), "a replay larger than the history");
+        assert_eq!(
+            first_line("--engine=uring9"),
+            "Flag 'engine': 'uring9' is not an engine: use auto, io_uring or epoll"
+        );
+        let engine = |extra: &str| {
+            let Parsed::Run(f) = parse(&args(&format!("{base} {extra}"))) else { panic!() };
+            f.config().unwrap().ring.engine
+        };
+        assert_eq!(engine("--engine=epoll"), EngineChoice::Epoll);
+        assert_eq!(engine("--engine=io_uring"), EngineChoice::IoUring);
+        assert_eq!(engine("--engine=auto"), EngineChoice::Auto);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use switchboard::cli::attach::AttachArgs;
 use switchboard::cli::manage::{PsArgs, StopArgs};
 use switchboard::cli::run::RunArgs;
 use switchboard::cli::serve::ServeArgs;
+use switchboard::cli::stats::StatsArgs;
 use switchboard::server::{self, Exit};
 
 /// An io_uring I/O switchboard for containers: it owns a container's stdio, logs every
@@ -34,6 +35,9 @@ enum Command {
     Ps(PsArgs),
     /// Stop a container and clean up its switchboard, socket and records.
     Stop(StopArgs),
+    /// What running switchboards are doing: clients, bytes read, logged and sent, clients
+    /// cut, history held, input; refreshed every second (from each one's GET /metrics).
+    Stats(StatsArgs),
     /// Serve the attach API for a container whose descriptors you hold (its stdout and
     /// stderr are logged to this process's stdout and stderr unless told otherwise).
     Serve(ServeArgs),
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => switchboard::cli::attach::run(&args),
         Command::Ps(args) => switchboard::cli::manage::ps(&args),
         Command::Stop(args) => switchboard::cli::manage::stop(&args),
+        Command::Stats(args) => switchboard::cli::stats::stats(&args),
         Command::Serve(args) => serve(args),
     }
 }

@@ -6,6 +6,7 @@ pub mod manage;
 pub mod mesos;
 pub mod run;
 pub mod serve;
+pub mod stats;
 pub mod stout;
 
 use std::fmt;

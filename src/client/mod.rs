@@ -4,6 +4,7 @@
 //! included.
 
 mod follow;
+pub mod metrics;
 
 pub use follow::{Begin, Follower, Piece, RECONNECT_FOR, Stop};
 

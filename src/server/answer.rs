@@ -48,12 +48,14 @@ pub(crate) enum Answer {
     WindowSize(String),
     /// A write to the container's stdin failed, for this reason.
     StdinFailed(String),
+    /// 200: the server's figures (`GET /metrics`), in this format.
+    Metrics { content_type: &'static str, text: String },
 }
 
 impl Answer {
     pub(crate) fn status(&self) -> u16 {
         match self {
-            Answer::Ok => 200,
+            Answer::Ok | Answer::Metrics { .. } => 200,
             Answer::Refused(e) => e.status,
             Answer::ShuttingDown => 503,
             Answer::Forbidden => 403,
@@ -70,9 +72,18 @@ impl Answer {
         }
     }
 
+    /// The media type of [`Answer::text`].
+    pub(crate) fn content_type(&self) -> &'static str {
+        match self {
+            Answer::Metrics { content_type, .. } => content_type,
+            _ => "text/plain; charset=utf-8",
+        }
+    }
+
     pub(crate) fn text(&self) -> Cow<'_, str> {
         match self {
             Answer::Ok => "".into(),
+            Answer::Metrics { text, .. } => text.as_str().into(),
             Answer::Refused(e) => e.message.as_str().into(),
             Answer::ShuttingDown => "The io switchboard server is shutting down".into(),
             Answer::Forbidden => "This user may not use the io switchboard".into(),

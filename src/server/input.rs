@@ -204,6 +204,7 @@ fn claim(ctx: &mut Ctx<'_>, i: u32) {
         } else {
             State::Closing
         };
+        ctx.conns.counts.input_conflicts += 1;
         conn::queue_answer(ctx, i, &Answer::Conflict, !keep_alive);
         // The rest of the body (or the answer's way out) gets a deadline of its own.
         conn::start_timer(ctx, i, ctx.config.limits.head_timeout);
@@ -211,6 +212,7 @@ fn claim(ctx: &mut Ctx<'_>, i: u32) {
         return;
     }
     ctx.conns.input_owner = Some(i);
+    ctx.conns.counts.input_requests += 1;
     if let State::Input(session) = &mut conn::get(ctx, i).state {
         session.started = true;
         session.records.set_max_record_len(session.max_record);
@@ -294,6 +296,7 @@ pub(super) fn on_written(ctx: &mut Ctx<'_>, c: Completion) {
     let res = c.res;
     let buf = c.into_buf();
     let start = stdin.written;
+    ctx.conns.counts.input_bytes += u64::try_from(res).unwrap_or(0);
     match res {
         n if n > 0 && start + (n as usize) < buf.len() => {
             stdin.written = start + n as usize;

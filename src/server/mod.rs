@@ -14,6 +14,7 @@ mod conn;
 mod error;
 pub mod fanout;
 mod input;
+mod metrics;
 pub(crate) mod output;
 pub mod socket;
 mod start;
@@ -76,6 +77,8 @@ pub(crate) struct Server {
     failure: Option<String>,
     /// Names this server's positions: another server numbers its output anew.
     instance: String,
+    /// When it started (`/metrics`' uptime).
+    started: std::time::Instant,
 }
 
 /// Runs a server until it exits. Errors before it serves (the socket, the ring, bad
@@ -125,6 +128,7 @@ impl Server {
             terminating: false,
             failure: None,
             instance: instance_name(),
+            started: std::time::Instant::now(),
         };
         server.read_signal();
         server.arm_accept();
@@ -191,6 +195,7 @@ impl Server {
             redirect_finished: self.redirect_finished,
             terminating: self.terminating,
             instance: &self.instance,
+            started: self.started,
         }
     }
 
@@ -282,9 +287,11 @@ impl Server {
                 let allowed = self.peer_allowed(&fd);
                 if count >= self.config.limits.max_connections || self.terminating {
                     tracing::warn!("refusing a connection: {count} are open");
+                    self.conns.counts.refused_limit += 1;
                     drop(fd);
                 } else if !allowed && self.conns.forbidden() >= MAX_FORBIDDEN {
                     tracing::warn!("closing a refused peer's connection at once: {MAX_FORBIDDEN} are open");
+                    self.conns.counts.refused_forbidden += 1;
                     drop(fd);
                 } else {
                     let fd = self.ring.adopt(fd);

@@ -87,9 +87,14 @@ pub enum BodyFormat {
     Streaming(Format),
 }
 
+/// Ours: `GET /metrics`, the server's figures in the Prometheus text format.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /metrics` (ours): `open_metrics` when `Accept` names the OpenMetrics format.
+    Metrics { open_metrics: bool },
     /// `POST /acknowledge_container_input_response`: no header checks, body ignored.
     Acknowledge,
     /// A Call on any other path.
@@ -159,6 +164,12 @@ fn record_format(media: &str) -> Option<Format> {
 
 /// Classifies a request in Mesos's order (docs/protocol.md §9.1).
 pub fn route(head: &RequestHead) -> Result<Route, HttpError> {
+    if head.method == "GET" && head.path == METRICS_PATH {
+        let open_metrics = head
+            .header("accept")
+            .is_some_and(|a| a.to_ascii_lowercase().contains("application/openmetrics-text"));
+        return Ok(Route::Metrics { open_metrics });
+    }
     if head.method != "POST" {
         return Err(HttpError::new(
             405,

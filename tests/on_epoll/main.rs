@@ -1,4 +1,4 @@
-//! The server, relay-core, fault, bad-input, history and CLI tests again, on the epoll
+//! The server, relay-core, fault, bad-input, history, metrics and CLI tests again, on the epoll
 //! engine: `$SWITCHBOARD_ENGINE` is set before they start, and the servers they start
 //! (and the rings they make) take it from there. `cargo test` runs them on io_uring
 //! (their own binaries) and here, so both engines pass the same suite.
@@ -30,6 +30,8 @@ mod descriptors;
 mod faults;
 #[path = "../history.rs"]
 mod history;
+#[path = "../metrics.rs"]
+mod metrics;
 #[path = "../relay_core.rs"]
 mod relay_core;
 #[path = "../ring.rs"]

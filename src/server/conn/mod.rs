@@ -50,6 +50,8 @@ pub(crate) struct Ctx<'a> {
     pub terminating: bool,
     /// Sent with every output response (`Switchboard-Instance`).
     pub instance: &'a str,
+    /// When the server started (`/metrics`' uptime).
+    pub started: std::time::Instant,
 }
 
 /// Bytes received and not yet consumed. Consuming moves a cursor; the buffer is compacted
@@ -123,6 +125,11 @@ pub(super) enum State {
     Ack {
         keep_alive: bool,
     },
+    /// Reading a `GET /metrics` request's body (ignored), then answering it.
+    Metrics {
+        keep_alive: bool,
+        open_metrics: bool,
+    },
     Input(Session),
     /// Reading the rest of a body already answered (a 409).
     Discard {
@@ -179,6 +186,22 @@ pub(crate) struct Conns {
     /// Receives in flight for connections that do not hold the input slot (each may
     /// bring `SMALL_RECV_SIZE` bytes).
     reading: usize,
+    /// What `/metrics` reports of connections and input.
+    pub(crate) counts: Counts,
+}
+
+/// Counters of connections and input, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    /// Connections closed at once: past `--max_connections` (or while terminating), and
+    /// peers refused by `--allowed_uids` (answered 403, or closed at once past their cap).
+    pub refused_limit: u64,
+    pub refused_forbidden: u64,
+    /// Input requests that held the input slot, and those refused since another did.
+    pub input_requests: u64,
+    pub input_conflicts: u64,
+    /// Bytes written to the container's stdin.
+    pub input_bytes: u64,
 }
 
 impl Conns {
@@ -193,6 +216,7 @@ impl Conns {
             held: 0,
             starved: Vec::new(),
             reading: 0,
+            counts: Counts::default(),
         }
     }
 
@@ -300,11 +324,15 @@ pub(crate) fn terminate(ctx: &mut Ctx<'_>) {
         }
         let c = get(ctx, i);
         match c.state {
-            State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } if c.flushed() => {
+            State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } | State::Metrics { .. }
+                if c.flushed() =>
+            {
                 close(ctx, i);
                 continue;
             }
-            State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } => c.state = State::Closing,
+            State::Idle | State::Closing | State::Discard { .. } | State::Ack { .. } | State::Metrics { .. } => {
+                c.state = State::Closing
+            }
             _ => respond(ctx, i, Answer::ShuttingDown, true),
         }
         // Send what is queued; the connection closes once it is out.
@@ -363,7 +391,8 @@ pub(super) fn queue_answer(ctx: &mut Ctx<'_>, i: u32, answer: &Answer, close: bo
     if status >= 400 {
         tracing::info!("connection {i}: answering {status}: {text}");
     }
-    get(ctx, i).sendq.push_back(http::fixed_response(status, &text, close));
+    let response = http::content_response(status, answer.content_type(), text.as_bytes(), close);
+    get(ctx, i).sendq.push_back(response);
 }
 
 fn release_input(ctx: &mut Ctx<'_>, i: u32) {
@@ -484,7 +513,7 @@ fn on_timer(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
         // Output ended while this input was open: Mesos answers 200 a second later.
         State::Input(s) if s.started => respond(ctx, i, Answer::Ok, true),
         // A body that did not come to a decision in time.
-        State::Input(_) | State::Call { .. } | State::Ack { .. } => {
+        State::Input(_) | State::Call { .. } | State::Ack { .. } | State::Metrics { .. } => {
             tracing::info!(
                 "connection {i}: no request body in {:?}",
                 ctx.config.limits.head_timeout

@@ -66,6 +66,7 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
     // to come to a decision, head and body together.
     tracing::debug!("{} {} on connection {i}", head.method, head.target);
     if get(ctx, i).forbidden {
+        ctx.conns.counts.refused_forbidden += 1;
         return respond(ctx, i, Answer::Forbidden, true);
     }
     let route = match media::route(&head) {
@@ -92,6 +93,10 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
     c.state = match route {
         Route::Acknowledge => State::Ack {
             keep_alive: head.keep_alive,
+        },
+        Route::Metrics { open_metrics } => State::Metrics {
+            keep_alive: head.keep_alive,
+            open_metrics,
         },
         Route::Call {
             body: BodyFormat::Single(format),
@@ -149,6 +154,14 @@ fn on_end(ctx: &mut Ctx<'_>, i: u32) {
                 tracing::info!("an acknowledgement with none outstanding");
             }
             respond(ctx, i, Answer::Ok, !keep_alive);
+            back_to_idle(ctx, i);
+        }
+        State::Metrics {
+            keep_alive,
+            open_metrics,
+        } => {
+            let (content_type, text) = crate::server::metrics::exposition(ctx, open_metrics);
+            respond(ctx, i, Answer::Metrics { content_type, text }, !keep_alive);
             back_to_idle(ctx, i);
         }
         State::Discard { keep_alive } => {

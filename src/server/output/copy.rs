@@ -74,6 +74,7 @@ impl Output {
                 if st.stage.is_none() {
                     // (Staged bytes were counted when they were staged.)
                     self.stats.bytes_read += n as u64;
+                    self.stats.read[s] += n as u64;
                 }
                 let cut = self.relay.on_read(s, ring.arena(range));
                 let st = &mut self.streams[s];
@@ -116,7 +117,10 @@ impl Output {
         let st = &mut self.streams[s];
         st.log = None;
         match c.res {
-            n if n > 0 => self.relay.on_logged(s, n as usize),
+            n if n > 0 => {
+                self.relay.on_logged(s, n as usize);
+                self.stats.logged[s] += n as u64;
+            }
             e if e == -libc::EAGAIN => {
                 st.log_waiting = true;
                 Self::poll(ring, st.logger, POLLOUT, OutputOp::LoggerWritable, s);
@@ -159,7 +163,7 @@ impl Output {
         }
         // A client that fell behind its pipe gets what its pipe holds first.
         if let Some(p) = copy.pipe.as_mut().filter(|p| p.account.queued() > 0) {
-            match p.flush(ring, *fd) {
+            match p.flush(ring, *fd, &mut self.stats.sent_zero_copy) {
                 Ok(true) => {}
                 Ok(false) => {
                     copy.writable = Some(Self::poll(ring, *fd, POLLOUT, OutputOp::ClientWritable, i));
@@ -210,6 +214,7 @@ impl Output {
             return;
         }
         let result = if c.res >= 0 { Ok(c.res as usize) } else { Err(()) };
+        self.stats.sent_copies += u64::try_from(c.res).unwrap_or(0);
         if !self.relay.on_sent(id, result) {
             if c.res < 0 {
                 tracing::debug!("client {i} went away: {}", strerror(c.res));

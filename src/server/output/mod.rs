@@ -48,16 +48,37 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure(pub String);
 
-/// Counters for logs and benchmarks.
+/// Counters for logs, benchmarks and `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Container bytes read, all streams.
     pub bytes_read: u64,
+    /// Container bytes read, per stream.
+    pub read: [u64; 2],
+    /// Bytes the copy engine wrote to each stream's logger (a stage's splices into the
+    /// logger are counted by the stage).
+    pub logged: [u64; 2],
+    /// Response bytes that reached clients' sockets: sent from memory, and spliced from
+    /// their pipes.
+    pub sent_copies: u64,
+    pub sent_zero_copy: u64,
     /// Clients cut off for lagging, and the payload bytes they were behind when cut.
     pub clients_cut: u64,
     pub bytes_lost: u64,
     /// Times a pipe client fell behind its pipe and was served from the history.
     pub fell_behind: u64,
+}
+
+/// The output's figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub stats: Stats,
+    /// The streams' names, in the order of the per-stream counters.
+    pub streams: Vec<&'static str>,
+    /// Output clients being served: (format, path, how many).
+    pub clients: Vec<(&'static str, &'static str, u64)>,
+    /// Payload bytes the history keeps, and how many of them live outside the arena.
+    pub history: (u64, u64),
 }
 
 /// How the output engine treats its clients.
@@ -248,6 +269,36 @@ impl Output {
     }
 
     /// No client is attached any more (every stream ended, failed or was cut).
+    /// What `/metrics` reports of the output.
+    pub fn figures(&self) -> Figures {
+        let mut stats = self.stats;
+        for (s, st) in self.streams.iter().enumerate() {
+            stats.logged[s] += st.stage.as_ref().map_or(0, |stage| stage.logged);
+        }
+        let mut clients = Vec::new();
+        for c in self.clients.iter().flatten().filter(|c| !c.closing) {
+            let format = match c.framing {
+                Framing::Chunked(Format::Json) => "json",
+                Framing::Chunked(Format::Protobuf) => "protobuf",
+                Framing::Raw => "raw",
+            };
+            let path = match c.path {
+                Path::Pipe(_) => "zero_copy",
+                Path::Copy(_) => "copies",
+            };
+            match clients.iter_mut().find(|(f, p, _)| *f == format && *p == path) {
+                Some((_, _, n)) => *n += 1,
+                None => clients.push((format, path, 1)),
+            }
+        }
+        Figures {
+            stats,
+            streams: self.streams.iter().map(|st| st.name).collect(),
+            clients,
+            history: self.relay.history(),
+        }
+    }
+
     pub fn clients_gone(&self) -> bool {
         self.clients.iter().all(Option::is_none)
     }

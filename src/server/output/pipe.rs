@@ -180,12 +180,15 @@ impl PipeClient {
 
     /// Moves what the pipe holds into the socket. `Ok(true)` when the pipe is empty,
     /// `Ok(false)` when the socket takes no more for now.
-    pub fn flush(&mut self, ring: &Ring, fd: Fd) -> Result<bool, CutReason> {
+    pub fn flush(&mut self, ring: &Ring, fd: Fd, sent: &mut u64) -> Result<bool, CutReason> {
         while self.account.queued() > 0 {
             let flags = NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
             match splice(&self.pipe_r, None, ring.borrow(fd), None, self.account.queued(), flags) {
                 Ok(0) => return Err(CutReason::Gone),
-                Ok(n) => self.account.sent(n),
+                Ok(n) => {
+                    self.account.sent(n);
+                    *sent += n as u64;
+                }
                 Err(Errno::EAGAIN) => return Ok(false),
                 Err(Errno::EINTR) => {}
                 Err(_) => return Err(CutReason::Gone),
@@ -404,7 +407,7 @@ impl Output {
                 // Its socket is full: the flush comes when it takes more.
                 break;
             }
-            match p.flush(ring, c.fd) {
+            match p.flush(ring, c.fd, &mut self.stats.sent_zero_copy) {
                 Err(why) => return self.cut(ring, i, why),
                 Ok(true) if p.finished => return self.close(ring, i),
                 Ok(true) if finished => continue,

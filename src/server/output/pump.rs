@@ -91,6 +91,7 @@ impl Output {
             Ok(Staged::Round) => {
                 let len = self.stage_mut(s).round.as_ref().map_or(0, |r| r.size.len);
                 self.stats.bytes_read += len as u64;
+                self.stats.read[s] += len as u64;
                 true
             }
             Ok(Staged::Empty) => {

@@ -111,6 +111,8 @@ pub(super) struct Stage {
     /// A poll for the source (readable) or the logger (writable) is in flight.
     pub src_poll: Option<OpId>,
     pub logger_poll: Option<OpId>,
+    /// Payload bytes spliced into the logger.
+    pub logged: u64,
     sizes: Sizes,
 }
 
@@ -198,6 +200,7 @@ impl Stage {
             eof: false,
             src_poll: None,
             logger_poll: None,
+            logged: 0,
             sizes: Sizes {
                 max_round,
                 max_record,
@@ -432,7 +435,10 @@ impl Stage {
         while *left > 0 {
             match splice(from, None, to, None, *left, MOVE) {
                 Ok(0) => return Err(io::Error::other("the logger accepts no more bytes")),
-                Ok(n) => *left -= n,
+                Ok(n) => {
+                    *left -= n;
+                    self.logged += n as u64;
+                }
                 Err(Errno::EAGAIN) => return Ok(false),
                 Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),

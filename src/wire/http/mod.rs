@@ -97,13 +97,14 @@ pub fn write_response_head(status: u16, headers: &[(&str, &str)], out: &mut Vec<
     out.extend_from_slice(format!("Date: {}\r\n\r\n", http_date(SystemTime::now())).as_bytes());
 }
 
-/// A complete fixed-length response. Error bodies are plain text; `close` adds
-/// `Connection: close` (sent when we are about to close the connection).
-pub fn fixed_response(status: u16, body: &str, close: bool) -> Vec<u8> {
+/// A complete fixed-length response with a body of `content_type` (none said when the
+/// body is empty); `close` adds `Connection: close` (sent when we are about to close the
+/// connection).
+pub fn content_response(status: u16, content_type: &str, body: &[u8], close: bool) -> Vec<u8> {
     let length = body.len().to_string();
     let mut headers = Vec::with_capacity(3);
     if !body.is_empty() {
-        headers.push(("Content-Type", "text/plain; charset=utf-8"));
+        headers.push(("Content-Type", content_type));
     }
     headers.push(("Content-Length", length.as_str()));
     if close {
@@ -111,7 +112,7 @@ pub fn fixed_response(status: u16, body: &str, close: bool) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(160 + body.len());
     write_response_head(status, &headers, &mut out);
-    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(body);
     out
 }
 
@@ -232,12 +233,19 @@ mod tests {
 
     #[test]
     fn responses() {
-        let r = String::from_utf8(fixed_response(409, "Multiple input connections are not allowed", false)).unwrap();
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let r = String::from_utf8(content_response(
+            409,
+            TEXT,
+            b"Multiple input connections are not allowed",
+            false,
+        ))
+        .unwrap();
         assert!(r.starts_with(
             "HTTP/1.1 409 Conflict\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 42\r\nDate: "
         ));
         assert!(r.ends_with(" GMT\r\n\r\nMultiple input connections are not allowed"));
-        let ok = String::from_utf8(fixed_response(200, "", true)).unwrap();
+        let ok = String::from_utf8(content_response(200, TEXT, b"", true)).unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\nDate: "));
         let mut chunk = Vec::new();
         write_chunk_size(0x39, &mut chunk);

@@ -1,7 +1,7 @@
 //! A runtime directory nobody else controls: one another user made first (open to all,
 //! or theirs), or a link, is refused by `run`, `ps` and `stop` with a clear message; a
-//! record is trusted only for what lies in its own directory: `stop` never unlinks a
-//! file a record names elsewhere.
+//! record is trusted only for what lies in its own directory: `stop` and `rm` never
+//! unlink a file a record names elsewhere.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -89,6 +89,10 @@ fn stop_never_unlinks_what_a_record_names_outside_its_directory() {
         info["socket"] = victim.to_str().unwrap().into();
         std::fs::write(&record, info.to_string()).unwrap();
         let out = switchboard(&["stop", "--runtime-dir", d, "--grace", "1s", "c1"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(rt.join("c1").exists(), "stop keeps the records");
+        let out = switchboard(&["rm", "--runtime-dir", d, "c1"]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(!rt.join("c1").exists(), "its own directory is removed");

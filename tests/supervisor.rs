@@ -301,7 +301,7 @@ fn ps_lists_and_stop_cleans_up() {
         assert!(lines.next().unwrap().starts_with("ID  "));
         let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         assert_eq!(row[0], "web");
-        assert_eq!(row[2], "alive");
+        assert_eq!(row[2], "running");
         assert!(row[3].ends_with("/web/sock"));
         assert_eq!(&row[4..], ["sleep", "1000"]);
         let container = container_pid(&runtime, "web");
@@ -311,7 +311,9 @@ fn ps_lists_and_stop_cleans_up() {
             .output()
             .unwrap();
         assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
-        assert!(!runtime.join("web").exists());
+        // Its records and logs stay (for `ps -a` and `rm`); its socket goes.
+        assert!(runtime.join("web/info.json").exists());
+        assert!(!runtime.join("web/sock").exists());
         assert!(kill(Pid::from_raw(container), None).is_err() || is_zombie(container));
         let ps = Command::new(BIN)
             .args(["ps", "--runtime-dir"])
@@ -432,7 +434,7 @@ fn stop_ends_the_containers_children_too() {
         // exited by itself, well within the grace periods.
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
         assert!(!child.is_alive(), "the container's child outlived stop");
-        assert!(!runtime.join("tree").exists());
+        assert!(runtime.join("tree/info.json").exists(), "stop keeps the records");
     });
 }
 

@@ -16,8 +16,10 @@ use command_fds::{CommandFdExt, FdMapping};
 use serde_json::{Value, json};
 
 pub mod dirs;
+mod exit;
 pub mod supervisor;
 
+pub use exit::ExitRecord;
 pub use supervisor::{Ended, ProcessId, Recovery, Supervisor, SupervisorError, Timeouts, boot_id};
 
 /// The runtime directory: `$XDG_RUNTIME_DIR/switchboard` when that is set, else

@@ -344,6 +344,17 @@ impl Supervisor {
         })
     }
 
+    /// Reads the container's `info.json` again (another process, such as the monitor
+    /// that started the container, recorded something in it).
+    pub fn reload(&mut self, id: &str) -> Result<&Info, SupervisorError> {
+        let t = self.tracked(id)?;
+        t.info = Info::load(&t.dir).map_err(|error| SupervisorError::State {
+            path: t.dir.clone(),
+            error,
+        })?;
+        Ok(&t.info)
+    }
+
     /// The container's info.
     pub fn info(&self, id: &str) -> Option<&Info> {
         self.tracked.get(id).map(|t| &t.info)
@@ -415,6 +426,27 @@ impl Supervisor {
     /// Ends the container's switchboard (its container is gone): it gets the grace period
     /// to exit by itself, then SIGTERM, then SIGKILL; then its socket and state go.
     pub fn cleanup(&mut self, id: &str) -> Result<Ended, SupervisorError> {
+        let ended = self.end_server(id)?;
+        let t = self.tracked.remove(id).expect("tracked above");
+        remove_state(&t.dir, &t.info);
+        Ok(ended)
+    }
+
+    /// Stops a container as [`Supervisor::stop`] does, but keeps its records and logs
+    /// (only its socket goes), for `ps -a`, `logs` and `rm` later.
+    pub fn stop_and_keep(&mut self, id: &str) -> Result<Ended, SupervisorError> {
+        self.stop_container(id)?;
+        let ended = self.end_server(id)?;
+        let t = self.tracked.remove(id).expect("tracked above");
+        if t.info.socket.parent() == Some(t.dir.as_path()) {
+            let _ = std::fs::remove_file(&t.info.socket);
+        }
+        Ok(ended)
+    }
+
+    /// Ends the container's switchboard: the grace period to exit by itself, then
+    /// SIGTERM, then SIGKILL.
+    fn end_server(&mut self, id: &str) -> Result<Ended, SupervisorError> {
         let (grace, terminate) = (self.timeouts.grace, self.timeouts.terminate);
         let ended = if !self.is_running(id) {
             match self.tracked(id)?.status {
@@ -436,8 +468,6 @@ impl Supervisor {
                 Ended::Killed
             }
         };
-        let t = self.tracked.remove(id).expect("tracked above");
-        remove_state(&t.dir, &t.info);
         Ok(ended)
     }
 
@@ -517,6 +547,12 @@ impl Supervisor {
     /// Stops a container and its switchboard: the container gets SIGTERM, then SIGKILL
     /// after the grace period; then its switchboard is cleaned up.
     pub fn stop(&mut self, id: &str) -> Result<Ended, SupervisorError> {
+        self.stop_container(id)?;
+        self.cleanup(id)
+    }
+
+    /// The container's process group gets SIGTERM, then SIGKILL after the grace period.
+    fn stop_container(&mut self, id: &str) -> Result<(), SupervisorError> {
         let t = self.tracked(id)?;
         if let Some(container) = t.info.container() {
             container.signal_group(Signal::SIGTERM);
@@ -526,7 +562,7 @@ impl Supervisor {
             }
             container.signal_group(Signal::SIGKILL);
         }
-        self.cleanup(id)
+        Ok(())
     }
 
     /// Cleans up a switchboard whose container never started: no grace period (it may

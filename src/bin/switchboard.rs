@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::cli::attach::AttachArgs;
-use switchboard::cli::manage::{PsArgs, StopArgs};
+use switchboard::cli::manage::{PsArgs, RmArgs, StopArgs, WaitArgs};
+use switchboard::cli::monitor::MonitorArgs;
 use switchboard::cli::run::RunArgs;
 use switchboard::cli::serve::ServeArgs;
 use switchboard::cli::stats::StatsArgs;
@@ -30,14 +31,21 @@ enum Command {
     /// Attach this terminal to a switchboard's container (like `docker attach`): its
     /// output here, your input to it; the detach keys leave it running.
     Attach(AttachArgs),
-    /// List the containers under the runtime directory: id, switchboard pid, whether it is
-    /// alive, its socket, and the command.
+    /// List the running containers under the runtime directory (-a: exited ones too):
+    /// id, switchboard pid, status, socket and command.
     Ps(PsArgs),
-    /// Stop a container and clean up its switchboard, socket and records.
+    /// Stop a container and its switchboard; its records and logs are kept (see rm).
     Stop(StopArgs),
+    /// Remove exited containers: their records, socket and logs (-f stops running ones).
+    Rm(RmArgs),
+    /// Wait for a container to exit; print its status and exit with it.
+    Wait(WaitArgs),
     /// What running switchboards are doing: clients, bytes read, logged and sent, clients
     /// cut, history held, input; refreshed every second (from each one's GET /metrics).
     Stats(StatsArgs),
+    /// The parent `run` starts a container through (it records the container's end).
+    #[command(hide = true)]
+    Monitor(MonitorArgs),
     /// Serve the attach API for a container whose descriptors you hold (its stdout and
     /// stderr are logged to this process's stdout and stderr unless told otherwise).
     Serve(ServeArgs),
@@ -52,7 +60,10 @@ fn main() -> ExitCode {
         Command::Attach(args) => switchboard::cli::attach::run(&args),
         Command::Ps(args) => switchboard::cli::manage::ps(&args),
         Command::Stop(args) => switchboard::cli::manage::stop(&args),
+        Command::Rm(args) => switchboard::cli::manage::rm(&args),
+        Command::Wait(args) => switchboard::cli::manage::wait(&args),
         Command::Stats(args) => switchboard::cli::stats::stats(&args),
+        Command::Monitor(args) => switchboard::cli::monitor::monitor(&args),
         Command::Serve(args) => serve(args),
     }
 }

@@ -1,16 +1,22 @@
-//! `switchboard ps` and `switchboard stop`: the containers under a runtime directory.
+//! `switchboard ps`, `stop`, `rm` and `wait`: the containers under a runtime directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
-use crate::agent::{self, Ended, Supervisor, Timeouts, supervisor};
+use crate::agent::{self, Ended, ExitRecord, Info, Supervisor, Timeouts, supervisor};
 use crate::cli::serve::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
+    /// Show exited containers too, with how they ended.
+    #[arg(long, short)]
+    pub all: bool,
+    /// `table`, or `json` (one array of objects, for scripts).
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
     /// The runtime directory (default: as for `run`).
     #[arg(long, value_name = "DIR")]
     pub runtime_dir: Option<PathBuf>,
@@ -32,8 +38,60 @@ pub struct StopArgs {
     pub timeout: Duration,
 }
 
-/// `switchboard ps`: a header, then one row per container: id, switchboard pid, alive or
-/// gone, socket, command.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The containers: ids, or socket paths.
+    #[arg(value_name = "ID|SOCKET", required = true)]
+    pub targets: Vec<String>,
+    /// Stop a running container first (otherwise it is refused).
+    #[arg(long, short)]
+    pub force: bool,
+    /// The runtime directory (default: as for `run`).
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The container: its id, or its socket path.
+    #[arg(value_name = "ID|SOCKET")]
+    pub target: String,
+    /// The runtime directory (default: as for `run`).
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+}
+
+/// What `ps` says of a container.
+enum State {
+    Running,
+    Ended(ExitRecord),
+    /// Not running, and how it ended was not recorded.
+    Gone,
+}
+
+fn state(e: &supervisor::Entry) -> State {
+    let container_alive = e.info.container().is_some_and(|c| c.group_alive());
+    match ExitRecord::load(&e.dir).ok().flatten() {
+        Some(record) if !container_alive => State::Ended(record),
+        _ if e.alive || container_alive => State::Running,
+        _ => State::Gone,
+    }
+}
+
+/// `5s`, `3m`, `2h` or `4d` since `then` (seconds since the epoch).
+fn ago(then: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let s = now.saturating_sub(then);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `switchboard ps`: the running containers (all with `-a`), as a table (a header, then
+/// id, switchboard pid, status, socket and command) or as JSON.
 pub fn ps(args: &PsArgs) -> ExitCode {
     let dir = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
     let entries = match supervisor::list(&dir) {
@@ -43,23 +101,63 @@ pub fn ps(args: &PsArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let width = entries.iter().map(|e| e.info.id.len()).max().unwrap_or(2).max(2);
-    let socket_width = entries
+    let rows: Vec<(supervisor::Entry, State)> = entries
+        .into_iter()
+        .map(|e| {
+            let st = state(&e);
+            (e, st)
+        })
+        .filter(|(_, st)| args.all || matches!(st, State::Running))
+        .collect();
+    if args.format == "json" {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(e, st)| {
+                let (status, record) = match st {
+                    State::Running => ("running", None),
+                    State::Ended(r) => ("exited", Some(r)),
+                    State::Gone => ("gone", None),
+                };
+                serde_json::json!({
+                    "id": e.info.id,
+                    "pid": e.info.server_pid,
+                    "container_pid": e.info.container_pid,
+                    "status": status,
+                    "exit_code": record.map(ExitRecord::shell_code),
+                    "signal": record.and_then(|r| r.signal),
+                    "finished": record.map(|r| r.finished),
+                    "created": e.info.created,
+                    "socket": e.info.socket,
+                    "command": e.info.command,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return ExitCode::SUCCESS;
+    }
+    let status = |st: &State| match st {
+        State::Running => "running".to_string(),
+        State::Ended(r) => format!("{} {} ago", r.describe(), ago(r.finished)),
+        State::Gone => "gone".to_string(),
+    };
+    let width = rows.iter().map(|(e, _)| e.info.id.len()).max().unwrap_or(2).max(2);
+    let status_width = rows.iter().map(|(_, st)| status(st).len()).max().unwrap_or(6).max(6);
+    let socket_width = rows
         .iter()
-        .map(|e| e.info.socket.as_os_str().len())
+        .map(|(e, _)| e.info.socket.as_os_str().len())
         .max()
         .unwrap_or(6)
         .max(6);
     println!(
-        "{:<width$}  {:>7}  {:<5}  {:<socket_width$}  COMMAND",
-        "ID", "PID", "STATE", "SOCKET"
+        "{:<width$}  {:>7}  {:<status_width$}  {:<socket_width$}  COMMAND",
+        "ID", "PID", "STATUS", "SOCKET"
     );
-    for e in entries {
+    for (e, st) in &rows {
         println!(
-            "{:<width$}  {:>7}  {:<5}  {:<socket_width$}  {}",
+            "{:<width$}  {:>7}  {:<status_width$}  {:<socket_width$}  {}",
             e.info.id,
             e.info.server_pid,
-            if e.alive { "alive" } else { "gone" },
+            status(st),
             e.info.socket.display(),
             e.info.command.join(" ")
         );
@@ -67,42 +165,39 @@ pub fn ps(args: &PsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `switchboard stop`: stops the container (SIGTERM, then SIGKILL), then cleans its
-/// switchboard up as the supervisor's cleanup does.
+/// The directory of the container `target` (an id, or a socket path) under `runtime`.
+fn resolve(runtime: &Path, target: &str) -> Result<PathBuf, String> {
+    let missing = || format!("no container '{target}' under {}", runtime.display());
+    // (A runtime directory others control is refused here, saying why.)
+    let entries = supervisor::list(runtime).map_err(|e| e.to_string())?;
+    let dir = if target.contains('/') {
+        entries
+            .into_iter()
+            .find(|e| e.info.socket == Path::new(target))
+            .map(|e| e.dir)
+            .ok_or_else(|| format!("no container under {} has the socket {target}", runtime.display()))?
+    } else if matches!(target, "" | "." | "..") {
+        // Not a name a container can have (and not a way out of the runtime directory).
+        return Err(missing());
+    } else {
+        runtime.join(target)
+    };
+    match dir.join("info.json").exists() {
+        true => Ok(dir),
+        false => Err(missing()),
+    }
+}
+
+/// `switchboard stop`: stops the container (SIGTERM, then SIGKILL), then its switchboard
+/// as the supervisor's cleanup does, keeping its records and logs (`rm` removes them).
 pub fn stop(args: &StopArgs) -> ExitCode {
     let runtime = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
-    let entries = match supervisor::list(&runtime) {
-        Ok(entries) => entries,
+    let dir = match resolve(&runtime, &args.target) {
+        Ok(dir) => dir,
         Err(e) => {
             eprintln!("switchboard stop: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let dir = if args.target.contains('/') {
-        match entries
-            .into_iter()
-            .find(|e| e.info.socket == std::path::Path::new(&args.target))
-        {
-            Some(e) => e.dir,
-            None => {
-                eprintln!(
-                    "switchboard stop: no container under {} has the socket {}",
-                    runtime.display(),
-                    args.target
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-    } else if matches!(args.target.as_str(), "" | "." | "..") {
-        // Not a name a container can have (and not a way out of the runtime directory).
-        eprintln!(
-            "switchboard stop: no container '{}' under {}",
-            args.target,
-            runtime.display()
-        );
-        return ExitCode::FAILURE;
-    } else {
-        runtime.join(&args.target)
     };
     let timeouts = Timeouts {
         grace: args.grace,
@@ -112,20 +207,12 @@ pub fn stop(args: &StopArgs) -> ExitCode {
     let mut sup = Supervisor::new(runtime.clone(), PathBuf::new(), timeouts);
     let id = match sup.adopt(&dir) {
         Ok(id) => id,
-        Err(_) if !dir.join("info.json").exists() => {
-            eprintln!(
-                "switchboard stop: no container '{}' under {}",
-                args.target,
-                runtime.display()
-            );
-            return ExitCode::FAILURE;
-        }
         Err(e) => {
             eprintln!("switchboard stop: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match sup.stop(&id) {
+    match sup.stop_and_keep(&id) {
         Ok(ended) => {
             let how = match ended {
                 Ended::Exited(_) => "its switchboard exited",
@@ -140,5 +227,74 @@ pub fn stop(args: &StopArgs) -> ExitCode {
             eprintln!("switchboard stop: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `switchboard rm`: removes exited containers' directories (records, socket, and the
+/// logs unless `run --log-dir` put them elsewhere); a running one is refused, or stopped
+/// first with `-f`.
+pub fn rm(args: &RmArgs) -> ExitCode {
+    let runtime = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
+    let mut failed = false;
+    for target in &args.targets {
+        if let Err(e) = remove(&runtime, target, args.force) {
+            eprintln!("switchboard rm: {e}");
+            failed = true;
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn remove(runtime: &Path, target: &str, force: bool) -> Result<(), String> {
+    let dir = resolve(runtime, target)?;
+    let info = Info::load(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let running = info.server().is_some_and(|s| s.is_alive()) || info.container().is_some_and(|c| c.group_alive());
+    let mut sup = Supervisor::new(runtime.to_path_buf(), PathBuf::new(), Timeouts::default());
+    let id = sup.adopt(&dir).map_err(|e| e.to_string())?;
+    if running && !force {
+        return Err(format!("{id} is running: stop it first, or remove it with -f"));
+    }
+    // Only the container's own directory goes: a record is trusted for nothing outside
+    // it (logs that `run --log-dir` put elsewhere stay where they are).
+    match running {
+        true => sup.stop(&id),
+        false => sup.cleanup(&id),
+    }
+    .map_err(|e| e.to_string())?;
+    println!("{id}");
+    Ok(())
+}
+
+/// `switchboard wait`: waits until the container ended, prints its status (as a shell
+/// reports it: the code, or 128 plus the signal) and exits with it.
+pub fn wait(args: &WaitArgs) -> ExitCode {
+    let runtime = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
+    let dir = match resolve(&runtime, &args.target) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("switchboard wait: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Once the container is gone, its monitor records its end at once: a container gone
+    // for a second without a record had none (its monitor was killed).
+    let mut gone_since: Option<std::time::Instant> = None;
+    loop {
+        if let Ok(Some(record)) = ExitRecord::load(&dir) {
+            println!("{}", record.shell_code());
+            return ExitCode::from(record.shell_code());
+        }
+        let alive =
+            Info::load(&dir).is_ok_and(|i| i.container_pid.is_none() || i.container().is_some_and(|c| c.is_alive()));
+        match (alive, gone_since) {
+            (true, _) => gone_since = None,
+            (false, None) => gone_since = Some(std::time::Instant::now()),
+            (false, Some(t)) if t.elapsed() > Duration::from_secs(1) => {
+                eprintln!("switchboard wait: {} ended, and how was not recorded", args.target);
+                return ExitCode::FAILURE;
+            }
+            (false, Some(_)) => {}
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

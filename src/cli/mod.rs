@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod manage;
 pub mod mesos;
+pub mod monitor;
 pub mod run;
 pub mod serve;
 pub mod stats;

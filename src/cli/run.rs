@@ -17,6 +17,10 @@ pub struct RunArgs {
     /// Start it and return at once, printing its id and socket.
     #[arg(long, short)]
     pub detach: bool,
+    /// Remove the container (its records and logs) once it exited and its switchboard
+    /// is done.
+    #[arg(long)]
+    pub rm: bool,
     /// Name the container (default: 12 random hex digits).
     #[arg(long, value_name = "ID")]
     pub name: Option<String>,
@@ -166,28 +170,58 @@ fn prepare(args: &RunArgs) -> Result<(Supervisor, String, ContainerIo), Stop> {
     Ok((supervisor, id, io))
 }
 
-/// Starts the command in a session of its own on the container's stdio, and records it.
+/// Starts the command through its monitor (`switchboard monitor`, in a session of its
+/// own), which is its parent for as long as it runs and records its pid and its end;
+/// returns the monitor, which exits with the command's status.
 fn start_command(args: &RunArgs, supervisor: &mut Supervisor, id: &str, io: ContainerIo) -> Result<Child, Stop> {
-    let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
+    let exe = std::env::current_exe().map_err(|e| Stop::new(1, format!("cannot find this program's path: {e}")))?;
+    let dir = supervisor.runtime_dir().join(id);
+    let mut cmd = Command::new(exe);
+    cmd.arg("monitor").arg("--dir").arg(&dir);
+    if args.tty {
+        cmd.arg("--tty");
+    }
+    if args.rm {
+        cmd.arg("--rm");
+    }
+    cmd.arg("--")
+        .args(&args.command)
         .stdin(Stdio::from(io.stdin))
         .stdout(Stdio::from(io.stdout))
         .stderr(Stdio::from(io.stderr));
-    crate::tty::new_session(&mut cmd, args.tty, 2);
+    crate::tty::new_session(&mut cmd, false, 2);
     let spawned = cmd.spawn();
-    // Only the command holds its ends of the pipes or the terminal now.
+    // Only the monitor holds its ends of the pipes or the terminal now.
     drop(cmd);
-    let child = match spawned {
-        Ok(c) => c,
+    let mut monitor = match spawned {
+        Ok(m) => m,
         Err(e) => {
-            // Its switchboard (waiting for this terminal, or for output) goes, with its
-            // records.
             let _ = supervisor.discard(id);
-            return Err(Stop::new(127, format!("cannot start {}: {e}", args.command[0])));
+            return Err(Stop::new(1, format!("cannot start the monitor: {e}")));
         }
     };
-    if let Err(e) = supervisor.set_container(id, child.id() as i32) {
-        eprintln!("switchboard run: cannot record the container: {e}");
+    // The monitor records the command's pid once it started it, or its end if it could not.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if supervisor.reload(id).is_ok_and(|info| info.container_pid.is_some()) {
+            return Ok(monitor);
+        }
+        if let Ok(Some(_)) = monitor.try_wait() {
+            // It could not start the command: its switchboard (waiting for this
+            // terminal, or for output) goes, with its records.
+            let why = agent::ExitRecord::load(&dir)
+                .ok()
+                .flatten()
+                .and_then(|r| r.error)
+                .unwrap_or_else(|| format!("cannot start {}", args.command[0]));
+            let _ = supervisor.discard(id);
+            return Err(Stop::new(127, why));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = monitor.kill();
+            let _ = supervisor.stop(id);
+            return Err(Stop::new(1, "the command did not start within 10 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    Ok(child)
 }

@@ -30,6 +30,8 @@ mod descriptors;
 mod faults;
 #[path = "../history.rs"]
 mod history;
+#[path = "../lifecycle.rs"]
+mod lifecycle;
 #[path = "../metrics.rs"]
 mod metrics;
 #[path = "../relay_core.rs"]

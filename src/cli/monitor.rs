@@ -1,0 +1,77 @@
+//! The monitor `run` starts each container through (`switchboard monitor`, hidden): it
+//! is the container's parent for as long as the container runs, whether a terminal stays
+//! attached or not, so that how the container ended is known afterwards. It records the
+//! container's pid in `info.json`, lets go of the container's stdio (so the output ends
+//! when the container's does), waits, records the end in `exit.json` (`ps -a`, `wait`),
+//! removes the container with `--rm`, and exits with the container's status.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use clap::Args;
+
+use crate::agent::{self, ExitRecord, Info, Supervisor, Timeouts};
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// The container's directory (its `info.json`).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The container has a terminal: it becomes the command's controlling terminal.
+    #[arg(long)]
+    pub tty: bool,
+    /// Remove the container once it ended and its switchboard exited.
+    #[arg(long)]
+    pub rm: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Runs with the container's stdio as its own 0, 1 and 2, in a session of its own.
+pub fn monitor(args: &MonitorArgs) -> ExitCode {
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    crate::tty::new_session(&mut cmd, args.tty, 2);
+    let spawned = cmd.spawn();
+    drop(cmd);
+    // The container's stdio is the container's alone from now on.
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let record = ExitRecord::not_started(format!("cannot start {}: {e}", args.command[0]));
+            let _ = record.save(&args.dir);
+            return ExitCode::from(record.shell_code());
+        }
+    };
+    if let Ok(mut info) = Info::load(&args.dir) {
+        info.container_pid = Some(child.id() as i32);
+        info.container_start = agent::supervisor::start_time(child.id() as i32);
+        let _ = info.save(&args.dir);
+    }
+    let record = match child.wait() {
+        Ok(status) => ExitRecord::of(status),
+        Err(e) => ExitRecord::unknown(format!("waiting for the container failed: {e}")),
+    };
+    let _ = record.save(&args.dir);
+    if args.rm {
+        remove(args);
+    }
+    ExitCode::from(record.shell_code())
+}
+
+/// Waits for the container's switchboard to exit (as a cleanup does: a grace period, then
+/// signals), then removes the container's directory.
+fn remove(args: &MonitorArgs) {
+    let Some(runtime) = args.dir.parent() else { return };
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut supervisor = Supervisor::new(runtime.to_path_buf(), exe, Timeouts::default());
+    if let Ok(id) = supervisor.adopt(&args.dir) {
+        let _ = supervisor.cleanup(&id);
+    }
+}

@@ -263,7 +263,16 @@ fn clients_that_do_not_read_while_much_is_written_get_every_byte() {
         // pipes to the history).
         for protobuf in [false, true] {
             let mut sb = Sb::start(Opts::default());
-            let clients: Vec<UnixStream> = (0..3).map(|_| attach(&sb, protobuf, &[])).collect();
+            // Attached (their response heads came) before any output is written: a client
+            // the server has not attached yet starts at the newest output.
+            let clients: Vec<(UnixStream, Vec<u8>)> = (0..3)
+                .map(|_| {
+                    let mut s = attach(&sb, protobuf, &[]);
+                    let mut rest = Vec::new();
+                    assert_eq!(read_head(&mut s, &mut rest).expect("a response head").0, 200);
+                    (s, rest)
+                })
+                .collect();
             // More than a pipe and the arena hold, before anyone reads.
             let (out, err) = (pattern(6, 0, 1 << 20), pattern(7, 0, 512 << 10));
             sb.write_stdout(&out);
@@ -271,8 +280,8 @@ fn clients_that_do_not_read_while_much_is_written_get_every_byte() {
             logged(&sb, 1 << 20);
             sb.close_output();
             let format = if protobuf { Format::Protobuf } else { Format::Json };
-            for s in clients {
-                let (got, ended, _) = read_rest(s, format);
+            for (mut s, rest) in clients {
+                let (got, ended) = read_body(&mut s, &rest, format);
                 assert!(ended && got.stdout == out && got.stderr == err, "protobuf {protobuf}");
             }
             assert!(sb.wait(20).success());

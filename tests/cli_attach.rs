@@ -160,6 +160,9 @@ fn tail_and_from_start_where_asked_then_follow() {
         let out = run(&[
             "run",
             "--detach",
+            // (The raw log is the bytes as the attachments get them.)
+            "--log-format",
+            "raw",
             "--",
             "sh",
             "-c",

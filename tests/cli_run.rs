@@ -30,6 +30,21 @@ fn container_dir(runtime: &Path) -> PathBuf {
     entries.pop().unwrap()
 }
 
+/// `switchboard logs` of the only container: its stdout and stderr.
+fn logs(runtime: &Path) -> (String, String) {
+    let id = container_dir(runtime)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let out = switchboard(runtime).args(["logs", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn info(runtime: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(container_dir(runtime).join("info.json")).unwrap()).unwrap()
 }
@@ -73,7 +88,7 @@ fn a_shell_under_run_tty_echoes_resizes_and_exits_with_its_status() {
         t.type_bytes(b"exit 5\r");
         assert_eq!(t.wait(20).code(), Some(5));
         // Both streams were logged, merged, as stdout.
-        let log = std::fs::read_to_string(container_dir(&runtime).join("stdout.log")).unwrap();
+        let (log, _) = logs(&runtime);
         assert!(log.contains("hello 42"), "{log}");
     });
 }
@@ -156,9 +171,7 @@ fn without_a_terminal_stdout_and_stderr_stay_apart() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "out typed\n");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("\nerr\n"), "{err}");
-        let dir = container_dir(&runtime);
-        assert_eq!(std::fs::read_to_string(dir.join("stdout.log")).unwrap(), "out typed\n");
-        assert_eq!(std::fs::read_to_string(dir.join("stderr.log")).unwrap(), "err\n");
+        assert_eq!(logs(&runtime), ("out typed\n".to_string(), "err\n".to_string()));
     });
 }
 

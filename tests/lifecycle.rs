@@ -117,7 +117,7 @@ fn stop_keeps_the_logs_and_rm_removes_them() {
         run_detached(&runtime, "web", &[], &["sh", "-c", "echo served; exec sleep 100"]);
         let dir = runtime.join("web");
         wait_until("its output logged", || {
-            std::fs::read_to_string(dir.join("stdout.log")).is_ok_and(|t| t == "served\n")
+            sb(&runtime, &["logs", "web"]).stdout == b"served\n"
         });
         // A running container is not removed without -f.
         let out = sb(&runtime, &["rm", "web"]);
@@ -128,7 +128,7 @@ fn stop_keeps_the_logs_and_rm_removes_them() {
         // Stopped: not running, its logs and how it ended are kept.
         assert!(find(&ps(&runtime, false), "web").is_none());
         assert_eq!(find(&ps(&runtime, true), "web").unwrap()["signal"], 15);
-        assert_eq!(std::fs::read_to_string(dir.join("stdout.log")).unwrap(), "served\n");
+        assert_eq!(sb(&runtime, &["logs", "web"]).stdout, b"served\n");
         let out = sb(&runtime, &["rm", "web"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!dir.exists());

@@ -32,6 +32,7 @@ fn launch(command: &[&str]) -> Launch {
         heartbeat: None,
         command: command.iter().map(|s| s.to_string()).collect(),
         server_exe: PathBuf::new(),
+        cri: false,
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use command_fds::{CommandFdExt, FdMapping};
 use serde_json::{Value, json};
 
+pub mod cri;
 pub mod dirs;
 mod exit;
 pub mod supervisor;
@@ -55,8 +56,11 @@ pub struct Info {
     /// Seconds since the epoch.
     pub created: u64,
     pub stdout_log: PathBuf,
-    /// `None` with a TTY: both streams are logged as stdout.
+    /// `None` with a TTY: both streams are logged as stdout; and with `cri`.
     pub stderr_log: Option<PathBuf>,
+    /// The logs are in the CRI format: `stdout_log` is the current file of both streams,
+    /// rotated beside it (see [`cri`]).
+    pub cri: bool,
 }
 
 impl Info {
@@ -74,6 +78,7 @@ impl Info {
             "created": self.created,
             "stdout_log": self.stdout_log,
             "stderr_log": self.stderr_log,
+            "log_format": if self.cri { "cri" } else { "raw" },
         })
     }
 
@@ -100,6 +105,7 @@ impl Info {
             created: v.get("created")?.as_u64()?,
             stdout_log: path("stdout_log")?,
             stderr_log: path("stderr_log"),
+            cri: v.get("log_format").and_then(Value::as_str) == Some("cri"),
         })
     }
 
@@ -180,6 +186,9 @@ pub struct Launch {
     pub command: Vec<String>,
     /// The `switchboard` binary that serves.
     pub server_exe: PathBuf,
+    /// Log in the CRI format (through pipes the caller drains with [`cri::drain`]) rather
+    /// than raw bytes into files the switchboard appends to.
+    pub cri: bool,
 }
 
 /// The container's ends of its stdio (the same PTY slave three times with a TTY).
@@ -188,6 +197,9 @@ pub struct ContainerIo {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// With CRI logs: the read ends of the pipes the switchboard logs stdout (and stderr,
+    /// without a TTY) into, to be drained with [`cri::drain`] into the container's log.
+    pub logs: Option<(OwnedFd, Option<OwnedFd>)>,
 }
 
 /// A launched switchboard, ready for its container.
@@ -244,7 +256,8 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
     cmd.arg("serve").arg("--socket").arg(&socket);
     cmd.arg("--log-file").arg(dir.join("switchboard.log"));
     let mut mappings = Vec::new();
-    let io = container_stdio(launch.tty, &mut cmd, &mut mappings)?;
+    let mut io = container_stdio(launch.tty, &mut cmd, &mut mappings)?;
+    io.logs = logs.readers;
     cmd.args(["--stdout-log-fd", "6", "--stderr-log-fd", "7"]);
     mappings.push(FdMapping {
         parent_fd: logs.stdout_fd,
@@ -277,6 +290,7 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
         created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         stdout_log: logs.stdout,
         stderr_log: logs.stderr,
+        cri: launch.cri,
     };
     if let Err(e) = wait_for_socket(&info.socket, stale, &mut server, dir).and_then(|()| info.save(dir)) {
         let _ = server.kill();
@@ -298,6 +312,8 @@ struct Logs {
     /// None with a TTY (its output is all stdout); its descriptor is then /dev/null.
     stderr: Option<PathBuf>,
     stderr_fd: OwnedFd,
+    /// With CRI logs, the pipes' read ends (the switchboard has the write ends).
+    readers: Option<(OwnedFd, Option<OwnedFd>)>,
 }
 
 impl Logs {
@@ -317,6 +333,9 @@ impl Logs {
             let f = dirs::open_log(&path)?;
             Ok((path, f.into()))
         };
+        if launch.cri {
+            return Logs::pipes(launch, id, dir);
+        }
         let (stdout, stdout_fd) = log("stdout.log")?;
         let (stderr, stderr_fd) = if launch.tty {
             let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -330,6 +349,36 @@ impl Logs {
             stdout_fd,
             stderr,
             stderr_fd,
+            readers: None,
+        })
+    }
+
+    /// CRI logs: the switchboard logs into pipes, drained into `container.log` in the
+    /// container's directory (or in `<log dir>/<id>/`).
+    fn pipes(launch: &Launch, id: &str, dir: &Path) -> io::Result<Logs> {
+        let log_dir = match &launch.log_dir {
+            Some(d) => {
+                dirs::make_safe(d)?;
+                let own = d.join(id);
+                dirs::make_private(&own)?;
+                own
+            }
+            None => dir.to_path_buf(),
+        };
+        let (out_r, out_w) = pipe()?;
+        let (stderr_fd, err_r) = if launch.tty {
+            let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+            (null.into(), None)
+        } else {
+            let (r, w) = pipe()?;
+            (w, Some(r))
+        };
+        Ok(Logs {
+            stdout: log_dir.join(cri::FILE),
+            stdout_fd: out_w,
+            stderr: None,
+            stderr_fd,
+            readers: Some((out_r, err_r)),
         })
     }
 }
@@ -349,6 +398,7 @@ fn container_stdio(tty: bool, cmd: &mut Command, mappings: &mut Vec<FdMapping>) 
             stdin: pty.slave.try_clone()?,
             stdout: pty.slave.try_clone()?,
             stderr: pty.slave,
+            logs: None,
         });
     }
     let (stdin_r, stdin_w) = pipe()?;
@@ -365,6 +415,7 @@ fn container_stdio(tty: bool, cmd: &mut Command, mappings: &mut Vec<FdMapping>) 
         stdin: stdin_r,
         stdout: stdout_w,
         stderr: stderr_w,
+        logs: None,
     })
 }
 
@@ -440,6 +491,7 @@ mod tests {
             created: 1_790_000_000,
             stdout_log: "/run/switchboard/abc/stdout.log".into(),
             stderr_log: None,
+            cri: true,
         };
         assert_eq!(Info::from_json(&info.to_json()), Some(info));
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::cli::attach::AttachArgs;
+use switchboard::cli::logs::LogsArgs;
 use switchboard::cli::manage::{PsArgs, RmArgs, StopArgs, WaitArgs};
 use switchboard::cli::monitor::MonitorArgs;
 use switchboard::cli::run::RunArgs;
@@ -40,6 +41,8 @@ enum Command {
     Rm(RmArgs),
     /// Wait for a container to exit; print its status and exit with it.
     Wait(WaitArgs),
+    /// Print a container's output from its log (-f: and follow it until it exits).
+    Logs(LogsArgs),
     /// What running switchboards are doing: clients, bytes read, logged and sent, clients
     /// cut, history held, input; refreshed every second (from each one's GET /metrics).
     Stats(StatsArgs),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => switchboard::cli::manage::stop(&args),
         Command::Rm(args) => switchboard::cli::manage::rm(&args),
         Command::Wait(args) => switchboard::cli::manage::wait(&args),
+        Command::Logs(args) => switchboard::cli::logs::logs(&args),
         Command::Stats(args) => switchboard::cli::stats::stats(&args),
         Command::Monitor(args) => switchboard::cli::monitor::monitor(&args),
         Command::Serve(args) => serve(args),

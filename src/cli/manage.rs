@@ -166,7 +166,7 @@ pub fn ps(args: &PsArgs) -> ExitCode {
 }
 
 /// The directory of the container `target` (an id, or a socket path) under `runtime`.
-fn resolve(runtime: &Path, target: &str) -> Result<PathBuf, String> {
+pub(crate) fn resolve(runtime: &Path, target: &str) -> Result<PathBuf, String> {
     let missing = || format!("no container '{target}' under {}", runtime.display());
     // (A runtime directory others control is refused here, saying why.)
     let entries = supervisor::list(runtime).map_err(|e| e.to_string())?;

@@ -2,6 +2,7 @@
 //! the `switchboard` command's verbs ([`run`], [`attach`], [`serve`], and `ps`/`stop` in [`manage`]).
 
 pub mod attach;
+pub mod logs;
 pub mod manage;
 pub mod mesos;
 pub mod monitor;

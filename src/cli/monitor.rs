@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode};
 
 use clap::Args;
 
-use crate::agent::{self, ExitRecord, Info, Supervisor, Timeouts};
+use crate::agent::{self, ExitRecord, Info, Supervisor, Timeouts, cri};
 
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
@@ -23,6 +23,16 @@ pub struct MonitorArgs {
     /// Remove the container once it ended and its switchboard exited.
     #[arg(long)]
     pub rm: bool,
+    /// Drain the switchboard's log pipe (fd 3: stdout) into a CRI log in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub cri_dir: Option<PathBuf>,
+    /// Fd 4 is stderr's log pipe (a container without a terminal).
+    #[arg(long)]
+    pub cri_stderr: bool,
+    #[arg(long, value_name = "BYTES", default_value_t = 10 << 20)]
+    pub log_max_size: u64,
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub log_max_files: u32,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -30,6 +40,14 @@ pub struct MonitorArgs {
 
 /// Runs with the container's stdio as its own 0, 1 and 2, in a session of its own.
 pub fn monitor(args: &MonitorArgs) -> ExitCode {
+    let sink = args.cri_dir.clone().map(|dir| {
+        let (out, err) = (log_pipe(3), args.cri_stderr.then(|| log_pipe(4)).flatten());
+        let (size, files) = (args.log_max_size, args.log_max_files as usize);
+        std::thread::spawn(move || match out {
+            Some(out) => cri::drain(out, err, &dir, size, files),
+            None => Ok(()),
+        })
+    });
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     crate::tty::new_session(&mut cmd, args.tty, 2);
@@ -58,11 +76,29 @@ pub fn monitor(args: &MonitorArgs) -> ExitCode {
         Ok(status) => ExitRecord::of(status),
         Err(e) => ExitRecord::unknown(format!("waiting for the container failed: {e}")),
     };
+    // The log is complete once the switchboard exited (it closes its log pipes): only
+    // then is the end recorded, so that whoever sees the record sees the whole log.
+    if let Some(sink) = sink {
+        let _ = sink.join();
+    }
     let _ = record.save(&args.dir);
     if args.rm {
         remove(args);
     }
     ExitCode::from(record.shell_code())
+}
+
+/// Inherited descriptor `fd` (a log pipe's read end), opened again through /proc as a
+/// descriptor of our own; the inherited number is closed.
+fn log_pipe(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{fd}"))
+        .ok()?;
+    let _ = nix::unistd::close(fd);
+    Some(opened.into())
 }
 
 /// Waits for the container's switchboard to exit (as a cleanup does: a grace period, then

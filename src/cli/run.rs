@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 
 use clap::Args;
+use command_fds::{CommandFdExt, FdMapping};
 
 use crate::agent::{self, ContainerIo, Launch, Supervisor, Timeouts};
 use crate::cli::attach::{self, Ended};
@@ -30,6 +31,17 @@ pub struct RunArgs {
     /// Where the command's stdout and stderr logs go (default: <runtime dir>/<id>).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// The logs' format: `cri` (one file for both streams, an entry per line with its
+    /// time, stream and whether the line is whole, as kubelet and conmon write it, read
+    /// by `switchboard logs`), or `raw` (the bytes as written, one file per stream).
+    #[arg(long, value_name = "FORMAT", default_value = "cri", value_parser = ["cri", "raw"])]
+    pub log_format: String,
+    /// A CRI log rotates once it would grow past this (e.g. 10MiB, 512k, 1m).
+    #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
+    pub log_max_size: u64,
+    /// How many files a CRI log keeps (the current one included).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub log_max_files: u32,
     /// The runtime directory (default: $XDG_RUNTIME_DIR/switchboard, /run/switchboard for
     /// root, /tmp/switchboard-$UID otherwise).
     #[arg(long, value_name = "DIR")]
@@ -41,6 +53,25 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A size in bytes: a number with an optional k, m or g (KiB, MiB, GiB) suffix.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match &lower[digits.len()..] {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("'{other}' is not a unit: use k, m or g")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{t}' is not a size"))?;
+    match n.checked_mul(unit) {
+        Some(0) | None => Err(format!("'{t}' is not a size between 1 byte and 16 EiB")),
+        Some(bytes) => Ok(bytes),
+    }
 }
 
 /// The exit status a shell would report for a process status.
@@ -163,6 +194,7 @@ fn prepare(args: &RunArgs) -> Result<(Supervisor, String, ContainerIo), Stop> {
         heartbeat: None,
         command: args.command.clone(),
         server_exe,
+        cri: args.log_format == "cri",
     };
     let io = supervisor
         .prepare(&id, launch)
@@ -184,12 +216,33 @@ fn start_command(args: &RunArgs, supervisor: &mut Supervisor, id: &str, io: Cont
     if args.rm {
         cmd.arg("--rm");
     }
+    // With CRI logs the monitor drains the switchboard's log pipes (its fds 3 and 4).
+    let mut mappings = Vec::new();
+    if let Some((out, err)) = io.logs {
+        let log = supervisor.info(id).expect("prepared").stdout_log.clone();
+        cmd.arg("--cri-dir").arg(log.parent().unwrap_or(&dir));
+        cmd.arg("--log-max-size").arg(args.log_max_size.to_string());
+        cmd.arg("--log-max-files").arg(args.log_max_files.to_string());
+        mappings.push(FdMapping {
+            parent_fd: out,
+            child_fd: 3,
+        });
+        if let Some(err) = err {
+            cmd.arg("--cri-stderr");
+            mappings.push(FdMapping {
+                parent_fd: err,
+                child_fd: 4,
+            });
+        }
+    }
+    let last_fd = mappings.iter().map(|m| m.child_fd).max().unwrap_or(2);
+    cmd.fd_mappings(mappings).map_err(|e| Stop::new(1, e.to_string()))?;
     cmd.arg("--")
         .args(&args.command)
         .stdin(Stdio::from(io.stdin))
         .stdout(Stdio::from(io.stdout))
         .stderr(Stdio::from(io.stderr));
-    crate::tty::new_session(&mut cmd, false, 2);
+    crate::tty::new_session(&mut cmd, false, last_fd);
     let spawned = cmd.spawn();
     // Only the monitor holds its ends of the pipes or the terminal now.
     drop(cmd);

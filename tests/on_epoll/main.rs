@@ -32,6 +32,8 @@ mod faults;
 mod history;
 #[path = "../lifecycle.rs"]
 mod lifecycle;
+#[path = "../logs.rs"]
+mod logs;
 #[path = "../metrics.rs"]
 mod metrics;
 #[path = "../relay_core.rs"]

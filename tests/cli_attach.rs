@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::sb::{Opts, Runtime, Sb, temp_dir};
-use common::{fill_pattern, within};
+use common::{fill_pattern, wait_until, within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -111,14 +111,6 @@ impl Drop for Attach {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

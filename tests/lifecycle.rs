@@ -3,23 +3,12 @@
 //! removes them (a running container only with `-f`), and `run --rm` leaves nothing.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use common::sb::Runtime;
-use common::within;
+use common::sb::{Runtime, cli};
+use common::{wait_until, within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-fn sb(runtime: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(runtime)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 /// `run -d --name NAME ARGS -- CMD`.
 fn run_detached(runtime: &Path, name: &str, extra: &[&str], cmd: &[&str]) {
@@ -41,7 +30,7 @@ fn ps(runtime: &Path, all: bool) -> Vec<serde_json::Value> {
     if all {
         args.push("-a");
     }
-    let out = sb(runtime, &args);
+    let out = cli(runtime, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .unwrap()
@@ -54,14 +43,6 @@ fn find<'a>(list: &'a [serde_json::Value], id: &str) -> Option<&'a serde_json::V
     list.iter().find(|c| c["id"] == id)
 }
 
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn wait_and_ps_tell_how_a_container_ended() {
     within(60, || {
@@ -69,7 +50,7 @@ fn wait_and_ps_tell_how_a_container_ended() {
         let runtime = guard.path.clone();
         run_detached(&runtime, "seven", &[], &["sh", "-c", "sleep 0.3; exit 7"]);
         run_detached(&runtime, "up", &[], &["sleep", "100"]);
-        let out = sb(&runtime, &["wait", "seven"]);
+        let out = cli(&runtime, &["wait", "seven"]);
         assert_eq!(out.status.code(), Some(7));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "7\n");
         // ps: only what runs; ps -a: the exited one too, with its status.
@@ -82,7 +63,7 @@ fn wait_and_ps_tell_how_a_container_ended() {
             (seven["status"].as_str(), seven["exit_code"].as_u64()),
             (Some("exited"), Some(7))
         );
-        let table = String::from_utf8_lossy(&sb(&runtime, &["ps", "-a"]).stdout).into_owned();
+        let table = String::from_utf8_lossy(&cli(&runtime, &["ps", "-a"]).stdout).into_owned();
         assert!(
             table
                 .lines()
@@ -92,7 +73,7 @@ fn wait_and_ps_tell_how_a_container_ended() {
         // A container killed by a signal: 128 + the signal, as a shell says.
         let up_pid = find(&running, "up").unwrap()["container_pid"].as_i64().unwrap() as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(up_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-        let out = sb(&runtime, &["wait", "up"]);
+        let out = cli(&runtime, &["wait", "up"]);
         assert_eq!(out.status.code(), Some(137));
         let all = ps(&runtime, true);
         assert_eq!(find(&all, "up").unwrap()["signal"], 9);
@@ -117,19 +98,19 @@ fn stop_keeps_the_logs_and_rm_removes_them() {
         run_detached(&runtime, "web", &[], &["sh", "-c", "echo served; exec sleep 100"]);
         let dir = runtime.join("web");
         wait_until("its output logged", || {
-            sb(&runtime, &["logs", "web"]).stdout == b"served\n"
+            cli(&runtime, &["logs", "web"]).stdout == b"served\n"
         });
         // A running container is not removed without -f.
-        let out = sb(&runtime, &["rm", "web"]);
+        let out = cli(&runtime, &["rm", "web"]);
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("web is running"));
-        let out = sb(&runtime, &["stop", "--grace", "2s", "web"]);
+        let out = cli(&runtime, &["stop", "--grace", "2s", "web"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // Stopped: not running, its logs and how it ended are kept.
         assert!(find(&ps(&runtime, false), "web").is_none());
         assert_eq!(find(&ps(&runtime, true), "web").unwrap()["signal"], 15);
-        assert_eq!(sb(&runtime, &["logs", "web"]).stdout, b"served\n");
-        let out = sb(&runtime, &["rm", "web"]);
+        assert_eq!(cli(&runtime, &["logs", "web"]).stdout, b"served\n");
+        let out = cli(&runtime, &["rm", "web"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!dir.exists());
         assert!(find(&ps(&runtime, true), "web").is_none());
@@ -138,14 +119,14 @@ fn stop_keeps_the_logs_and_rm_removes_them() {
         let pid = find(&ps(&runtime, false), "busy").unwrap()["container_pid"]
             .as_i64()
             .unwrap() as i32;
-        let out = sb(&runtime, &["rm", "-f", "busy"]);
+        let out = cli(&runtime, &["rm", "-f", "busy"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!runtime.join("busy").exists());
         let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_or(true, |s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'));
         assert!(gone, "the container outlived rm -f");
         // Nothing by that name.
-        assert_eq!(sb(&runtime, &["rm", "nobody"]).status.code(), Some(1));
+        assert_eq!(cli(&runtime, &["rm", "nobody"]).status.code(), Some(1));
     });
 }
 

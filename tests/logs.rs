@@ -5,23 +5,13 @@
 //! files kept, prints every byte exactly once and ends when the container exits.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use common::sb::Runtime;
+use common::sb::{Runtime, cli};
 use common::within;
 use switchboard::agent::cri::{Entry, parse_rfc3339};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-fn sb(runtime: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(runtime)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn run_detached(runtime: &Path, name: &str, extra: &[&str], script: &str) {
     let out = Command::new(BIN)
@@ -69,7 +59,7 @@ fn a_cri_log_holds_what_the_container_wrote_and_logs_prints_it() {
         let long = "y".repeat(40_000);
         let script = format!("echo one; echo two >&2; echo {long}; printf 'no newline'; sleep 0.3; echo three >&2");
         run_detached(&runtime, "c", &[], &script);
-        assert_eq!(sb(&runtime, &["wait", "c"]).status.code(), Some(0));
+        assert_eq!(cli(&runtime, &["wait", "c"]).status.code(), Some(0));
         let entries = parse_strictly(&runtime.join("c/container.log"));
         // The contents of each stream, joined as the tags say, are what it wrote.
         let joined = |stderr: bool| -> String {
@@ -86,22 +76,22 @@ fn a_cri_log_holds_what_the_container_wrote_and_logs_prints_it() {
             "the long line is cut"
         );
         // logs: each stream to its own, the long line whole.
-        let out = sb(&runtime, &["logs", "c"]);
+        let out = cli(&runtime, &["logs", "c"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), format!("one\n{long}\nno newline"));
         assert_eq!(text(&out.stderr), "two\nthree\n");
-        let out = sb(&runtime, &["logs", "--tail", "1", "c"]);
+        let out = cli(&runtime, &["logs", "--tail", "1", "c"]);
         assert_eq!(
             (text(&out.stdout), text(&out.stderr)),
             (String::new(), "three\n".to_string())
         );
-        let out = sb(&runtime, &["logs", "--stderr", "c"]);
+        let out = cli(&runtime, &["logs", "--stderr", "c"]);
         assert_eq!(
             (text(&out.stdout), text(&out.stderr)),
             (String::new(), "two\nthree\n".to_string())
         );
         // -t: each line after its time; the times do not go back.
-        let out = sb(&runtime, &["logs", "-t", "--stdout", "c"]);
+        let out = cli(&runtime, &["logs", "-t", "--stdout", "c"]);
         let times: Vec<u128> = text(&out.stdout)
             .lines()
             .map(|l| parse_rfc3339(l.split(' ').next().unwrap()).unwrap())
@@ -111,12 +101,12 @@ fn a_cri_log_holds_what_the_container_wrote_and_logs_prints_it() {
         // --since a time after the first lines: only what came later.
         let late = entries.iter().find(|e| text(&e.content) == "three").unwrap().time_ns;
         let stamp = switchboard::agent::cri::rfc3339_nano(late);
-        let out = sb(&runtime, &["logs", "--since", &stamp, "c"]);
+        let out = cli(&runtime, &["logs", "--since", &stamp, "c"]);
         assert_eq!(
             (text(&out.stdout), text(&out.stderr)),
             (String::new(), "three\n".to_string())
         );
-        let out = sb(&runtime, &["logs", "--since", "yesterday", "c"]);
+        let out = cli(&runtime, &["logs", "--since", "yesterday", "c"]);
         assert_eq!(out.status.code(), Some(1));
     });
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::http::read_stdout;
 use common::sb::*;
-use common::{fill_pattern, within};
+use common::{fill_pattern, wait_until, within};
 use switchboard::client::metrics::{self, Figures};
 use switchboard::wire::Format;
 
@@ -64,14 +64,6 @@ fn check_families(text: &str, open_metrics: bool) {
     let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
     assert_eq!(helps, announced.len(), "a HELP for every TYPE");
     assert_eq!(text.ends_with("# EOF\n"), open_metrics);
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -18,5 +18,5 @@ pub mod term;
 
 pub use body::BodyChecker;
 pub use checkers::{Checker, Collected, Collector, RawChecker, read_all};
-pub use os::{pipe, rss_kib, socket_pair, test_name, within};
+pub use os::{pipe, rss_kib, socket_pair, test_name, wait_until, within};
 pub use pattern::{Progress, Rng, fill_pattern, is_pattern, pattern, produce};

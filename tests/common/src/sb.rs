@@ -464,3 +464,14 @@ pub fn write_all(fd: &OwnedFd, mut data: &[u8]) {
         data = &data[nix::unistd::write(fd, data).unwrap()..];
     }
 }
+
+/// Runs `switchboard ARGS --runtime-dir RUNTIME` to its end, stdin empty.
+pub fn cli(runtime: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary("switchboard"))
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(runtime)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}

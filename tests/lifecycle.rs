@@ -77,6 +77,13 @@ fn wait_and_ps_tell_how_a_container_ended() {
         assert_eq!(out.status.code(), Some(137));
         let all = ps(&runtime, true);
         assert_eq!(find(&all, "up").unwrap()["signal"], 9);
+        // A container whose background child keeps its output open has not ended for
+        // wait until that child is gone too (its log is complete only then); its log
+        // can be read from the moment run returned.
+        run_detached(&runtime, "bg", &[], &["sh", "-c", "sleep 1 & exit 3"]);
+        assert!(cli(&runtime, &["logs", "bg"]).status.success());
+        let out = cli(&runtime, &["wait", "bg"]);
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
         // A command that cannot start: 127, and its reason.
         let out = Command::new(BIN)
             .args(["run", "--runtime-dir"])

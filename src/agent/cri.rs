@@ -288,11 +288,10 @@ fn open_log(path: &Path) -> io::Result<File> {
 }
 
 /// Copies what a switchboard logs into its pipes (stdout's, and stderr's without a TTY)
-/// into the CRI log in `dir`, as it comes, until both pipes ended (the switchboard
+/// into the CRI log `writer` writes, as it comes, until both pipes ended (the switchboard
 /// exited).
-pub fn drain(stdout: OwnedFd, stderr: Option<OwnedFd>, dir: &Path, max_size: u64, max_files: usize) -> io::Result<()> {
+pub fn drain(stdout: OwnedFd, stderr: Option<OwnedFd>, mut writer: Writer) -> io::Result<()> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut writer = Writer::open(dir, max_size, max_files)?;
     let mut open: Vec<(OwnedFd, bool)> = vec![(stdout, false)];
     if let Some(e) = stderr {
         open.push((e, true));

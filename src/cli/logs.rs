@@ -323,23 +323,31 @@ impl Follower {
         }
     }
 
-    /// The file written after this one, if this one is no longer the current file.
+    /// The file written after this one, if this one is no longer the current file. The
+    /// names move as the log rotates: the file opened must be the one that followed this
+    /// one when they were listed, else they are listed again.
     fn successor(&self) -> io::Result<Option<nix::fcntl::Flock<File>>> {
-        let files = cri::files(&self.dir);
-        let inodes: Vec<u64> = files
-            .iter()
-            .map(|f| std::fs::metadata(f).map_or(0, |m| m.ino()))
-            .collect();
-        match inodes.iter().position(|&i| i == self.inode) {
-            // The current file: nothing after it yet.
-            Some(k) if k + 1 == files.len() => Ok(None),
-            // (Locked before this one lets go: nothing between them can go meanwhile.)
-            Some(k) => cri::open_following(&files[k + 1]).map(Some),
-            // Rotated away entirely: the oldest file there is comes next.
-            None => match files.first() {
-                Some(f) => cri::open_following(f).map(Some),
-                None => Ok(None),
-            },
+        loop {
+            let files = cri::files(&self.dir);
+            let inodes: Vec<u64> = files
+                .iter()
+                .map(|f| std::fs::metadata(f).map_or(0, |m| m.ino()))
+                .collect();
+            let next = match inodes.iter().position(|&i| i == self.inode) {
+                // The current file: nothing after it yet.
+                Some(k) if k + 1 == files.len() => return Ok(None),
+                Some(k) => k + 1,
+                // Rotated away entirely: the oldest file there is comes next.
+                None if files.is_empty() => return Ok(None),
+                None => 0,
+            };
+            // (Locked before this one lets go: nothing after this one can go meanwhile.)
+            match cri::open_following(&files[next]) {
+                Ok(f) if f.metadata()?.ino() == inodes[next] => return Ok(Some(f)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 }

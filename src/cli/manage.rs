@@ -261,6 +261,16 @@ fn remove(runtime: &Path, target: &str, force: bool) -> Result<(), String> {
         false => sup.cleanup(&id),
     }
     .map_err(|e| e.to_string())?;
+    // A container just stopped has its end recorded by its monitor meanwhile, which can
+    // put a file back into the directory being removed: removed again until it is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while dir.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{} could not be removed", dir.display()));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     println!("{id}");
     Ok(())
 }
@@ -276,21 +286,26 @@ pub fn wait(args: &WaitArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Once the container is gone, its monitor records its end at once: a container gone
-    // for a second without a record had none (its monitor was killed).
+    // Its monitor records its end once the container and its switchboard are gone (the
+    // log is complete then): gone for a second without a record, it had none (its
+    // monitor was killed, or it was removed with `run --rm` before we read it).
     let mut gone_since: Option<std::time::Instant> = None;
     loop {
         if let Ok(Some(record)) = ExitRecord::load(&dir) {
             println!("{}", record.shell_code());
             return ExitCode::from(record.shell_code());
         }
-        let alive =
-            Info::load(&dir).is_ok_and(|i| i.container_pid.is_none() || i.container().is_some_and(|c| c.is_alive()));
+        let alive = Info::load(&dir)
+            .is_ok_and(|i| i.container().is_some_and(|c| c.group_alive()) || i.server().is_some_and(|s| s.is_alive()));
         match (alive, gone_since) {
             (true, _) => gone_since = None,
             (false, None) => gone_since = Some(std::time::Instant::now()),
             (false, Some(t)) if t.elapsed() > Duration::from_secs(1) => {
-                eprintln!("switchboard wait: {} ended, and how was not recorded", args.target);
+                let why = match dir.exists() {
+                    true => "how was not recorded",
+                    false => "it was removed (run --rm) before its status was read",
+                };
+                eprintln!("switchboard wait: {} ended, and {why}", args.target);
                 return ExitCode::FAILURE;
             }
             (false, Some(_)) => {}

@@ -40,11 +40,18 @@ pub struct MonitorArgs {
 
 /// Runs with the container's stdio as its own 0, 1 and 2, in a session of its own.
 pub fn monitor(args: &MonitorArgs) -> ExitCode {
-    let sink = args.cri_dir.clone().map(|dir| {
+    // The log file exists before the container does (`logs` right after `run -d`).
+    let writer = match &args.cri_dir {
+        Some(dir) => match cri::Writer::open(dir, args.log_max_size, args.log_max_files as usize) {
+            Ok(w) => Some(w),
+            Err(e) => return not_started(args, format!("cannot open the log in {}: {e}", dir.display())),
+        },
+        None => None,
+    };
+    let sink = writer.map(|writer| {
         let (out, err) = (log_pipe(3), args.cri_stderr.then(|| log_pipe(4)).flatten());
-        let (size, files) = (args.log_max_size, args.log_max_files as usize);
         std::thread::spawn(move || match out {
-            Some(out) => cri::drain(out, err, &dir, size, files),
+            Some(out) => cri::drain(out, err, writer),
             None => Ok(()),
         })
     });
@@ -61,16 +68,19 @@ pub fn monitor(args: &MonitorArgs) -> ExitCode {
     }
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => {
-            let record = ExitRecord::not_started(format!("cannot start {}: {e}", args.command[0]));
-            let _ = record.save(&args.dir);
-            return ExitCode::from(record.shell_code());
-        }
+        Err(e) => return not_started(args, format!("cannot start {}: {e}", args.command[0])),
     };
-    if let Ok(mut info) = Info::load(&args.dir) {
+    // A container whose pid is not recorded could be neither stopped nor waited for:
+    // it does not run.
+    let recorded = Info::load(&args.dir).and_then(|mut info| {
         info.container_pid = Some(child.id() as i32);
         info.container_start = agent::supervisor::start_time(child.id() as i32);
-        let _ = info.save(&args.dir);
+        info.save(&args.dir)
+    });
+    if let Err(e) = recorded {
+        let _ = child.kill();
+        let _ = child.wait();
+        return not_started(args, format!("cannot record the container: {e}"));
     }
     let record = match child.wait() {
         Ok(status) => ExitRecord::of(status),
@@ -78,14 +88,33 @@ pub fn monitor(args: &MonitorArgs) -> ExitCode {
     };
     // The log is complete once the switchboard exited (it closes its log pipes): only
     // then is the end recorded, so that whoever sees the record sees the whole log.
-    if let Some(sink) = sink {
-        let _ = sink.join();
+    match sink {
+        Some(sink) => {
+            let _ = sink.join();
+        }
+        // A raw log is written by the switchboard itself: it is complete once that exited.
+        None => wait_for_server(&args.dir),
     }
     let _ = record.save(&args.dir);
     if args.rm {
         remove(args);
     }
     ExitCode::from(record.shell_code())
+}
+
+/// The command was not started, for this reason: recorded, and 127.
+fn not_started(args: &MonitorArgs, why: String) -> ExitCode {
+    let record = ExitRecord::not_started(why);
+    let _ = record.save(&args.dir);
+    ExitCode::from(record.shell_code())
+}
+
+/// Waits until the container's switchboard exited.
+fn wait_for_server(dir: &std::path::Path) {
+    let Some(server) = Info::load(dir).ok().and_then(|i| i.server()) else { return };
+    while server.is_alive() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Inherited descriptor `fd` (a log pipe's read end), opened again through /proc as a

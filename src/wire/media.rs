@@ -165,9 +165,10 @@ fn record_format(media: &str) -> Option<Format> {
 /// Classifies a request in Mesos's order (docs/protocol.md §9.1).
 pub fn route(head: &RequestHead) -> Result<Route, HttpError> {
     if head.method == "GET" && head.path == METRICS_PATH {
-        let open_metrics = head
-            .header("accept")
-            .is_some_and(|a| a.to_ascii_lowercase().contains("application/openmetrics-text"));
+        let open_metrics = head.header("accept").is_some_and(|a| {
+            a.to_ascii_lowercase().contains("application/openmetrics-text")
+                && accepts(Some(a), "application/openmetrics-text")
+        });
         return Ok(Route::Metrics { open_metrics });
     }
     if head.method != "POST" {

@@ -142,7 +142,7 @@ fn one_client_each_framing() {
                 ..Setup::new(clients, 4 << 20)
             });
             assert_eq!(report.stats.clients_cut, 0);
-            assert_eq!(report.stats.bytes_read, 8 << 20);
+            assert_eq!(report.stats.bytes_read(), 8 << 20);
         }
     });
 }

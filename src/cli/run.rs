@@ -74,16 +74,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     }
 }
 
-/// The exit status a shell would report for a process status.
-fn exit_code(status: std::process::ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => code as u8,
-        (None, Some(signal)) => (128 + signal) as u8,
-        _ => 1,
-    }
-}
-
 /// Why `run` stops early: what to say, and the exit status.
 struct Stop {
     code: u8,
@@ -166,7 +156,7 @@ fn run_to_end(args: &RunArgs) -> Result<ExitCode, Stop> {
             // Reap the switchboard, which exits once its output is over.
             let _ = supervisor.watch(&id, std::time::Duration::from_secs(10));
             let status = status.map_err(|e| Stop::new(1, e.to_string()))?;
-            Ok(ExitCode::from(exit_code(status)))
+            Ok(ExitCode::from(agent::ExitRecord::of(status).shell_code()))
         }
     }
 }

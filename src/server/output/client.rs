@@ -224,7 +224,7 @@ impl Output {
             let lost = match &c.path {
                 Path::Copy(copy) => self.relay.cut_lagging(copy.id),
                 Path::Pipe(p) => {
-                    Some(self.stats.bytes_read.saturating_sub(p.account.delivered()) + p.account.queued() as u64)
+                    Some(self.stats.bytes_read().saturating_sub(p.account.delivered()) + p.account.queued() as u64)
                 }
             };
             if let Some(lost) = lost {

@@ -73,7 +73,6 @@ impl Output {
                 let range = st.window.start..st.window.start + n;
                 if st.stage.is_none() {
                     // (Staged bytes were counted when they were staged.)
-                    self.stats.bytes_read += n as u64;
                     self.stats.read[s] += n as u64;
                 }
                 let cut = self.relay.on_read(s, ring.arena(range));

@@ -51,8 +51,6 @@ pub struct Failure(pub String);
 /// Counters for logs, benchmarks and `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Container bytes read, all streams.
-    pub bytes_read: u64,
     /// Container bytes read, per stream.
     pub read: [u64; 2],
     /// Bytes the copy engine wrote to each stream's logger (a stage's splices into the
@@ -67,6 +65,13 @@ pub struct Stats {
     pub bytes_lost: u64,
     /// Times a pipe client fell behind its pipe and was served from the history.
     pub fell_behind: u64,
+}
+
+impl Stats {
+    /// Container bytes read, all streams.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.iter().sum()
+    }
 }
 
 /// The output's figures for `/metrics`.

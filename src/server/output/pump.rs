@@ -90,7 +90,6 @@ impl Output {
         match self.stage_mut(s).stage(ring, frame, owed) {
             Ok(Staged::Round) => {
                 let len = self.stage_mut(s).round.as_ref().map_or(0, |r| r.size.len);
-                self.stats.bytes_read += len as u64;
                 self.stats.read[s] += len as u64;
                 true
             }

@@ -5,10 +5,9 @@
 //! [`MAX_ENTRY`] or at the end of what was read). Files rotate by size: `container.log`,
 //! then `container.log.1` (newest) up to `.N`; an entry is never split across files.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -195,7 +194,7 @@ pub struct Writer {
 impl Writer {
     /// Opens (appends to) `dir`'s `container.log`.
     pub fn open(dir: &Path, max_size: u64, max_files: usize) -> io::Result<Writer> {
-        let file = open_log(&dir.join(FILE))?;
+        let file = super::dirs::open_log(&dir.join(FILE))?;
         let size = file.metadata()?.len();
         Ok(Writer {
             dir: dir.to_path_buf(),
@@ -244,7 +243,7 @@ impl Writer {
         if self.max_files == 1 {
             let _ = std::fs::remove_file(path(0));
         }
-        self.file = open_log(&path(0))?;
+        self.file = super::dirs::open_log(&path(0))?;
         self.size = 0;
         Ok(())
     }
@@ -276,15 +275,6 @@ pub fn open_following(path: &Path) -> io::Result<nix::fcntl::Flock<File>> {
     use nix::fcntl::{Flock, FlockArg};
     let file = File::open(path)?;
     Flock::lock(file, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))
-}
-
-fn open_log(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
 }
 
 /// Copies what a switchboard logs into its pipes (stdout's, and stderr's without a TTY)

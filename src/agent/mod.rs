@@ -125,6 +125,12 @@ impl Info {
         })
     }
 
+    /// Whether the container runs: its process group, or its switchboard (whose output
+    /// a background process of the container may hold open).
+    pub fn running(&self) -> bool {
+        self.server().is_some_and(|s| s.is_alive()) || self.container().is_some_and(|c| c.group_alive())
+    }
+
     /// Reads a container directory's `info.json`.
     pub fn load(dir: &Path) -> io::Result<Info> {
         dirs::check_owned_dir(dir)?;

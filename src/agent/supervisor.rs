@@ -616,6 +616,16 @@ impl Drop for Supervisor {
 
 /// Removes a container's directory, its socket with it when it lies there. A socket a
 /// record names elsewhere is left alone: the record is all that says it is ours.
+///
+/// The process that waited for the container (`run`'s monitor) may be recording its
+/// end at that moment, putting a file back while the directory goes: it is removed
+/// again until it is gone (for at most 5 s).
 fn remove_state(dir: &Path, _info: &Info) {
-    let _ = std::fs::remove_dir_all(dir);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.exists() && Instant::now() < deadline {
+        let _ = std::fs::remove_dir_all(dir);
+        if dir.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -248,7 +248,7 @@ pub fn rm(args: &RmArgs) -> ExitCode {
 fn remove(runtime: &Path, target: &str, force: bool) -> Result<(), String> {
     let dir = resolve(runtime, target)?;
     let info = Info::load(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let running = info.server().is_some_and(|s| s.is_alive()) || info.container().is_some_and(|c| c.group_alive());
+    let running = info.running();
     let mut sup = Supervisor::new(runtime.to_path_buf(), PathBuf::new(), Timeouts::default());
     let id = sup.adopt(&dir).map_err(|e| e.to_string())?;
     if running && !force {
@@ -261,15 +261,8 @@ fn remove(runtime: &Path, target: &str, force: bool) -> Result<(), String> {
         false => sup.cleanup(&id),
     }
     .map_err(|e| e.to_string())?;
-    // A container just stopped has its end recorded by its monitor meanwhile, which can
-    // put a file back into the directory being removed: removed again until it is gone.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while dir.exists() {
-        if std::time::Instant::now() > deadline {
-            return Err(format!("{} could not be removed", dir.display()));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::thread::sleep(Duration::from_millis(20));
+    if dir.exists() {
+        return Err(format!("{} could not be removed", dir.display()));
     }
     println!("{id}");
     Ok(())
@@ -295,8 +288,7 @@ pub fn wait(args: &WaitArgs) -> ExitCode {
             println!("{}", record.shell_code());
             return ExitCode::from(record.shell_code());
         }
-        let alive = Info::load(&dir)
-            .is_ok_and(|i| i.container().is_some_and(|c| c.group_alive()) || i.server().is_some_and(|s| s.is_alive()));
+        let alive = Info::load(&dir).is_ok_and(|i| i.running());
         match (alive, gone_since) {
             (true, _) => gone_since = None,
             (false, None) => gone_since = Some(std::time::Instant::now()),

@@ -97,7 +97,7 @@ impl Epoll {
             Prepared::Accept { fd } => {
                 // Our own listener: non-blocking, so that a wake-up takes every waiting
                 // connection (the connections it hands out are blocking, as io_uring's).
-                if let Err(e) = set_nonblocking(fd) {
+                if let Err(e) = crate::sys::set_nonblocking(borrow(fd)) {
                     return self.finish(key, neg(&e));
                 }
                 self.wait_for(key, fd, libc::EPOLLIN as u32);
@@ -450,9 +450,7 @@ fn plain_kind(fd: RawFd) -> Plain {
     // SAFETY: `st` is a valid buffer; `fd` is held open by the ring's table.
     let file =
         unsafe { libc::fstat(fd, &mut st) } == 0 && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK);
-    // SAFETY: F_GETFL only reads the descriptor's flags.
-    let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
-    match file || nonblocking {
+    match file || crate::sys::is_nonblocking(borrow(fd)) {
         true => Plain::Always,
         false => Plain::IfReady,
     }
@@ -498,14 +496,10 @@ fn poll_now(fd: RawFd, events: u32) -> u32 {
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: F_GETFL and F_SETFL only read and set the descriptor's status flags.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    match ok {
-        true => Ok(()),
-        false => Err(io::Error::last_os_error()),
-    }
+/// An operation's descriptor, for the helpers that take a borrowed one.
+fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: only called with the descriptor of an operation in flight, which the ring's
+    // table holds open until that operation's final completion, and only for calls made
+    // within this engine's handling of it.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }

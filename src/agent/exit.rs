@@ -3,7 +3,7 @@
 
 use std::io;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
@@ -104,6 +104,32 @@ impl ExitRecord {
             finished: v.get("finished").and_then(Value::as_u64).unwrap_or(0),
             error: v.get("error").and_then(Value::as_str).map(String::from),
         }))
+    }
+
+    /// Waits until the container of `dir` ended and returns its end. Its monitor records
+    /// it once the container and its switchboard are gone (the log is complete then):
+    /// gone for a second without a record, it had none, and the error says why (its
+    /// monitor was killed, or it was removed with `run --rm` before we read it).
+    pub fn wait_for(dir: &Path) -> Result<ExitRecord, &'static str> {
+        let mut gone_since: Option<Instant> = None;
+        loop {
+            if let Ok(Some(record)) = ExitRecord::load(dir) {
+                return Ok(record);
+            }
+            let alive = super::Info::load(dir).is_ok_and(|i| i.running());
+            match (alive, gone_since) {
+                (true, _) => gone_since = None,
+                (false, None) => gone_since = Some(Instant::now()),
+                (false, Some(t)) if t.elapsed() > Duration::from_secs(1) => {
+                    return Err(match dir.exists() {
+                        true => "how was not recorded",
+                        false => "it was removed (run --rm) before its status was read",
+                    });
+                }
+                (false, Some(_)) => {}
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{ContainerIo, Info, Launch};
+use super::{ContainerIo, ExitRecord, Info, Launch};
 
 /// What failed, and for which container.
 #[derive(Debug)]
@@ -244,6 +244,27 @@ pub struct Entry {
     pub dir: PathBuf,
     pub info: Info,
     pub alive: bool,
+}
+
+/// What `ps` says of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Ended(ExitRecord),
+    /// Not running, and how it ended was not recorded.
+    Gone,
+}
+
+impl Entry {
+    /// Whether it runs, or how it ended.
+    pub fn state(&self) -> State {
+        let container_alive = self.info.container().is_some_and(|c| c.group_alive());
+        match ExitRecord::load(&self.dir).ok().flatten() {
+            Some(record) if !container_alive => State::Ended(record),
+            _ if self.alive || container_alive => State::Running,
+            _ => State::Gone,
+        }
+    }
 }
 
 /// Every container recorded under `runtime_dir`, by id; an error when the runtime

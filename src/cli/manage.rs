@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
-use crate::agent::{self, Ended, ExitRecord, Info, Supervisor, Timeouts, supervisor};
+use crate::agent::supervisor::{self, State};
+use crate::agent::{self, Ended, ExitRecord, Info, Supervisor, Timeouts};
 use crate::cli::serve::parse_duration;
 
 #[derive(Debug, Args)]
@@ -61,23 +62,6 @@ pub struct WaitArgs {
     pub runtime_dir: Option<PathBuf>,
 }
 
-/// What `ps` says of a container.
-enum State {
-    Running,
-    Ended(ExitRecord),
-    /// Not running, and how it ended was not recorded.
-    Gone,
-}
-
-fn state(e: &supervisor::Entry) -> State {
-    let container_alive = e.info.container().is_some_and(|c| c.group_alive());
-    match ExitRecord::load(&e.dir).ok().flatten() {
-        Some(record) if !container_alive => State::Ended(record),
-        _ if e.alive || container_alive => State::Running,
-        _ => State::Gone,
-    }
-}
-
 /// `5s`, `3m`, `2h` or `4d` since `then` (seconds since the epoch).
 fn ago(then: u64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -104,7 +88,7 @@ pub fn ps(args: &PsArgs) -> ExitCode {
     let rows: Vec<(supervisor::Entry, State)> = entries
         .into_iter()
         .map(|e| {
-            let st = state(&e);
+            let st = e.state();
             (e, st)
         })
         .filter(|(_, st)| args.all || matches!(st, State::Running))
@@ -166,7 +150,7 @@ pub fn ps(args: &PsArgs) -> ExitCode {
 }
 
 /// The directory of the container `target` (an id, or a socket path) under `runtime`.
-pub(crate) fn resolve(runtime: &Path, target: &str) -> Result<PathBuf, String> {
+pub fn resolve(runtime: &Path, target: &str) -> Result<PathBuf, String> {
     let missing = || format!("no container '{target}' under {}", runtime.display());
     // (A runtime directory others control is refused here, saying why.)
     let entries = supervisor::list(runtime).map_err(|e| e.to_string())?;
@@ -279,29 +263,14 @@ pub fn wait(args: &WaitArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Its monitor records its end once the container and its switchboard are gone (the
-    // log is complete then): gone for a second without a record, it had none (its
-    // monitor was killed, or it was removed with `run --rm` before we read it).
-    let mut gone_since: Option<std::time::Instant> = None;
-    loop {
-        if let Ok(Some(record)) = ExitRecord::load(&dir) {
+    match ExitRecord::wait_for(&dir) {
+        Ok(record) => {
             println!("{}", record.shell_code());
-            return ExitCode::from(record.shell_code());
+            ExitCode::from(record.shell_code())
         }
-        let alive = Info::load(&dir).is_ok_and(|i| i.running());
-        match (alive, gone_since) {
-            (true, _) => gone_since = None,
-            (false, None) => gone_since = Some(std::time::Instant::now()),
-            (false, Some(t)) if t.elapsed() > Duration::from_secs(1) => {
-                let why = match dir.exists() {
-                    true => "how was not recorded",
-                    false => "it was removed (run --rm) before its status was read",
-                };
-                eprintln!("switchboard wait: {} ended, and {why}", args.target);
-                return ExitCode::FAILURE;
-            }
-            (false, Some(_)) => {}
+        Err(why) => {
+            eprintln!("switchboard wait: {} ended, and {why}", args.target);
+            ExitCode::FAILURE
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

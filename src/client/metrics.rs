@@ -116,9 +116,15 @@ fn quoted(text: &str) -> Option<(String, &str)> {
     None
 }
 
+/// How long [`fetch`] waits for an answer.
+pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Fetches the figures of the switchboard at `socket`.
 pub fn fetch(socket: &Path) -> Result<Figures, ClientError> {
     let mut sock = connect(socket)?;
+    // A server answers at once, busy or not: one that does not is stuck, not slow.
+    sock.set_read_timeout(Some(ANSWER_WITHIN))?;
+    sock.set_write_timeout(Some(ANSWER_WITHIN))?;
     sock.write_all(b"GET /metrics HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     let head = read_head(&mut sock, &mut buf)?;

@@ -27,8 +27,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, FlagError> {
     super::stout::parse_duration(s)
 }
 
-/// What `switchboard serve` (and the servers `switchboard run` starts) keep for replay
-/// on pipes.
+/// What `switchboard serve` (and the servers `switchboard run` starts) keep for replay:
+/// for late clients on pipes, and on a terminal too for clients that resume where their
+/// connection dropped (a fresh attach to a terminal starts at the newest output: its
+/// screen is not its bytes).
 pub const DEFAULT_REPLAY: usize = 1 << 20;
 
 /// `--lag-policy`.
@@ -77,8 +79,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", alias = "lag-limit")]
     pub history_bytes: Option<usize>,
     /// Output kept for clients that attach later or resume, however far every client is
-    /// (default: 1 MiB on pipes, 0 with --pty-fd: a terminal's screen is not its bytes;
-    /// at most the history).
+    /// (default: 1 MiB; at most the history).
     #[arg(long, value_name = "BYTES")]
     pub replay_bytes: Option<usize>,
     /// What happens to an output client further behind than the history holds.
@@ -124,7 +125,7 @@ impl ServeArgs {
         };
         let mut limits = Limits::default();
         limits.drain_timeout = self.drain_timeout.unwrap_or(limits.drain_timeout);
-        let replay = self.replay_bytes.unwrap_or(if tty { 0 } else { DEFAULT_REPLAY });
+        let replay = self.replay_bytes.unwrap_or(DEFAULT_REPLAY);
         let relay = RelayConfig::sized(self.buffer_bytes, self.history_bytes, Some(replay))?;
         Ok(Config {
             fds: Descriptors {

@@ -46,6 +46,14 @@ enum Command {
     /// What running switchboards are doing: clients, bytes read, logged and sent, clients
     /// cut, history held, input; refreshed every second (from each one's GET /metrics).
     Stats(StatsArgs),
+    /// A browser terminal for the containers under the runtime directory, and their
+    /// attach over the Kubernetes streaming protocol (WebSocket), on a loopback HTTP port
+    /// guarded by a token (the switchboard-web program; `switchboard web --help`).
+    #[command(disable_help_flag = true)]
+    Web {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
     /// The parent `run` starts a container through (it records the container's end).
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -67,6 +75,7 @@ fn main() -> ExitCode {
         Command::Wait(args) => switchboard::cli::manage::wait(&args),
         Command::Logs(args) => switchboard::cli::logs::logs(&args),
         Command::Stats(args) => switchboard::cli::stats::stats(&args),
+        Command::Web { args } => switchboard::cli::web(&args),
         Command::Monitor(args) => switchboard::cli::monitor::monitor(&args),
         Command::Serve(args) => serve(args),
     }

@@ -15,6 +15,34 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// The browser gateway's program, a separate one so that the servers never link (nor
+/// wait to compile) its async HTTP stack.
+pub const WEB_PROGRAM: &str = "switchboard-web";
+
+/// `switchboard web ARGS`: runs [`WEB_PROGRAM`] with `ARGS` in place of this process,
+/// from beside this program (where cargo builds it), else from `$PATH`.
+pub fn web(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(WEB_PROGRAM)))
+        .filter(|p| p.exists());
+    let program = beside.unwrap_or_else(|| PathBuf::from(WEB_PROGRAM));
+    let error = std::process::Command::new(&program).args(args).exec();
+    match error.kind() {
+        io::ErrorKind::NotFound => eprintln!(
+            "switchboard web: {WEB_PROGRAM} is not beside this program nor on $PATH: build it with \
+             `cargo build --release -p {WEB_PROGRAM}` (a plain `cargo build --release` builds it too)"
+        ),
+        _ => eprintln!(
+            "switchboard web: {}: {}",
+            program.display(),
+            crate::sys::strerror(&error)
+        ),
+    }
+    std::process::ExitCode::from(2)
+}
+
 /// Diagnostics that cannot be set up as asked.
 #[derive(Debug)]
 pub enum LoggingError {

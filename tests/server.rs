@@ -809,6 +809,54 @@ fn a_writer_that_hangs_up_frees_the_slot_and_stdin_bytes_stay_in_order() {
 }
 
 #[test]
+fn a_writer_that_hangs_up_with_a_full_input_buffer_frees_the_slot() {
+    within(60, || {
+        let mut sb = Sb::start(Opts::default());
+        // One record more than the stdin pipe holds (its write waits for the container),
+        // then more than --input_buffer (1 MiB) behind it: the body is read no further,
+        // and only a poll can tell that the client left.
+        let big = vec![b'a'; 200_000];
+        let mut first = sb.connect();
+        let handle = first.try_clone().unwrap();
+        let mut req = input_head(false);
+        req.extend(record(FIRST_RECORD));
+        req.extend(record(&stdin_record(&big)));
+        for _ in 0..12 {
+            req.extend(record(&stdin_record(&[b'z'; 100_000])));
+        }
+        // (It blocks once the server stops reading; the hang-up ends it.)
+        let writer = std::thread::spawn(move || {
+            let _ = first.write_all(&req);
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The client goes, both ways, with its body half sent.
+        handle.shutdown(std::net::Shutdown::Both).unwrap();
+        writer.join().unwrap();
+        drop(handle);
+        std::thread::sleep(Duration::from_millis(100));
+        let socket = sb.socket.clone();
+        let second = std::thread::spawn(move || {
+            let mut req = input_head(false);
+            req.extend(record(FIRST_RECORD));
+            req.extend(record(&stdin_record(b"bbbb")));
+            req.extend_from_slice(LAST_CHUNK);
+            exchange(&socket, &req).unwrap().status
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut got = vec![0u8; big.len() + 4];
+        std::io::Read::read_exact(&mut &std::fs::File::from(sb.stdin.take().unwrap()), &mut got).unwrap();
+        assert_eq!(second.join().unwrap(), 200);
+        assert_eq!(&got[..big.len()], &big[..]);
+        assert_eq!(&got[big.len()..], b"bbbb", "the rest of the first body went with it");
+        for _ in 0..2 {
+            assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
+        }
+        sb.close_output();
+        assert!(sb.wait(30).success());
+    });
+}
+
+#[test]
 fn requests_in_progress_at_exit_get_503_at_once() {
     within(60, || {
         let mut sb = Sb::start(Opts::default());

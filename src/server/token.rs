@@ -76,6 +76,8 @@ numbered! {
         /// A write to the container's stdin, or a wait for it to take more.
         StdinWrite,
         StdinWritable,
+        /// The client of an input request whose body waits for stdin hung up.
+        Hangup,
     }
 }
 

@@ -33,6 +33,9 @@ use request::{hand_over, parse};
 
 const RECV_SIZE: usize = 16 * 1024;
 
+/// A peer gone both ways (or an error), as a poll says it.
+const HANGUP: u32 = (libc::POLLHUP | libc::POLLERR) as u32;
+
 /// The receive size of connections that do not hold the input slot (heads, call bodies,
 /// first records are small): every connection may have one in flight, counted against
 /// the request budget, so the budget holds 8192 of them, more than the connections
@@ -147,6 +150,8 @@ pub(super) struct Conn {
     send: Option<OpId>,
     sendq: VecDeque<Vec<u8>>,
     timer: Option<OpId>,
+    /// A poll for its client's hang-up, while its input body waits for stdin.
+    hangup: Option<OpId>,
     pub state: State,
     /// The peer shut its side (we read EOF).
     pub eof: bool,
@@ -280,6 +285,7 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
         send: None,
         sendq: VecDeque::new(),
         timer: None,
+        hangup: None,
         state: State::Idle,
         eof: false,
         forbidden: !allowed,
@@ -306,6 +312,7 @@ pub(crate) fn handle(ctx: &mut Ctx<'_>, op: ConnOp, i: u32, c: Completion) {
         ConnOp::Timer => on_timer(ctx, i, c),
         ConnOp::StdinWrite => input::on_written(ctx, c),
         ConnOp::StdinWritable => input::on_writable(ctx),
+        ConnOp::Hangup => on_hangup(ctx, i, c),
     }
 }
 
@@ -475,6 +482,17 @@ fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     drive(ctx, i);
 }
 
+/// The client hung up (both directions: a half-close still reads our answer). Its
+/// record being written goes on; the rest of its body is dropped with it.
+fn on_hangup(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
+    get(ctx, i).hangup = None;
+    if comp.res == -libc::ECANCELED {
+        return;
+    }
+    tracing::info!("connection {i}: its client hung up");
+    close(ctx, i);
+}
+
 fn on_send(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     let c = get(ctx, i);
     c.send = None;
@@ -556,6 +574,20 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
         State::Input(s) => !s.body_ended && s.body.len() + c.buf.len() < limits.input_buffer,
         _ => c.buf.len() < limits.http.max_head_bytes + RECV_SIZE,
     };
+    // An input body read as far as its buffer goes waits for stdin, which may never take
+    // it (a container that does not read): a client that hangs up meanwhile is noticed
+    // by a poll, or it would hold the input slot as long.
+    if let State::Input(s) = &c.state
+        && !wants
+        && !s.body_ended
+        && c.hangup.is_none()
+    {
+        let poll = Op::Poll {
+            fd: c.fd,
+            events: HANGUP,
+        };
+        c.hangup = Some(ctx.ring.submit(poll, Token::Conn(ConnOp::Hangup, i).encode()));
+    }
     if wants && !c.eof && c.recv.is_none() && over_budget {
         if !c.starved {
             c.starved = true;
@@ -582,7 +614,7 @@ fn close(ctx: &mut Ctx<'_>, i: u32) {
     release_input(ctx, i);
     let c = ctx.conns.take(i);
     let _ = shutdown(ctx.ring.raw(c.fd), Shutdown::Both);
-    for op in [c.recv, c.send, c.timer].into_iter().flatten() {
+    for op in [c.recv, c.send, c.timer, c.hangup].into_iter().flatten() {
         ctx.ring.cancel(op, true);
     }
     ctx.ring.close(c.fd);

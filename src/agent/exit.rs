@@ -106,30 +106,50 @@ impl ExitRecord {
         }))
     }
 
-    /// Waits until the container of `dir` ended and returns its end. Its monitor records
-    /// it once the container and its switchboard are gone (the log is complete then):
-    /// gone for a second without a record, it had none, and the error says why (its
-    /// monitor was killed, or it was removed with `run --rm` before we read it).
+    /// Waits until the container of `dir` ended and returns its end (see [`EndWatch`]).
     pub fn wait_for(dir: &Path) -> Result<ExitRecord, &'static str> {
-        let mut gone_since: Option<Instant> = None;
+        let mut watch = EndWatch::default();
         loop {
-            if let Ok(Some(record)) = ExitRecord::load(dir) {
-                return Ok(record);
+            if let Some(end) = watch.check(dir) {
+                return end;
             }
-            let alive = super::Info::load(dir).is_ok_and(|i| i.running());
-            match (alive, gone_since) {
-                (true, _) => gone_since = None,
-                (false, None) => gone_since = Some(Instant::now()),
-                (false, Some(t)) if t.elapsed() > Duration::from_secs(1) => {
-                    return Err(match dir.exists() {
-                        true => "how was not recorded",
-                        false => "it was removed (run --rm) before its status was read",
-                    });
-                }
-                (false, Some(_)) => {}
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(EndWatch::EVERY);
         }
+    }
+}
+
+/// Watches for a container's end, one look at a time (for waits that must be able to
+/// stop). Its monitor records the end once the container and its switchboard are gone
+/// (the log is complete then): gone for a second without a record, it had none, and the
+/// error says why (its monitor was killed, or it was removed with `run --rm` before we
+/// read it).
+#[derive(Debug, Default)]
+pub struct EndWatch {
+    gone_since: Option<Instant>,
+}
+
+impl EndWatch {
+    /// How often to look.
+    pub const EVERY: Duration = Duration::from_millis(50);
+
+    /// The end, once there is one to tell.
+    pub fn check(&mut self, dir: &Path) -> Option<Result<ExitRecord, &'static str>> {
+        if let Ok(Some(record)) = ExitRecord::load(dir) {
+            return Some(Ok(record));
+        }
+        let alive = super::Info::load(dir).is_ok_and(|i| i.running());
+        match (alive, self.gone_since) {
+            (true, _) => self.gone_since = None,
+            (false, None) => self.gone_since = Some(Instant::now()),
+            (false, Some(t)) if t.elapsed() > Duration::from_secs(1) => {
+                return Some(Err(match dir.exists() {
+                    true => "how was not recorded",
+                    false => "it was removed (run --rm) before its status was read",
+                }));
+            }
+            (false, Some(_)) => {}
+        }
+        None
     }
 }
 

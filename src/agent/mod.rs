@@ -20,7 +20,7 @@ pub mod dirs;
 mod exit;
 pub mod supervisor;
 
-pub use exit::ExitRecord;
+pub use exit::{EndWatch, ExitRecord};
 pub use supervisor::{Ended, ProcessId, Recovery, Supervisor, SupervisorError, Timeouts, boot_id};
 
 /// The runtime directory: `$XDG_RUNTIME_DIR/switchboard` when that is set, else

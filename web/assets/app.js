@@ -71,8 +71,14 @@ class Attachment {
     this.ended = false;     // the container ended (the gateway said how)
     this.detached = false;  // we left
     this.stdin = true;      // false once another client holds it
-    this.retries = 0;
+    this.conflicts = 0;     // 409s in a row (a client that just left may still hold it)
+    this.retries = 0;       // connections in a row that dropped or were refused
+    this.refused = 0;       // connections in a row that never opened
+    this.lastFrom = null;   // where the last connection asked to start (for tests)
     this.ws = null;
+    // One UTF-8 decoder per output channel: a character split across two messages of
+    // one stream must not meet the other stream's bytes in between.
+    this.decoders = { [STDOUT]: new TextDecoder(), [STDERR]: new TextDecoder() };
     const term = new Terminal({
       convertEol: !tty, cursorBlink: tty, scrollback: 10000,
       fontFamily: 'ui-monospace, "DejaVu Sans Mono", monospace', fontSize: 14,
@@ -113,32 +119,49 @@ class Attachment {
     const ws = new WebSocket(url, ['v5.channel.k8s.io']);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    this.lastFrom = from;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
+      this.refused = 0;
       setState('attached');
       this.sendSize();
     };
     ws.onmessage = (ev) => this.receive(ev.data);
     ws.onclose = () => {
-      if (this.ws !== ws || this.ended || this.detached) return;
+      if (this.ws !== ws || ws.superseded || this.ended || this.detached) return;
+      this.refused = opened ? 0 : this.refused + 1;
+      if (this.refused >= 5) {
+        // (A gateway restarted with another token, a container removed.)
+        setState('the gateway refuses to attach: reload the page from the URL switchboard web printed', 'lost');
+        return;
+      }
       // Dropped: attach again at the next byte (or, knowing none, at the newest output).
       this.retries += 1;
       const wait = Math.min(5000, 250 * 2 ** Math.min(this.retries, 5));
       setState(`connection lost: attaching again in ${(wait / 1000).toFixed(1)} s`, 'lost');
-      setTimeout(() => {
-        if (!this.detached && this.ws === ws) {
-          this.connect(this.position == null ? 'live' : String(this.position));
-        }
-      }, wait);
+      this.again(ws, wait);
     };
+  }
+
+  // Attaches again after `wait` ms at the next byte's position (held while tests say).
+  again(ws, wait) {
+    setTimeout(() => {
+      if (this.detached || this.ended || this.ws !== ws) return;
+      if (window.sbHoldReconnect) return this.again(ws, 100);
+      this.connect(this.position == null ? (this.tty ? 'live' : 'kept') : String(this.position));
+    }, wait);
   }
 
   receive(data) {
     if (typeof data === 'string') {
+      // Where the next output byte is: at the start, and wherever the stream moved.
       const m = JSON.parse(data);
       if (m.position !== undefined) {
         this.position = m.position;
         this.retries = 0;
       }
+      if (m.restarted) this.note('the switchboard restarted: continuing with the oldest output it kept');
       if (m.skipped) this.note(`${m.skipped} bytes of output were no longer kept: they are missing here`);
       return;
     }
@@ -148,13 +171,8 @@ class Attachment {
     const payload = b.subarray(1);
     if (channel === STDOUT || channel === STDERR) {
       if (this.position != null) this.position += payload.length;
-      if (channel === STDERR) {
-        this.term.write('\x1b[31m');
-        this.term.write(payload);
-        this.term.write('\x1b[39m');
-      } else {
-        this.term.write(payload);
-      }
+      const text = this.decoders[channel].decode(payload, { stream: true });
+      this.term.write(channel === STDERR ? `\x1b[31m${text}\x1b[39m` : text);
     } else if (channel === ERROR) {
       this.status(JSON.parse(new TextDecoder().decode(payload)));
     }
@@ -162,10 +180,16 @@ class Attachment {
 
   status(s) {
     if (s.reason === 'Conflict' && this.stdin) {
-      // Another client holds stdin: watch the output only.
-      this.stdin = false;
-      this.note('another client is attached to stdin: showing the output only');
-      this.connect(this.position == null ? (this.tty ? 'live' : 'kept') : String(this.position));
+      // Another client holds stdin (or one that just left still does, for a moment):
+      // try again, then watch the output only.
+      this.conflicts += 1;
+      if (this.conflicts > 3) {
+        this.stdin = false;
+        this.note('another client is attached to stdin: showing the output only');
+      }
+      // (The gateway closes this socket: its close must not attach again too.)
+      this.ws.superseded = true;
+      this.again(this.ws, this.stdin ? 300 : 0);
       return;
     }
     this.ended = true;
@@ -228,7 +252,10 @@ window.sbScreen = () => {
 
 // ---- routes --------------------------------------------------------------------------
 
+let routed = 0; // bumped at every route, so that a slow one that lost the race gives up
+
 async function route() {
+  const generation = ++routed;
   const m = location.hash.match(/^#\/attach\/(.+)$/);
   if (current) {
     current.detach();
@@ -248,6 +275,7 @@ async function route() {
   const id = decodeURIComponent(m[1]);
   const r = await fetch('/api/v1/containers', { cache: 'no-store' });
   const c = r.ok ? (await r.json()).find((x) => x.id === id) : null;
+  if (generation !== routed) return;
   if (!c) {
     location.hash = '';
     return;

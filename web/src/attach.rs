@@ -2,20 +2,23 @@
 //! output channels, the socket's stdin and resize channels to the switchboard's input
 //! request, and at the end the container's exit status on the error channel.
 //!
-//! The switchboard's client library is blocking: each side runs on a thread of its own,
-//! joined to the socket's task by bounded channels, so a slow browser holds back only its
-//! own output stream (which the switchboard then serves from its history, or cuts and we
-//! resume at the next byte's position).
+//! The switchboard's client library is blocking: the output and the input each run on a
+//! thread of their own, joined to the socket's task by bounded channels. A slow browser
+//! holds back only its own output stream (which the switchboard then serves from its
+//! history, or cuts, and the follower resumes at the next byte's position); a container
+//! that does not read its stdin holds back only the reading of the socket (its output
+//! still flows, and pings still find out whether the client is there).
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde_json::json;
-use switchboard::agent::ExitRecord;
+use switchboard::agent::{EndWatch, Info};
 use switchboard::client::{self, Begin, ClientError, Follower, InputStream, Piece};
 use switchboard::wire::message::mesos::agent::ProcessIo;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::containers::Container;
 use crate::k8s::{self, End, Frame, Incoming, Protocol};
@@ -27,8 +30,8 @@ pub struct Request {
     pub stdout: bool,
     pub stderr: bool,
     /// Where the output starts (`from=`, our extension: `live`, `kept`, or a position);
-    /// when given, a text frame `{"position":P,"skipped":S}` comes before the output, so
-    /// that a client that counts the bytes it got can resume at the next one.
+    /// when given, text frames tell the position of the next output byte (see
+    /// docs/web.md), so that a client that counts the bytes it got can resume there.
     pub from: Option<Begin>,
 }
 
@@ -74,8 +77,14 @@ enum Out {
         stderr: bool,
         data: Vec<u8>,
     },
-    /// The stream went on after a dropped connection, `skipped` bytes later.
-    Skipped(u64),
+    /// The stream goes on elsewhere than where the client counts: after a dropped
+    /// connection (`skipped` bytes the switchboard no longer had; `restarted`: another
+    /// switchboard, numbering anew), or at a later start than asked.
+    Moved {
+        position: Option<u64>,
+        skipped: u64,
+        restarted: bool,
+    },
     /// The output ended: the container is done.
     Ended,
     Failed(String),
@@ -84,7 +93,7 @@ enum Out {
 /// What the socket's task hands the input thread.
 enum In {
     Record(ProcessIo),
-    /// End the input request's body (the client detached, or the output ended).
+    /// End the input request's body (the output ended).
     End,
 }
 
@@ -94,35 +103,41 @@ const STDIN_RECORD: usize = 64 * 1024;
 /// How long a closing client gets to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// How often the client is pinged, and how long it may stay silent (pongs count) before
+/// it is taken for gone (a laptop that slept, a network that parted).
+const PING_EVERY: Duration = Duration::from_secs(20);
+const SILENT_FOR: Duration = Duration::from_secs(60);
+
+/// The input side, while there is one.
+struct InputSide {
+    records: mpsc::Sender<In>,
+    /// Its answer (a refusal such as a 409 comes after the request began).
+    answer: oneshot::Receiver<Result<(), ClientError>>,
+    /// The connection, to drop it on a detach without waiting for the writer.
+    connection: InputStream,
+}
+
 /// Runs an attachment on `ws` until the container's output ends or the client leaves.
 pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container, request: Request) {
-    let socket = container.socket.clone();
-    let begin = request.from.unwrap_or(Begin::Live);
-    let opened = tokio::task::spawn_blocking(move || Follower::open(&socket, begin)).await;
-    let follower = match opened {
-        Ok(Ok(f)) => f,
+    let (follower, restarted) = match open_output(&container, request.from.unwrap_or(Begin::Live)).await {
+        Ok(opened) => opened,
         // Nothing to attach to: tell how it ended, if it did.
-        Ok(Err(ClientError::NoServer { .. } | ClientError::Gone)) => {
-            let end = ended(&container.dir).await;
-            return finish(&mut ws, protocol, &end).await;
+        Err(ClientError::NoServer { .. } | ClientError::Gone) => {
+            return end_when_ended(&mut ws, protocol, &container.dir).await;
         }
-        Ok(Err(e)) => return finish(&mut ws, protocol, &failed(format!("attaching to the output: {e}"))).await,
-        Err(e) => return finish(&mut ws, protocol, &failed(e.to_string())).await,
+        Err(e) => return finish(&mut ws, protocol, &failed(format!("attaching to the output: {e}"))).await,
     };
     let input = match request.stdin {
         true => match open_input(&container.socket).await {
             Ok(input) => input,
-            Err(ClientError::Refused { status: 409, .. }) => {
-                let end = End::Failed {
-                    reason: "Conflict",
-                    code: 409,
-                    message: "another client is attached to the container's stdin".into(),
-                };
-                return finish(&mut ws, protocol, &end).await;
-            }
             Err(e) => return finish(&mut ws, protocol, &failed(format!("attaching to the input: {e}"))).await,
         },
         false => None,
+    };
+    // (Kept apart: the loop's futures borrow one while its handlers change another.)
+    let (mut records, mut connection, mut answer, mut answer_due) = match input {
+        Some(i) => (Some(i.records), Some(i.connection), i.answer, true),
+        None => (None, None, oneshot::channel().1, false),
     };
 
     // The kubelet's first message: an empty one on the lowest output channel.
@@ -131,67 +146,144 @@ pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container
         (false, true) => k8s::STDERR,
         (false, false) => k8s::ERROR,
     };
-    let mut sent = send(&mut ws, protocol.frame(first, b"")).await;
-    // (A start the switchboard no longer had comes next, as a `skipped`.)
+    let mut open = send(&mut ws, protocol.frame(first, b"")).await;
     if let (Some(_), Some(position)) = (request.from, follower.position()) {
-        let located = json!({ "position": position }).to_string();
-        sent = sent && ws.send(Message::Text(located.into())).await.is_ok();
+        let mut located = json!({ "position": position });
+        if restarted {
+            located["restarted"] = json!(true);
+        }
+        open = open && ws.send(Message::Text(located.to_string().into())).await.is_ok();
     }
 
     let stop = follower.stopper();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
     std::thread::spawn(move || read_output(follower, out_tx));
-    let (in_tx, in_rx) = mpsc::channel::<In>(16);
-    if let Some(input) = input {
-        let socket = container.socket.clone();
-        std::thread::spawn(move || write_input(input, in_rx, socket));
-    }
 
-    let mut open = sent;
+    // Stdin records of the last frame, waiting for room in the input queue: while there
+    // are any, the socket is not read.
+    let mut pending: VecDeque<ProcessIo> = VecDeque::new();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut heard = Instant::now();
     while open {
+        let has_input = records.is_some();
         tokio::select! {
-            message = ws.recv() => match message {
-                Some(Ok(Message::Binary(b))) => open = incoming(protocol, &request, &b, &in_tx).await,
-                Some(Ok(Message::Text(t))) if protocol == Protocol::Base64 => {
-                    open = incoming(protocol, &request, t.as_bytes(), &in_tx).await
+            message = ws.recv(), if pending.is_empty() => {
+                heard = Instant::now();
+                match message {
+                    Some(Ok(Message::Binary(b))) => {
+                        incoming(protocol, &request, container.tty, &b, &mut pending)
+                    }
+                    Some(Ok(Message::Text(t))) if protocol == Protocol::Base64 => {
+                        incoming(protocol, &request, container.tty, t.as_bytes(), &mut pending)
+                    }
+                    // Pings are answered by the socket itself; other text is not ours.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Text(_))) => {}
+                    // The client left (a detach): the container goes on.
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                 }
-                // Pings are answered by the socket itself; other text is not ours.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Text(_))) => {}
-                // The client left (a detach): the container goes on.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                if !has_input {
+                    pending.clear();
+                }
+            }
+            permit = reserve(records.clone()), if !pending.is_empty() => match permit {
+                Some(permit) => {
+                    permit.send(In::Record(pending.pop_front().expect("pending")));
+                }
+                None => pending.clear(),
             },
+            answered = &mut answer, if answer_due => {
+                answer_due = false;
+                records = None;
+                connection = None;
+                match answered.unwrap_or(Err(ClientError::Gone)) {
+                    Err(ClientError::Refused { status: 409, .. }) => {
+                        let end = End::Failed {
+                            reason: "Conflict",
+                            code: 409,
+                            message: "another client is attached to the container's stdin".into(),
+                        };
+                        stop.stop();
+                        return finish(&mut ws, protocol, &end).await;
+                    }
+                    // (Stdin is closed, or the switchboard is finishing: the output
+                    // tells the rest.)
+                    Err(e) => tracing::info!("the input request ended: {e}"),
+                    Ok(()) => {}
+                }
+            }
+            _ = ping.tick() => {
+                // A client not read (stdin is full) is not expected to be heard.
+                if pending.is_empty() && heard.elapsed() > SILENT_FOR {
+                    tracing::info!("a client silent for {SILENT_FOR:?}: taken for gone");
+                    break;
+                }
+                open = ws.send(Message::Ping(Vec::new().into())).await.is_ok();
+            }
             out = out_rx.recv() => match out {
                 Some(Out::Output { stderr, data }) => {
-                    let channel = if stderr { k8s::STDERR } else { k8s::STDOUT };
-                    let wanted = if stderr { request.stderr } else { request.stdout };
+                    let (channel, wanted) = match stderr {
+                        true => (k8s::STDERR, request.stderr),
+                        false => (k8s::STDOUT, request.stdout),
+                    };
                     if wanted {
                         open = send(&mut ws, protocol.frame(channel, &data)).await;
                     }
                 }
-                Some(Out::Skipped(n)) => {
+                Some(Out::Moved { position, skipped, restarted }) => {
                     if request.from.is_some() {
-                        open = ws.send(Message::Text(json!({"skipped": n}).to_string().into())).await.is_ok();
+                        let moved = json!({"position": position, "skipped": skipped, "restarted": restarted});
+                        open = ws.send(Message::Text(moved.to_string().into())).await.is_ok();
                     }
                 }
                 Some(Out::Ended) => {
-                    let _ = in_tx.send(In::End).await;
-                    let end = tokio::select! {
-                        end = ended(&container.dir) => end,
-                        // (A client that leaves while we wait for the status.)
-                        _ = drained(&mut ws) => return,
-                    };
-                    return finish(&mut ws, protocol, &end).await;
+                    if let Some(r) = &records {
+                        let _ = r.try_send(In::End);
+                    }
+                    return end_when_ended(&mut ws, protocol, &container.dir).await;
                 }
                 Some(Out::Failed(why)) => {
-                    let _ = in_tx.send(In::End).await;
-                    return finish(&mut ws, protocol, &failed(why)).await;
+                    drop_input(connection);
+                    // (Cut near its end, the output may fail as the container ends.)
+                    let dir = container.dir.clone();
+                    let running = tokio::task::spawn_blocking(move || Info::load(&dir).is_ok_and(|i| i.running()));
+                    return match running.await {
+                        Ok(false) => end_when_ended(&mut ws, protocol, &container.dir).await,
+                        _ => finish(&mut ws, protocol, &failed(why)).await,
+                    };
                 }
                 None => break,
             },
         }
     }
     stop.stop();
-    let _ = in_tx.send(In::End).await;
+    drop_input(connection);
+}
+
+/// Opens the output at `begin`; whether it started over at the oldest kept output
+/// because the position asked for is past the newest (another switchboard, which
+/// numbers anew, serves the container now).
+async fn open_output(container: &Container, begin: Begin) -> Result<(Follower, bool), ClientError> {
+    let socket = container.socket.clone();
+    let opened = tokio::task::spawn_blocking(move || match Follower::open(&socket, begin) {
+        Err(ClientError::Refused { status: 400, body }) if body.contains("past the newest output") => {
+            Follower::open(&socket, Begin::Kept).map(|f| (f, true))
+        }
+        other => other.map(|f| (f, false)),
+    });
+    opened.await.map_err(|e| ClientError::Io(std::io::Error::other(e)))?
+}
+
+/// Room for one more record in the input queue; `None` when there is no input side.
+async fn reserve(records: Option<mpsc::Sender<In>>) -> Option<mpsc::OwnedPermit<In>> {
+    records?.reserve_owned().await.ok()
+}
+
+/// Drops the input request's connection: the switchboard frees the input slot at once,
+/// and the writer, if it waits on a full stdin, fails and ends.
+fn drop_input(connection: Option<InputStream>) {
+    if let Some(c) = connection {
+        c.abort();
+    }
 }
 
 async fn send(ws: &mut WebSocket, frame: Frame) -> bool {
@@ -202,40 +294,49 @@ async fn send(ws: &mut WebSocket, frame: Frame) -> bool {
     ws.send(message).await.is_ok()
 }
 
-/// Acts on a client's frame; `false` ends the attachment.
-async fn incoming(protocol: Protocol, request: &Request, frame: &[u8], input: &mpsc::Sender<In>) -> bool {
-    let record = match protocol.incoming(frame) {
+/// Turns a client's frame into input records (a resize only on a terminal: on a pipe the
+/// switchboard would refuse it and end the input request).
+fn incoming(protocol: Protocol, request: &Request, tty: bool, frame: &[u8], pending: &mut VecDeque<ProcessIo>) {
+    match protocol.incoming(frame) {
         Incoming::Stdin(data) if request.stdin => {
-            for chunk in data.chunks(STDIN_RECORD) {
-                if input.send(In::Record(client::stdin(chunk))).await.is_err() {
-                    return true;
-                }
-            }
-            return true;
+            pending.extend(data.chunks(STDIN_RECORD).map(client::stdin));
         }
-        Incoming::Resize { rows, columns } => client::resize(rows, columns),
-        Incoming::Close(k8s::STDIN) if request.stdin => client::stdin(b""),
-        Incoming::Stdin(_) | Incoming::Close(_) => return true,
-        Incoming::Bad(why) => {
-            tracing::debug!("a client frame that is not the protocol: {why}");
-            return true;
-        }
-    };
-    // (No input side, or it ended: there is nobody to tell.)
-    let _ = input.send(In::Record(record)).await;
-    true
+        Incoming::Resize { rows, columns } if tty => pending.push_back(client::resize(rows, columns)),
+        Incoming::Close(k8s::STDIN) if request.stdin => pending.push_back(client::stdin(b"")),
+        Incoming::Bad(why) => tracing::debug!("a client frame that is not the protocol: {why}"),
+        Incoming::Stdin(_) | Incoming::Resize { .. } | Incoming::Close(_) => {}
+    }
 }
 
-/// Opens the input request; `None` when the switchboard already left (a short-lived
-/// container: the output, opened first, still has everything).
-async fn open_input(socket: &Path) -> Result<Option<InputStream>, ClientError> {
+/// Opens the input request and starts its writer and the watcher of its answer; `None`
+/// when the switchboard already left (a short-lived container: the output, opened
+/// first, still has everything).
+async fn open_input(socket: &Path) -> Result<Option<InputSide>, ClientError> {
     let socket = socket.to_path_buf();
-    let opened = tokio::task::spawn_blocking(move || InputStream::open(&socket)).await;
-    match opened.map_err(|e| ClientError::Io(std::io::Error::other(e)))? {
-        Ok(input) => Ok(Some(input)),
-        Err(ClientError::NoServer { .. } | ClientError::Gone) => Ok(None),
-        Err(e) => Err(e),
-    }
+    let opened = tokio::task::spawn_blocking(move || {
+        let input = InputStream::open(&socket)?;
+        Ok::<_, ClientError>((input.try_clone()?, input.try_clone()?, input, socket))
+    });
+    let (mut answer, connection, input, socket) = match opened.await.map_err(std::io::Error::other)? {
+        Ok(opened) => opened,
+        Err(ClientError::NoServer { .. } | ClientError::Gone) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (records, rx) = mpsc::channel::<In>(16);
+    std::thread::spawn(move || write_input(input, rx));
+    // The switchboard waits for the acknowledgement of every answer before it ends the
+    // output: acknowledge whenever it comes.
+    let (answer_tx, answer_rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let result = answer.response();
+        let _ = client::acknowledge(&socket);
+        let _ = answer_tx.send(result);
+    });
+    Ok(Some(InputSide {
+        records,
+        answer: answer_rx,
+        connection,
+    }))
 }
 
 /// The output thread: pieces to the socket's task until the output ends or fails.
@@ -243,7 +344,16 @@ fn read_output(mut follower: Follower, out: mpsc::Sender<Out>) {
     loop {
         let next = match follower.next_piece() {
             Ok(Some(Piece::Output { stderr, data })) => Out::Output { stderr, data },
-            Ok(Some(Piece::Resumed { skipped, .. } | Piece::StartedLater { skipped })) => Out::Skipped(skipped),
+            Ok(Some(Piece::Resumed { skipped, restarted })) => Out::Moved {
+                position: follower.position(),
+                skipped,
+                restarted,
+            },
+            Ok(Some(Piece::StartedLater { skipped })) => Out::Moved {
+                position: follower.position(),
+                skipped,
+                restarted: false,
+            },
             Ok(Some(Piece::NoPositions)) => continue,
             Ok(None) => Out::Ended,
             Err(e) => Out::Failed(format!("the output stream failed: {e}")),
@@ -256,18 +366,9 @@ fn read_output(mut follower: Follower, out: mpsc::Sender<Out>) {
     }
 }
 
-/// The input thread: records to the input request until told to end it. Its answer is
-/// read and acknowledged whenever it comes (the switchboard waits for acknowledgements
-/// before it ends the output).
-fn write_input(mut input: InputStream, mut records: mpsc::Receiver<In>, socket: PathBuf) {
-    if let Ok(mut answer) = input.try_clone() {
-        std::thread::spawn(move || {
-            if let Err(e) = answer.response() {
-                tracing::debug!("the input request ended: {e}");
-            }
-            let _ = client::acknowledge(&socket);
-        });
-    }
+/// The input thread: records to the input request until told to end it, or the
+/// connection fails (dropped on a detach, or the switchboard left).
+fn write_input(mut input: InputStream, mut records: mpsc::Receiver<In>) {
     while let Some(message) = records.blocking_recv() {
         match message {
             In::Record(pio) => {
@@ -275,10 +376,7 @@ fn write_input(mut input: InputStream, mut records: mpsc::Receiver<In>, socket: 
                     return;
                 }
             }
-            In::End => {
-                let _ = input.end();
-                return;
-            }
+            In::End => break,
         }
     }
     let _ = input.end();
@@ -292,14 +390,24 @@ fn failed(message: String) -> End {
     }
 }
 
-/// How the container of `dir` ended, once it did.
-async fn ended(dir: &Path) -> End {
-    let dir = dir.to_path_buf();
-    match tokio::task::spawn_blocking(move || ExitRecord::wait_for(&dir)).await {
-        Ok(Ok(record)) => End::Exited(record.shell_code()),
-        Ok(Err(why)) => failed(format!("the container ended, and {why}")),
-        Err(e) => failed(e.to_string()),
-    }
+/// Waits (as long as it takes, unless the client leaves) for the container of `dir` to
+/// end, then tells how.
+async fn end_when_ended(ws: &mut WebSocket, protocol: Protocol, dir: &Path) {
+    let mut watch = EndWatch::default();
+    let end = loop {
+        if let Some(end) = watch.check(dir) {
+            break match end {
+                Ok(record) => End::Exited(record.shell_code()),
+                Err(why) => failed(format!("the container ended, and {why}")),
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EndWatch::EVERY) => {}
+            // (A client that leaves meanwhile.)
+            _ = drained(ws) => return,
+        }
+    };
+    finish(ws, protocol, &end).await
 }
 
 /// Reads the socket until the client leaves.

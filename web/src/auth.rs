@@ -8,8 +8,12 @@ use std::io::Read;
 
 use axum::http::{HeaderMap, header};
 
-/// The cookie that carries the token for the page.
-pub const COOKIE: &str = "switchboard_token";
+/// The name of the cookie that carries the token for the page of the gateway on `port`.
+/// A browser sends a host's cookies to every port of it: gateways on two ports must not
+/// overwrite each other's.
+pub fn cookie_name(port: u16) -> String {
+    format!("switchboard_token_{port}")
+}
 
 /// A random token: 128 bits from the kernel, in hex.
 pub fn random_token() -> std::io::Result<String> {
@@ -33,8 +37,8 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The token a request carries, from wherever it is.
-pub fn carried<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<&'a str> {
+/// The token a request carries, from wherever it is (`cookie`: the cookie's name).
+pub fn carried<'a>(headers: &'a HeaderMap, query: Option<&'a str>, cookie: &str) -> Vec<&'a str> {
     let mut found = Vec::new();
     for v in headers.get_all(header::AUTHORIZATION) {
         if let Some(t) = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
@@ -43,15 +47,15 @@ pub fn carried<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<&'a st
     }
     for v in headers.get_all(header::COOKIE) {
         let pairs = v.to_str().unwrap_or("").split(';').map(str::trim);
-        found.extend(pairs.filter_map(|p| p.strip_prefix(COOKIE)?.strip_prefix('=')));
+        found.extend(pairs.filter_map(|p| p.strip_prefix(cookie)?.strip_prefix('=')));
     }
     found.extend(query_values(query, "token"));
     found
 }
 
-/// Whether the request carries `token`.
-pub fn allowed(token: &str, headers: &HeaderMap, query: Option<&str>) -> bool {
-    carried(headers, query).into_iter().any(|t| same(t, token))
+/// Whether the request carries `token` (`cookie`: the cookie's name).
+pub fn allowed(token: &str, cookie: &str, headers: &HeaderMap, query: Option<&str>) -> bool {
+    carried(headers, query, cookie).into_iter().any(|t| same(t, token))
 }
 
 /// The values of `name` in a query string (tokens are plain: no decoding needed).
@@ -96,30 +100,25 @@ mod tests {
 
     #[test]
     fn the_token_is_found_wherever_it_is() {
+        let c = &cookie_name(8080);
+        let allowed = |h: &HeaderMap, q: Option<&str>| allowed(T, c, h, q);
         assert!(allowed(
-            T,
             &headers(&[(header::AUTHORIZATION, &format!("Bearer {T}"))]),
             None
         ));
-        assert!(allowed(
-            T,
-            &headers(&[(header::COOKIE, &format!("a=b; {COOKIE}={T}"))]),
-            None
-        ));
-        assert!(allowed(T, &HeaderMap::new(), Some(&format!("stdin=1&token={T}"))));
-        assert!(!allowed(T, &HeaderMap::new(), None));
+        assert!(allowed(&headers(&[(header::COOKIE, &format!("a=b; {c}={T}"))]), None));
+        assert!(allowed(&HeaderMap::new(), Some(&format!("stdin=1&token={T}"))));
+        assert!(!allowed(&HeaderMap::new(), None));
         assert!(!allowed(
-            T,
             &headers(&[(header::AUTHORIZATION, "Bearer 0123456789abcdef0124")]),
             None
         ));
-        assert!(!allowed(
-            T,
-            &headers(&[(header::COOKIE, &format!("x{COOKIE}={T}"))]),
-            None
-        ));
-        assert!(!allowed(T, &HeaderMap::new(), Some(&format!("xtoken={T}"))));
-        assert!(!allowed(T, &HeaderMap::new(), Some("token=")));
+        assert!(!allowed(&headers(&[(header::COOKIE, &format!("x{c}={T}"))]), None));
+        // Another port's gateway's cookie is not this one's.
+        let other = cookie_name(8081);
+        assert!(!allowed(&headers(&[(header::COOKIE, &format!("{other}={T}"))]), None));
+        assert!(!allowed(&HeaderMap::new(), Some(&format!("xtoken={T}"))));
+        assert!(!allowed(&HeaderMap::new(), Some("token=")));
     }
 
     #[test]

@@ -39,11 +39,13 @@ pub fn list(runtime: &Path) -> Result<Vec<Value>, String> {
         .collect())
 }
 
-/// A container of the runtime directory: its directory and its switchboard's socket.
+/// A container of the runtime directory: its directory, its switchboard's socket, and
+/// whether it has a terminal.
 #[derive(Debug, Clone)]
 pub struct Container {
     pub dir: PathBuf,
     pub socket: PathBuf,
+    pub tty: bool,
 }
 
 /// The container `id` (a name: no path), if the runtime directory has it.
@@ -56,5 +58,6 @@ pub fn find(runtime: &Path, id: &str) -> Option<Container> {
     Some(Container {
         dir,
         socket: info.socket,
+        tty: info.tty,
     })
 }

@@ -54,6 +54,8 @@ struct Args {
 struct Gateway {
     runtime: PathBuf,
     token: String,
+    /// The name of the token's cookie (this port's).
+    cookie: String,
 }
 
 fn main() -> ExitCode {
@@ -79,15 +81,12 @@ fn main() -> ExitCode {
             }
         },
     };
-    let gateway = Arc::new(Gateway {
-        runtime: args.runtime_dir.unwrap_or_else(switchboard::agent::default_runtime_dir),
-        token,
-    });
+    let runtime_dir = args.runtime_dir.unwrap_or_else(switchboard::agent::default_runtime_dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build();
-    match runtime.map(|r| r.block_on(serve(args.listen, gateway))) {
+    match runtime.map(|r| r.block_on(serve(args.listen, runtime_dir, token))) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) | Err(e) => {
             eprintln!("switchboard web: {e}");
@@ -96,11 +95,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(listen: SocketAddr, gateway: Arc<Gateway>) -> std::io::Result<()> {
+async fn serve(listen: SocketAddr, runtime: PathBuf, token: String) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("{listen}: {e}")))?;
     let at = listener.local_addr()?;
+    let gateway = Arc::new(Gateway {
+        runtime,
+        token,
+        cookie: auth::cookie_name(at.port()),
+    });
     if !at.ip().is_loopback() {
         eprintln!(
             "switchboard web: warning: listening on {at}, beyond this host, over plain HTTP: whoever sees the \
@@ -126,13 +130,13 @@ async fn serve(listen: SocketAddr, gateway: Arc<Gateway>) -> std::io::Result<()>
 /// sends the browser on to `/`, so that the token leaves its address bar and history.
 async fn authorize(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     let query = request.uri().query();
-    if !auth::allowed(&gw.token, request.headers(), query) {
+    if !auth::allowed(&gw.token, &gw.cookie, request.headers(), query) {
         let body = "401 Unauthorized: this needs the token switchboard web printed at start: open the URL it \
                     printed (/?token=...), or send Authorization: Bearer <token>\n";
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
     }
     if request.uri().path() == "/" && auth::query_values(query, "token").next().is_some() {
-        let cookie = format!("{}={}; Path=/; HttpOnly; SameSite=Strict", auth::COOKIE, gw.token);
+        let cookie = format!("{}={}; Path=/; HttpOnly; SameSite=Strict", gw.cookie, gw.token);
         return (
             StatusCode::SEE_OTHER,
             [(header::SET_COOKIE, cookie), (header::LOCATION, "/".to_string())],
@@ -159,9 +163,9 @@ const ASSETS: [(&str, &str, &[u8]); 5] = [
     ),
 ];
 
-/// Scripts only from here; the WebSocket only to here.
+/// Scripts only from here; the WebSocket only to here; no framing, no forms elsewhere.
 const POLICY: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
-                      frame-ancestors 'none'";
+                      frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 async fn page() -> Response {
     let headers = [
@@ -174,7 +178,13 @@ async fn page() -> Response {
 
 async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, kind, body)) => ([(header::CONTENT_TYPE, *kind)], *body).into_response(),
+        Some((_, kind, body)) => {
+            let headers = [
+                (header::CONTENT_TYPE, *kind),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ];
+            (headers, *body).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "404 Not Found\n").into_response(),
     }
 }
@@ -228,8 +238,26 @@ async fn attach(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
+    // The first of the client's list that we speak, as the kubelet chooses; none of
+    // them is refused (a browser would fail a socket that answers none it offered).
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let chosen = offered.iter().find_map(|o| k8s::PROTOCOLS.into_iter().find(|p| p == o));
+    if chosen.is_none() && !offered.is_empty() {
+        let body = format!(
+            "400 Bad Request: none of the subprotocols {offered:?} is one of {:?}\n",
+            k8s::PROTOCOLS
+        );
+        return (StatusCode::BAD_REQUEST, body).into_response();
+    }
     upgrade
-        .protocols(k8s::PROTOCOLS)
+        .protocols(chosen)
         .max_message_size(1 << 20)
         .on_upgrade(move |ws| {
             let protocol = k8s::Protocol::named(ws.protocol().and_then(|p| p.to_str().ok()));

@@ -241,12 +241,22 @@ fn a_browser_attaches_types_reads_resizes_and_shows_the_exit() {
     std::fs::write(&path, &png).unwrap();
     eprintln!("the screenshot: {}", path.display());
 
-    // A dropped connection attaches again at the next byte: what the shell wrote in
-    // between comes once.
-    page.type_line("(sleep 0.2; echo while-away) &");
-    page.eval("current.ws.close()");
+    // A dropped connection attaches again at the next byte: what the shell wrote while
+    // the page was away comes once.
+    page.type_line("(sleep 1; echo while-away) &");
+    let typed = "window.sbScreen().some((r) => r.includes('echo while-away) &'))";
+    page.wait_for("the command's echo", typed);
+    page.eval("window.sbHoldReconnect = true; current.ws.close()");
+    page.wait_for("the drop", "document.getElementById('state').className === 'lost'");
     let away = "window.sbScreen().filter((r) => /(^|# )while-away$/.test(r.trimEnd())).length";
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(page.eval(away), json!(0), "written while away: {}", page.screen());
+    page.eval("window.sbHoldReconnect = false");
     page.wait_for("the output written while away", &format!("{away} > 0"));
+    assert!(
+        page.eval("current.lastFrom").as_str().unwrap().parse::<u64>().is_ok(),
+        "attached again at a position"
+    );
     page.wait_for(
         "attached again",
         "document.getElementById('state').textContent === 'attached'",

@@ -48,9 +48,13 @@ fn v5_carries_10_mib_of_stdout_and_stderr_byte_exact_then_the_exit_status() {
     let err = pattern(1 << 20, 2);
     std::fs::write(rt.path.join("out"), &out).unwrap();
     std::fs::write(rt.path.join("err"), &err).unwrap();
-    // It waits for a line on stdin, so that the attachment is there before the output.
+    // It waits for a line on stdin, so that the attachment is there before the output;
+    // the output comes in 1 MiB pieces, so that the gateway is never the 8 MiB of the
+    // switchboard's history behind (then it would be cut, and resume with bytes missing).
     let script = format!(
-        "read go; [ \"$go\" = go ] || exit 9; cat {0}/out; cat {0}/err >&2; exit 3",
+        "read go; [ \"$go\" = go ] || exit 9; \
+         for i in 0 1 2 3 4 5 6 7 8 9; do dd if={0}/out bs=1M skip=$i count=1 status=none; sleep 0.05; done; \
+         cat {0}/err >&2; exit 3",
         rt.path.display()
     );
     run_detached(&rt.path, "big", false, &["sh", "-c", &script]);
@@ -193,6 +197,142 @@ fn older_protocols_base64_and_v1() {
 }
 
 #[test]
+fn subprotocols_in_the_clients_order_and_the_older_ones() {
+    let rt = Runtime::new("web-protocols");
+    let script = "while read x; do [ \"$x\" = quit ] && exit 3; echo \"got-$x\"; done";
+    run_detached(&rt.path, "loop", false, &["sh", "-c", script]);
+    let gw = Gateway::start(&rt.path);
+    wait_running(&gw, "loop");
+    let path = "/api/v1/containers/loop/attach?stdin=1&stdout=1&stderr=1";
+    let (_, chosen) = gw
+        .websocket(path, Some("base64.channel.k8s.io, channel.k8s.io"), &[])
+        .unwrap();
+    assert_eq!(
+        chosen.as_deref(),
+        Some("base64.channel.k8s.io"),
+        "the client's first that we speak"
+    );
+    assert_eq!(gw.websocket(path, Some("nope.k8s.io"), &[]).err(), Some(400));
+
+    // No subprotocol is channel.k8s.io (binary frames); this one only watches.
+    let (mut v1, chosen) = gw
+        .websocket("/api/v1/containers/loop/attach?stdout=1", None, &[])
+        .unwrap();
+    assert_eq!(chosen, None);
+    let mut v1_got = Received::default();
+    receive(&mut v1, &mut v1_got, |g| g.first.is_some());
+    let (mut v4, chosen) = gw.websocket(path, Some("v4.channel.k8s.io"), &[]).unwrap();
+    assert_eq!(chosen.as_deref(), Some("v4.channel.k8s.io"));
+    let mut v4_got = Received::default();
+    receive(&mut v4, &mut v4_got, |g| g.first.is_some());
+    send(&mut v4, 0, b"a\n");
+    receive(&mut v4, &mut v4_got, |g| g.stdout.ends_with(b"got-a\n"));
+    // v4 has no close frames: [255, 0] does nothing.
+    v4.send(Message::Binary(vec![255, 0].into())).unwrap();
+    send(&mut v4, 0, b"b\n");
+    receive(&mut v4, &mut v4_got, |g| g.stdout.ends_with(b"got-b\n"));
+    send(&mut v4, 0, b"quit\n");
+    receive(&mut v4, &mut v4_got, |_| false);
+    assert_eq!(status(&v4_got)["reason"], "NonZeroExitCode");
+    assert_eq!(v4_got.close_code, Some(1000));
+    receive(&mut v1, &mut v1_got, |_| false);
+    assert_eq!(String::from_utf8_lossy(&v1_got.stdout), "got-a\ngot-b\n");
+    assert_eq!(
+        v1_got.errors,
+        vec![b"command terminated with non-zero exit code: exit status 3".to_vec()],
+        "a text on the error channel before v4"
+    );
+    assert_eq!(v1_got.close_code, Some(1000));
+}
+
+#[test]
+fn a_second_stdin_is_a_conflict_and_watching_needs_no_stdin() {
+    let rt = Runtime::new("web-conflict");
+    run_detached(
+        &rt.path,
+        "loop",
+        false,
+        &["sh", "-c", "while read x; do echo \"got-$x\"; done"],
+    );
+    let gw = Gateway::start(&rt.path);
+    wait_running(&gw, "loop");
+    let path = "/api/v1/containers/loop/attach?stdin=1&stdout=1";
+    let (mut a, _) = gw.websocket(path, Some(V5), &[]).unwrap();
+    let mut a_got = Received::default();
+    receive(&mut a, &mut a_got, |g| g.first.is_some());
+    send(&mut a, 0, b"a\n");
+    receive(&mut a, &mut a_got, |g| g.stdout.ends_with(b"got-a\n"));
+
+    let (mut b, _) = gw.websocket(path, Some(V5), &[]).unwrap();
+    let mut b_got = Received::default();
+    receive(&mut b, &mut b_got, |_| false);
+    let s = status(&b_got);
+    assert_eq!(
+        (s["status"].as_str(), s["reason"].as_str()),
+        (Some("Failure"), Some("Conflict"))
+    );
+    assert_eq!(s["code"], 409);
+    assert_eq!(b_got.close_code, Some(1000));
+
+    // A watcher (no stdin) is not refused; its resizes and stdin go nowhere, and never
+    // hold up its output however many come.
+    let (mut c, _) = gw
+        .websocket("/api/v1/containers/loop/attach?stdout=1", Some(V5), &[])
+        .unwrap();
+    let mut c_got = Received::default();
+    receive(&mut c, &mut c_got, |g| g.first.is_some());
+    for _ in 0..50 {
+        send(&mut c, 4, br#"{"Width":100,"Height":30}"#);
+        send(&mut c, 0, b"ignored\n");
+        c.send(Message::Binary(vec![255, 0].into())).unwrap();
+    }
+    send(&mut a, 0, b"b\n");
+    receive(&mut c, &mut c_got, |g| g.stdout.ends_with(b"got-b\n"));
+    assert_eq!(String::from_utf8_lossy(&c_got.stdout), "got-b\n");
+}
+
+#[test]
+fn a_container_that_does_not_read_stdin_holds_up_neither_output_nor_the_next_client() {
+    let rt = Runtime::new("web-jam");
+    let script = "read go; while :; do echo tick; sleep 0.1; done";
+    run_detached(&rt.path, "jam", false, &["sh", "-c", script]);
+    let gw = Gateway::start(&rt.path);
+    wait_running(&gw, "jam");
+    let path = "/api/v1/containers/jam/attach?stdin=1&stdout=1";
+    let (mut a, _) = gw.websocket(path, Some(V5), &[]).unwrap();
+    let mut got = Received::default();
+    receive(&mut a, &mut got, |g| g.first.is_some());
+    send(&mut a, 0, b"go\n");
+    receive(&mut a, &mut got, |g| g.stdout.ends_with(b"tick\n"));
+    // 2 MiB of stdin nobody reads: the pipe, the switchboard and the gateway's queue fill.
+    for _ in 0..16 {
+        send(&mut a, 0, &vec![b'x'; 128 << 10]);
+    }
+    let before = got.stdout.len();
+    receive(&mut a, &mut got, |g| g.stdout.len() >= before + 5 * "tick\n".len());
+    // The client leaves: its stdin slot is free for the next one.
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (mut b, _) = gw.websocket(path, Some(V5), &[]).unwrap();
+        let mut b_got = Received::default();
+        let start = std::time::Instant::now();
+        receive(&mut b, &mut b_got, |g| {
+            !g.errors.is_empty() || start.elapsed() > std::time::Duration::from_millis(1500)
+        });
+        if b_got.errors.is_empty() {
+            assert!(b_got.stdout.ends_with(b"tick\n"));
+            break;
+        }
+        assert_eq!(status(&b_got)["reason"], "Conflict");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot stays held after its client left"
+        );
+    }
+}
+
+#[test]
 fn a_dropped_attachment_resumes_at_its_position() {
     let rt = Runtime::new("web-resume");
     run_detached(
@@ -267,7 +407,8 @@ fn the_token_and_the_origin_are_checked() {
     assert_eq!(status, 303, "{head}");
     let head = head.to_ascii_lowercase();
     assert!(head.contains("location: /\r\n"), "{head}");
-    let cookie = format!("switchboard_token={}", gw.token);
+    let port = gw.addr.rsplit(':').next().unwrap();
+    let cookie = format!("switchboard_token_{port}={}", gw.token);
     assert!(head.contains(&format!("set-cookie: {cookie}; path=/; httponly; samesite=strict")));
     let (status, _, body) = gw.get("/", &[("Cookie", &cookie)]);
     assert_eq!(status, 200);

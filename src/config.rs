@@ -85,6 +85,30 @@ pub enum LagPolicy {
     Block,
 }
 
+/// Which size a TTY container's terminal takes when several attached clients said theirs
+/// (`Switchboard-Window`), as tmux's `window-size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WindowPolicy {
+    /// The size of the client that attached (or resized) last (the default).
+    #[default]
+    Latest,
+    /// The smallest rows and the smallest columns of the clients attached.
+    Smallest,
+    /// The largest rows and the largest columns of the clients attached.
+    Largest,
+}
+
+impl WindowPolicy {
+    pub fn parse(text: &str) -> Result<WindowPolicy, String> {
+        match text {
+            "latest" => Ok(WindowPolicy::Latest),
+            "smallest" => Ok(WindowPolicy::Smallest),
+            "largest" => Ok(WindowPolicy::Largest),
+            other => Err(format!("must be 'latest', 'smallest' or 'largest', not '{other}'")),
+        }
+    }
+}
+
 /// Sizes and limits of the relay and the output history. Every buffer it keeps is
 /// bounded by these.
 #[derive(Debug, Clone, Copy)]
@@ -326,5 +350,9 @@ pub struct Config {
     pub limits: Limits,
     pub relay: RelayConfig,
     pub lag_policy: LagPolicy,
+    /// With a TTY: keep a model of the terminal's screen, for clients that ask for a
+    /// redraw when they attach (`Switchboard-Screen`).
+    pub screen: bool,
+    pub window_policy: WindowPolicy,
     pub ring: RingConfig,
 }

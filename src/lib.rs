@@ -39,6 +39,7 @@ pub mod msg;
 pub mod relay;
 #[allow(unsafe_code)]
 pub mod ring;
+pub mod screen;
 pub mod server;
 pub mod slab;
 pub mod sys;

@@ -33,6 +33,7 @@ fn launch(command: &[&str]) -> Launch {
         command: command.iter().map(|s| s.to_string()).collect(),
         server_exe: PathBuf::new(),
         cri: false,
+        window: None,
     }
 }
 

@@ -195,6 +195,9 @@ pub struct Launch {
     /// Log in the CRI format (through pipes the caller drains with [`cri::drain`]) rather
     /// than raw bytes into files the switchboard appends to.
     pub cri: bool,
+    /// With `tty`, the terminal's size (rows, columns) from its creation: the program
+    /// starts at the size it will be shown at, instead of 0 x 0 until a client attaches.
+    pub window: Option<(u16, u16)>,
 }
 
 /// The container's ends of its stdio (the same PTY slave three times with a TTY).
@@ -262,7 +265,7 @@ fn launch_in(launch: &Launch, id: &str, dir: &Path) -> io::Result<Prepared> {
     cmd.arg("serve").arg("--socket").arg(&socket);
     cmd.arg("--log-file").arg(dir.join("switchboard.log"));
     let mut mappings = Vec::new();
-    let mut io = container_stdio(launch.tty, &mut cmd, &mut mappings)?;
+    let mut io = container_stdio(launch.tty, launch.window, &mut cmd, &mut mappings)?;
     io.logs = logs.readers;
     cmd.args(["--stdout-log-fd", "6", "--stderr-log-fd", "7"]);
     mappings.push(FdMapping {
@@ -392,9 +395,17 @@ impl Logs {
 /// Makes the container's stdio (three pipes raised to 1 MiB, or a PTY) and passes the
 /// switchboard's ends to `cmd` as descriptors 3 to 5 (3 alone for a PTY master); returns
 /// the container's ends.
-fn container_stdio(tty: bool, cmd: &mut Command, mappings: &mut Vec<FdMapping>) -> io::Result<ContainerIo> {
+fn container_stdio(
+    tty: bool,
+    window: Option<(u16, u16)>,
+    cmd: &mut Command,
+    mappings: &mut Vec<FdMapping>,
+) -> io::Result<ContainerIo> {
     if tty {
         let pty = crate::tty::open()?;
+        if let Some((rows, columns)) = window {
+            crate::tty::set_window_size(std::os::fd::AsFd::as_fd(&pty.master), rows, columns)?;
+        }
         cmd.args(["--pty-fd", "3"]);
         mappings.push(FdMapping {
             parent_fd: pty.master,

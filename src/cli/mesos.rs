@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::stout::{self, Kind, Spec};
-use crate::config::{Config, ConfigError, Descriptors, EngineChoice, LagPolicy, Limits, RelayConfig, RingConfig};
+use crate::config::{
+    Config, ConfigError, Descriptors, EngineChoice, LagPolicy, Limits, RelayConfig, RingConfig, WindowPolicy,
+};
 
 /// The program name Mesos prints in its usage, whatever `argv[0]` is.
 pub const NAME: &str = "mesos-io-switchboard";
@@ -205,6 +207,20 @@ pub const SPECS: &[Spec] = &[
                than by copies (JSON clients are always served by copies).",
     },
     Spec {
+        name: "screen",
+        kind: Kind::Bool { default: true },
+        help: "With --tty, keep a model of the terminal's screen, so that an output\n\
+               client that asks (Switchboard-Screen: 1) first gets one record that\n\
+               redraws it. It costs CPU on every output byte (tuning.md).",
+    },
+    Spec {
+        name: "window_size",
+        kind: Kind::String,
+        help: "With --tty, which size the terminal takes when several output clients\n\
+               said theirs (Switchboard-Window): 'latest' (the default), 'smallest'\n\
+               or 'largest'.",
+    },
+    Spec {
         name: "engine",
         kind: Kind::String,
         help: "The event engine: 'io_uring', 'epoll', or 'auto' (the default; also\n\
@@ -247,6 +263,8 @@ pub struct Tuning {
     pub input_buffer: Option<usize>,
     pub allowed_uids: Option<Vec<u32>>,
     pub zero_copy: Option<bool>,
+    pub screen: Option<bool>,
+    pub window_policy: Option<WindowPolicy>,
     pub engine: Option<EngineChoice>,
 }
 
@@ -345,6 +363,11 @@ pub fn parse(args: &[String]) -> Parsed {
                 allowed_uids: f.string("allowed_uids").map(parse_uids).transpose()?,
                 // `None` is the default (on).
                 zero_copy: (!f.bool("zero_copy")).then_some(false),
+                screen: (!f.bool("screen")).then_some(false),
+                window_policy: f
+                    .string("window_size")
+                    .map(|w| WindowPolicy::parse(w).map_err(|e| usage(Some(&format!("Flag 'window_size' {e}"))) + "\n"))
+                    .transpose()?,
                 engine: match f.string("engine") {
                     Some(name) => Some(
                         EngineChoice::parse(name).map_err(|e| usage(Some(&format!("Flag 'engine': {e}"))) + "\n")?,
@@ -389,6 +412,8 @@ impl Flags {
             limits,
             relay: RelayConfig::sized(t.buffer_bytes, t.history_bytes, t.replay_bytes)?,
             lag_policy: t.lag_policy.unwrap_or_default(),
+            screen: t.screen.unwrap_or(true),
+            window_policy: t.window_policy.unwrap_or_default(),
             ring: RingConfig {
                 engine: t.engine.unwrap_or_default(),
                 ..RingConfig::default()

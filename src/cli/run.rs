@@ -1,6 +1,7 @@
 //! `switchboard run`: start a command under a switchboard and attach this terminal, like
 //! `docker run -it`.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 
@@ -185,6 +186,14 @@ fn prepare(args: &RunArgs) -> Result<(Supervisor, String, ContainerIo), Stop> {
         command: args.command.clone(),
         server_exe,
         cri: args.log_format == "cri",
+        // The program starts at this terminal's size (it is shown there, or attached
+        // from one like it).
+        window: match args.tty && crate::tty::is_terminal(std::io::stdin().as_fd()) {
+            true => crate::tty::window_size(std::io::stdin().as_fd())
+                .ok()
+                .filter(|&(r, c)| r > 0 && c > 0),
+            false => None,
+        },
     };
     let io = supervisor
         .prepare(&id, launch)

@@ -8,7 +8,9 @@ use clap::Args;
 
 use super::stout::FlagError;
 
-use crate::config::{Config, ConfigError, Descriptors, EngineChoice, LagPolicy, Limits, RelayConfig, RingConfig};
+use crate::config::{
+    Config, ConfigError, Descriptors, EngineChoice, LagPolicy, Limits, RelayConfig, RingConfig, WindowPolicy,
+};
 
 /// Parses a duration: stout's form (`30secs`, `100ms`, `2mins`) or the short units
 /// `s`, `m`, `h` (`30s`, `5m`).
@@ -40,6 +42,14 @@ pub enum LagPolicyArg {
     Disconnect,
     /// The container waits for it (at most the block timeout without real progress).
     Block,
+}
+
+/// `--window-size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WindowSizeArg {
+    Latest,
+    Smallest,
+    Largest,
 }
 
 /// The flags of `switchboard serve`.
@@ -98,6 +108,16 @@ pub struct ServeArgs {
     /// Serve every client by copies, not by tee and splice of pipe pages.
     #[arg(long)]
     pub no_zero_copy: bool,
+    /// With --pty-fd, keep a model of the terminal's screen, so that a client that asks
+    /// (Switchboard-Screen: 1; `switchboard attach` does) first gets a redraw of it. It
+    /// costs CPU on every output byte (tuning.md).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub screen: bool,
+    /// With --pty-fd, which size the terminal takes when several attached clients said
+    /// theirs (Switchboard-Window): that of the latest, or the smallest or largest rows and
+    /// columns among them.
+    #[arg(long, value_enum, default_value = "latest")]
+    pub window_size: WindowSizeArg,
     /// The event engine: auto (io_uring where the kernel allows it, else epoll, saying
     /// why in the log), io_uring (fail where it is refused) or epoll.
     #[arg(long, value_name = "ENGINE", env = "SWITCHBOARD_ENGINE", default_value = "auto", value_parser = EngineChoice::parse)]
@@ -146,6 +166,12 @@ impl ServeArgs {
             lag_policy: match self.lag_policy {
                 LagPolicyArg::Disconnect => LagPolicy::Disconnect,
                 LagPolicyArg::Block => LagPolicy::Block,
+            },
+            screen: self.screen,
+            window_policy: match self.window_size {
+                WindowSizeArg::Latest => WindowPolicy::Latest,
+                WindowSizeArg::Smallest => WindowPolicy::Smallest,
+                WindowSizeArg::Largest => WindowPolicy::Largest,
             },
             ring: RingConfig {
                 engine: self.engine,

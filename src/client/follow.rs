@@ -52,6 +52,10 @@ pub enum Piece {
     /// The server keeps no positions (Mesos's): it starts at the newest output, whatever
     /// was asked, and a dropped connection ends the stream.
     NoPositions,
+    /// Bytes that redraw the terminal's screen as the output before the stream's start
+    /// made it (first, when the follower was opened with [`Follower::open_terminal`] on a
+    /// server that keeps a screen model).
+    Screen { data: Vec<u8> },
 }
 
 /// The container's output, followed across dropped connections.
@@ -85,7 +89,17 @@ impl Follower {
             Begin::Kept | Begin::Lines(_) => StartAt::Position(0),
             Begin::Position(p) => StartAt::Position(p),
         };
-        let stream = OutputStream::open_at(socket, at)?;
+        Follower::with(socket, from, OutputStream::open_at(socket, at)?)
+    }
+
+    /// Attaches at the newest output as a terminal of `window` (rows, columns): a TTY
+    /// container's server sets its terminal to that size and starts with a
+    /// [`Piece::Screen`] redraw (see [`OutputStream::open_terminal`]).
+    pub fn open_terminal(socket: &Path, window: Option<(u16, u16)>) -> Result<Follower, ClientError> {
+        Follower::with(socket, Begin::Live, OutputStream::open_terminal(socket, window)?)
+    }
+
+    fn with(socket: &Path, from: Begin, stream: OutputStream) -> Result<Follower, ClientError> {
         let mut ready = VecDeque::new();
         let mut tail = None;
         match (stream.located(), from) {
@@ -145,8 +159,13 @@ impl Follower {
                 return Ok(None);
             }
             let before = self.stream.position();
-            let pio = match self.stream.next_record() {
-                Ok(Some(pio)) => pio,
+            let pio = match self.stream.next_record_or_redraw() {
+                Ok(Some((pio, true))) => {
+                    let data = pio.data.and_then(|d| d.data).unwrap_or_default();
+                    self.ready.push_back(Piece::Screen { data });
+                    continue;
+                }
+                Ok(Some((pio, false))) => pio,
                 Ok(None) => {
                     self.flush_tail();
                     self.ended = true;

@@ -176,6 +176,17 @@ pub struct OutputStream {
     located: Option<Located>,
     /// The position of the next payload byte, when the server told where it started.
     position: Option<u64>,
+    /// The first record is a redraw of the screen, not output (it has no position).
+    redraw: bool,
+}
+
+/// What an output attach asks of a TTY container's screen (docs/protocol.md §10.9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Screen {
+    /// A redraw of the screen first.
+    pub redraw: bool,
+    /// This terminal's size: rows and columns.
+    pub window: Option<(u16, u16)>,
 }
 
 impl OutputStream {
@@ -195,6 +206,25 @@ impl OutputStream {
     /// [`OutputStream::open_at`], giving up (an I/O error) when the server has not
     /// answered within `limit`.
     pub fn open_within(socket: &Path, at: StartAt, limit: Option<Duration>) -> Result<OutputStream, ClientError> {
+        OutputStream::open_asking(socket, at, Screen::default(), limit)
+    }
+
+    /// Attaches at the newest output of a TTY container as a terminal of `window` (rows,
+    /// columns): the server sets the terminal to that size (as its `--window_size`
+    /// decides), and the stream starts with a redraw of the screen
+    /// ([`OutputStream::next_record_or_redraw`] tells it apart). A server without a screen
+    /// model (pipes, `--screen=false`, Mesos) just starts at the newest output.
+    pub fn open_terminal(socket: &Path, window: Option<(u16, u16)>) -> Result<OutputStream, ClientError> {
+        let ask = Screen { redraw: true, window };
+        OutputStream::open_asking(socket, StartAt::Live, ask, None)
+    }
+
+    fn open_asking(
+        socket: &Path,
+        at: StartAt,
+        screen: Screen,
+        limit: Option<Duration>,
+    ) -> Result<OutputStream, ClientError> {
         let mut sock = connect(socket)?;
         sock.set_read_timeout(limit)?;
         sock.set_write_timeout(limit)?;
@@ -211,6 +241,13 @@ impl OutputStream {
             StartAt::Position(p) => format!("{}: {p}\r\n", media::FROM_HEADER),
             StartAt::Tail(n) => format!("{}: {n}\r\n", media::TAIL_HEADER),
         };
+        let mut start = start;
+        if screen.redraw {
+            start.push_str(&format!("{}: 1\r\n", media::SCREEN_HEADER));
+        }
+        if let Some((rows, columns)) = screen.window {
+            start.push_str(&format!("{}: {rows}x{columns}\r\n", media::WINDOW_HEADER));
+        }
         let mut req = format!(
             "POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/x-protobuf\r\nAccept: application/recordio\r\n\
              Message-Accept: application/x-protobuf\r\n{start}Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -229,6 +266,7 @@ impl OutputStream {
             });
         }
         let located = Located::from_head(&head);
+        let redraw = head.header(&media::SCREEN_HEADER.to_ascii_lowercase()).map(str::trim) == Some("1");
         sock.set_read_timeout(None)?;
         sock.set_write_timeout(None)?;
         Ok(OutputStream {
@@ -240,6 +278,7 @@ impl OutputStream {
             ended: false,
             position: located.as_ref().map(|l| l.position),
             located,
+            redraw,
         })
     }
 
@@ -262,13 +301,20 @@ impl OutputStream {
 
     /// The next record, or `None` at the clean end of the stream.
     pub fn next_record(&mut self) -> Result<Option<ProcessIo>, ClientError> {
+        Ok(self.next_record_or_redraw()?.map(|(pio, _)| pio))
+    }
+
+    /// The next record, and whether it is the redraw of the screen that the server sent
+    /// first (see [`OutputStream::open_terminal`]); `None` at the clean end.
+    pub fn next_record_or_redraw(&mut self) -> Result<Option<(ProcessIo, bool)>, ClientError> {
         loop {
             if let Some(rec) = self.pending.pop_front() {
                 let pio: ProcessIo = message::decode(Format::Protobuf, &rec).map_err(|e| ClientError::Protocol(e.0))?;
-                if let (Some(p), Some(data)) = (&mut self.position, &pio.data) {
+                let redraw = std::mem::take(&mut self.redraw) && pio.data.is_some();
+                if let (Some(p), Some(data), false) = (&mut self.position, &pio.data, redraw) {
                     *p = p.saturating_add(data.data.as_ref().map_or(0, |d| d.len() as u64));
                 }
-                return Ok(Some(pio));
+                return Ok(Some((pio, redraw)));
             }
             if self.ended {
                 return Ok(None);

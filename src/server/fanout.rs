@@ -68,7 +68,12 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     // The clients are there before the first byte is read: they get every one.
     for (fd, framing, front) in spec.clients {
         let fd = ring.adopt(fd);
-        output.add_client(&mut ring, fd, framing, spec.policy, StartAt::Live, |_| front.clone());
+        let ask = super::output::Ask {
+            at: StartAt::Live,
+            screen: false,
+            window: None,
+        };
+        output.add_client(&mut ring, fd, framing, spec.policy, ask, |_| front.clone());
     }
     output.start(&mut ring);
     let mut finishing = false;

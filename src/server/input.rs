@@ -262,9 +262,13 @@ fn apply(ctx: &mut Ctx<'_>, i: u32, action: InputAction) -> bool {
             }
         }
         InputAction::Resize { rows, columns } => {
-            let result = match ctx.conns.stdin.fd {
-                Some(fd) => crate::tty::set_window_size(ctx.ring.borrow(fd), rows as u16, columns as u16),
-                None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+            // With a screen model, the terminal's windows decide (and the model follows).
+            let size = (rows as u16, columns as u16);
+            let pid = conn::peer(ctx, i);
+            let result = match (ctx.output.input_resize(pid, size), ctx.conns.stdin.fd) {
+                (Some(result), _) => result,
+                (None, Some(fd)) => crate::tty::set_window_size(ctx.ring.borrow(fd), size.0, size.1),
+                (None, None) => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
             };
             if let Err(e) = result {
                 conn::respond(ctx, i, Answer::WindowSize(crate::sys::strerror(&e)), true);

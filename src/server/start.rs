@@ -133,6 +133,8 @@ pub(super) fn output_options(config: &Config) -> output::Options {
         block_timeout: config.limits.block_timeout,
         zero_copy: config.zero_copy,
         max_zero_copy_clients: limit.saturating_sub(FD_RESERVE + connections) / 2,
+        screen: config.screen,
+        window_policy: config.window_policy,
     }
 }
 

@@ -113,6 +113,67 @@ pub const SKIPPED_HEADER: &str = "Switchboard-Skipped";
 pub const NEWEST_HEADER: &str = "Switchboard-Newest";
 pub const INSTANCE_HEADER: &str = "Switchboard-Instance";
 
+/// Ours, on `ATTACH_CONTAINER_OUTPUT` to a TTY container (docs/protocol.md §10.9): the
+/// request asks for a redraw of the terminal's screen before the output
+/// (`Switchboard-Screen: 1`), and says its size (`Switchboard-Window: ROWSxCOLS`); the
+/// response says whether the redraw came.
+pub const SCREEN_HEADER: &str = "Switchboard-Screen";
+pub const WINDOW_HEADER: &str = "Switchboard-Window";
+
+/// What an output call's headers ask (all of it ours; Mesos clients ask nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputAsk {
+    pub at: StartAt,
+    /// A redraw of the terminal's screen first.
+    pub screen: bool,
+    /// The client's terminal size: rows and columns.
+    pub window: Option<(u16, u16)>,
+}
+
+impl OutputAsk {
+    /// At the newest output, nothing else (Mesos's behaviour).
+    pub const LIVE: OutputAsk = OutputAsk {
+        at: StartAt::Live,
+        screen: false,
+        window: None,
+    };
+}
+
+/// What an output call's headers ask: where to start, a redraw, a size.
+pub fn output_ask(head: &RequestHead) -> Result<OutputAsk, HttpError> {
+    let at = start_at(head)?;
+    let screen = match head.header(SCREEN_HEADER).map(str::trim) {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(v) => {
+            return Err(HttpError::new(
+                400,
+                format!("{SCREEN_HEADER} must be 1 or 0, not '{v}'"),
+            ));
+        }
+    };
+    let window = match head.header(WINDOW_HEADER).map(str::trim) {
+        None => None,
+        Some(v) => Some(parse_window(v).ok_or_else(|| {
+            HttpError::new(
+                400,
+                format!("{WINDOW_HEADER} must be ROWSxCOLUMNS, each 1 to 65535 (such as 24x80), not '{v}'"),
+            )
+        })?),
+    };
+    Ok(OutputAsk { at, screen, window })
+}
+
+/// `24x80`: rows and columns, each 1 to 65535.
+fn parse_window(v: &str) -> Option<(u16, u16)> {
+    let (rows, columns) = v.split_once(['x', 'X'])?;
+    let n = |t: &str| match t.bytes().all(|b| b.is_ascii_digit()) {
+        true => t.parse::<u16>().ok().filter(|&n| n > 0),
+        false => None,
+    };
+    Some((n(rows)?, n(columns)?))
+}
+
 /// Where an output client asks to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
@@ -125,7 +186,7 @@ pub enum StartAt {
 }
 
 /// Where an output call's headers ask it to start.
-pub fn start_at(head: &RequestHead) -> Result<StartAt, HttpError> {
+fn start_at(head: &RequestHead) -> Result<StartAt, HttpError> {
     let number = |name: &str| {
         head.header(name)
             .map(|v| {
@@ -259,6 +320,19 @@ mod tests {
                 .message,
             "Switchboard-From and Switchboard-Tail exclude each other"
         );
+        assert_eq!(output_ask(&head("")), Ok(OutputAsk::LIVE));
+        let ask = output_ask(&head("Switchboard-Screen: 1\r\nSwitchboard-Window: 40x120\r\n")).unwrap();
+        assert_eq!((ask.at, ask.screen, ask.window), (StartAt::Live, true, Some((40, 120))));
+        assert!(!output_ask(&head("Switchboard-Screen: 0\r\n")).unwrap().screen);
+        for bad in [
+            "Switchboard-Screen: yes\r\n",
+            "Switchboard-Window: 40\r\n",
+            "Switchboard-Window: 0x80\r\n",
+            "Switchboard-Window: 24x70000\r\n",
+            "Switchboard-Window: -1x80\r\n",
+        ] {
+            assert_eq!(output_ask(&head(bad)).unwrap_err().status, 400, "{bad}");
+        }
     }
 
     fn negotiate(accept: Option<&str>) -> Option<&'static str> {

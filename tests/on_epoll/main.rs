@@ -42,6 +42,8 @@ mod relay_core;
 mod ring;
 #[path = "../runtime_dir.rs"]
 mod runtime_dir;
+#[path = "../screen.rs"]
+mod screen;
 #[path = "../server.rs"]
 mod server;
 #[path = "../server_load.rs"]

@@ -3,6 +3,8 @@
 //
 // Output positions: the gateway says where the output starts ({"position": P}, a text
 // frame, because we ask with `from=`); every output byte after it is one position more.
+// A terminal's first attachment asks for a redraw of its screen (`screen=1`), which
+// comes before that frame is sent again (the redraw has no position).
 // A dropped connection attaches again from the next byte's position, so nothing is lost
 // that the switchboard still keeps, and nothing comes twice.
 'use strict';
@@ -114,6 +116,12 @@ class Attachment {
       stdin: this.stdin ? '1' : '0', stdout: '1', stderr: this.tty ? '0' : '1',
       tty: this.tty ? '1' : '0', from,
     });
+    if (this.tty && from === 'live') {
+      // The container's terminal takes our size, then its screen is redrawn for us.
+      q.set('screen', '1');
+      q.set('rows', String(this.term.rows));
+      q.set('cols', String(this.term.cols));
+    }
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const url = `${scheme}://${location.host}/api/v1/containers/${encodeURIComponent(this.id)}/attach?${q}`;
     const ws = new WebSocket(url, ['v5.channel.k8s.io']);

@@ -33,6 +33,11 @@ pub struct Request {
     /// when given, text frames tell the position of the next output byte (see
     /// docs/web.md), so that a client that counts the bytes it got can resume there.
     pub from: Option<Begin>,
+    /// `screen=1` (ours): at the newest output, a TTY container's switchboard first sends
+    /// a redraw of its screen (as stdout, followed by the position frame again: the
+    /// redraw has no position); `rows` and `cols` size its terminal first.
+    pub screen: bool,
+    pub window: Option<(u16, u16)>,
 }
 
 impl Request {
@@ -43,7 +48,10 @@ impl Request {
             stdout: false,
             stderr: false,
             from: None,
+            screen: false,
+            window: None,
         };
+        let (mut rows, mut cols) = (None, None);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let flag = || matches!(value, "1" | "true");
@@ -51,6 +59,12 @@ impl Request {
                 "stdin" => r.stdin = flag(),
                 "stdout" => r.stdout = flag(),
                 "stderr" => r.stderr = flag(),
+                "screen" => r.screen = flag(),
+                "rows" | "cols" => {
+                    let n = value.parse::<u16>().ok().filter(|&n| n > 0);
+                    let n = n.ok_or_else(|| format!("{key}={value}: give a number from 1 to 65535"))?;
+                    *(if key == "rows" { &mut rows } else { &mut cols }) = Some(n);
+                }
                 "from" => {
                     r.from = Some(match value {
                         "live" => Begin::Live,
@@ -64,6 +78,7 @@ impl Request {
                 _ => {}
             }
         }
+        r.window = rows.zip(cols);
         match r.stdin || r.stdout || r.stderr {
             true => Ok(r),
             false => Err("you must specify at least 1 of stdin, stdout, stderr".into()),
@@ -77,6 +92,8 @@ enum Out {
         stderr: bool,
         data: Vec<u8>,
     },
+    /// A redraw of the terminal's screen (before the output; it has no position).
+    Screen(Vec<u8>),
     /// The stream goes on elsewhere than where the client counts: after a dropped
     /// connection (`skipped` bytes the switchboard no longer had; `restarted`: another
     /// switchboard, numbering anew), or at a later start than asked.
@@ -119,7 +136,9 @@ struct InputSide {
 
 /// Runs an attachment on `ws` until the container's output ends or the client leaves.
 pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container, request: Request) {
-    let (follower, restarted) = match open_output(&container, request.from.unwrap_or(Begin::Live)).await {
+    let begin = request.from.unwrap_or(Begin::Live);
+    let screen = (request.screen && begin == Begin::Live).then_some(request.window);
+    let (follower, restarted) = match open_output(&container, begin, screen).await {
         Ok(opened) => opened,
         // Nothing to attach to: tell how it ended, if it did.
         Err(ClientError::NoServer { .. } | ClientError::Gone) => {
@@ -147,7 +166,8 @@ pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container
         (false, false) => k8s::ERROR,
     };
     let mut open = send(&mut ws, protocol.frame(first, b"")).await;
-    if let (Some(_), Some(position)) = (request.from, follower.position()) {
+    let start = follower.position();
+    if let (Some(_), Some(position)) = (request.from, start) {
         let mut located = json!({ "position": position });
         if restarted {
             located["restarted"] = json!(true);
@@ -229,6 +249,13 @@ pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container
                         open = send(&mut ws, protocol.frame(channel, &data)).await;
                     }
                 }
+                Some(Out::Screen(data)) => {
+                    open = send(&mut ws, protocol.frame(k8s::STDOUT, &data)).await;
+                    if let (Some(_), Some(position), true) = (request.from, start, open) {
+                        let located = json!({ "position": position }).to_string();
+                        open = ws.send(Message::Text(located.into())).await.is_ok();
+                    }
+                }
                 Some(Out::Moved { position, skipped, restarted }) => {
                     if request.from.is_some() {
                         let moved = json!({"position": position, "skipped": skipped, "restarted": restarted});
@@ -259,16 +286,24 @@ pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container
     drop_input(connection);
 }
 
-/// Opens the output at `begin`; whether it started over at the oldest kept output
+/// Opens the output at `begin` (with `screen`: at the newest output as a terminal of this
+/// size, with a redraw first); whether it started over at the oldest kept output
 /// because the position asked for is past the newest (another switchboard, which
 /// numbers anew, serves the container now).
-async fn open_output(container: &Container, begin: Begin) -> Result<(Follower, bool), ClientError> {
+async fn open_output(
+    container: &Container,
+    begin: Begin,
+    screen: Option<Option<(u16, u16)>>,
+) -> Result<(Follower, bool), ClientError> {
     let socket = container.socket.clone();
-    let opened = tokio::task::spawn_blocking(move || match Follower::open(&socket, begin) {
-        Err(ClientError::Refused { status: 400, body }) if body.contains("past the newest output") => {
-            Follower::open(&socket, Begin::Kept).map(|f| (f, true))
-        }
-        other => other.map(|f| (f, false)),
+    let opened = tokio::task::spawn_blocking(move || match screen {
+        Some(window) => Follower::open_terminal(&socket, window).map(|f| (f, false)),
+        None => match Follower::open(&socket, begin) {
+            Err(ClientError::Refused { status: 400, body }) if body.contains("past the newest output") => {
+                Follower::open(&socket, Begin::Kept).map(|f| (f, true))
+            }
+            other => other.map(|f| (f, false)),
+        },
     });
     opened.await.map_err(|e| ClientError::Io(std::io::Error::other(e)))?
 }
@@ -354,6 +389,7 @@ fn read_output(mut follower: Follower, out: mpsc::Sender<Out>) {
                 skipped,
                 restarted: false,
             },
+            Ok(Some(Piece::Screen { data })) => Out::Screen(data),
             Ok(Some(Piece::NoPositions)) => continue,
             Ok(None) => Out::Ended,
             Err(e) => Out::Failed(format!("the output stream failed: {e}")),

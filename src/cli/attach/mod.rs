@@ -16,6 +16,7 @@
 //! saying on stderr if bytes were lost.
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::client::{Begin, ClientError, Follower, Piece};
-use crate::tty::RawMode;
+use crate::tty::{self, RawMode};
 
 /// How long a lone first detach key waits for the rest of the sequence.
 pub const DETACH_PAUSE: Duration = Duration::from_millis(300);
@@ -103,6 +104,12 @@ mod input;
 
 use input::{Target, handle_signals, probe_input, start_input};
 
+/// Leaves what a full-screen program may have set in this terminal: attributes, the
+/// alternate screen, a hidden cursor, application cursor keys and keypad, bracketed
+/// paste, mouse reporting.
+const LEAVE_PROGRAM_MODES: &[u8] =
+    b"\x1b[0m\x1b[?1049l\x1b[?25h\x1b[?1l\x1b>\x1b[?2004l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l";
+
 /// Signals that end an attachment (the terminal is restored first).
 const FATAL: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
 
@@ -135,8 +142,13 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
         std::thread::spawn(move || handle_signals(mask, raw, resize));
     }
     let result = follow(&mut output, &raw, &detached);
-    // Restore the terminal before anything else is printed.
+    // Restore the terminal before anything else is printed; after a detach, also what
+    // the container's program left set in it (as tmux does on detach).
     if let Some(r) = raw.lock().unwrap().take() {
+        if let Ok(Ended::Detached) = result {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(LEAVE_PROGRAM_MODES).and_then(|()| out.flush());
+        }
         r.restore();
     }
     if let Ok(Ended::Detached) = result {
@@ -167,7 +179,20 @@ fn default_begin(tty: bool) -> Begin {
 /// a terminal): on pipes, it is then opened again at what was kept.
 fn open(socket: &Path, options: &Options) -> Result<(Follower, Option<Target>), ClientError> {
     let known = options.begin.or(options.tty_hint.map(default_begin));
-    let output = Follower::open(socket, known.unwrap_or(Begin::Live))?;
+    // At the newest output from a terminal, the switchboard is asked to size the
+    // container's terminal as ours and to redraw its screen first (a server without a
+    // screen model, or pipes, just starts at the newest output).
+    let stdin = io::stdin();
+    let window = match tty::is_terminal(stdin.as_fd()) {
+        true => tty::window_size(stdin.as_fd()).ok().filter(|&(r, c)| r > 0 && c > 0),
+        false => None,
+    };
+    let output = match (known.unwrap_or(Begin::Live), window) {
+        (Begin::Live, Some(window)) if options.tty_hint != Some(false) => {
+            Follower::open_terminal(socket, Some(window))?
+        }
+        (begin, _) => Follower::open(socket, begin)?,
+    };
     let target = match options.stdin {
         true => match probe_input(socket, options) {
             Ok(target) => target,
@@ -215,7 +240,7 @@ fn follow(output: &mut Follower, raw: &Mutex<Option<RawMode>>, detached: &Atomic
                 e.write_all(&data).and_then(|_| e.flush())?;
                 continue;
             }
-            Piece::Output { stderr: false, data } => {
+            Piece::Output { stderr: false, data } | Piece::Screen { data } => {
                 let mut o = stdout.lock();
                 o.write_all(&data).and_then(|_| o.flush())?;
                 continue;

@@ -19,7 +19,7 @@ use crate::config::{Config, FORBIDDEN_HEAD_TIMEOUT, INPUT_ANSWER_DELAY};
 use crate::relay::Framing;
 use crate::ring::{Completion, Fd, Op, OpId, Output as OpOutput, Ring};
 use crate::wire::http::{self, RequestReader};
-use crate::wire::media::{ResponseFormat, StartAt};
+use crate::wire::media::{OutputAsk, ResponseFormat};
 use crate::wire::message::Format;
 
 use super::answer::Answer;
@@ -32,6 +32,18 @@ pub(super) use request::back_to_idle;
 use request::{hand_over, parse};
 
 const RECV_SIZE: usize = 16 * 1024;
+
+/// The process at the other end of connection `i`, if the kernel says.
+pub(super) fn peer(ctx: &Ctx<'_>, i: u32) -> Option<i32> {
+    let c = ctx.conns.slots.get(i as usize)?.as_ref()?;
+    peer_pid(ctx.ring, c.fd)
+}
+
+/// The process at the other end of connection `fd`, if the kernel says.
+pub(super) fn peer_pid(ring: &Ring, fd: Fd) -> Option<i32> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    getsockopt(&ring.borrow(fd), PeerCredentials).ok().map(|c| c.pid())
+}
 
 /// A peer gone both ways (or an error), as a poll says it.
 const HANGUP: u32 = (libc::POLLHUP | libc::POLLERR) as u32;
@@ -114,15 +126,16 @@ pub(super) enum State {
     Call {
         format: Format,
         response: ResponseFormat,
-        /// Where it asks to start (`Switchboard-From`, `Switchboard-Tail`).
-        start: StartAt,
+        /// Where it asks to start (`Switchboard-From`, `Switchboard-Tail`), a redraw, a
+        /// size.
+        ask: OutputAsk,
         body: Vec<u8>,
     },
     /// An output call waits for the connection's earlier responses to go out.
     HandOver {
         framing: Framing,
         response: ResponseFormat,
-        start: StartAt,
+        ask: OutputAsk,
     },
     /// Reading an acknowledgement's body.
     Ack {
@@ -151,7 +164,7 @@ pub(super) struct Conn {
     sendq: VecDeque<Vec<u8>>,
     timer: Option<OpId>,
     /// A poll for its client's hang-up, while its input body waits for stdin.
-    hangup: Option<OpId>,
+    pub(super) hangup: Option<OpId>,
     pub state: State,
     /// The peer shut its side (we read EOF).
     pub eof: bool,

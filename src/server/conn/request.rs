@@ -6,7 +6,7 @@ use crate::config::LagPolicy;
 use crate::relay::Framing;
 use crate::relay::Start;
 use crate::wire::http::{self, Event, HttpError, RequestHead};
-use crate::wire::media::{self, BodyFormat, ResponseFormat, Route, StartAt};
+use crate::wire::media::{self, BodyFormat, OutputAsk, ResponseFormat, Route, StartAt};
 use crate::wire::message::mesos::agent::{Call, call};
 use crate::wire::message::{self, Format};
 
@@ -101,11 +101,11 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
         Route::Call {
             body: BodyFormat::Single(format),
             response,
-        } => match media::start_at(&head) {
-            Ok(start) => State::Call {
+        } => match media::output_ask(&head) {
+            Ok(ask) => State::Call {
                 format,
                 response,
-                start,
+                ask,
                 body: Vec::new(),
             },
             Err(e) => return respond(ctx, i, Answer::Refused(e), true),
@@ -143,9 +143,9 @@ fn on_end(ctx: &mut Ctx<'_>, i: u32) {
         State::Call {
             format,
             response,
-            start,
+            ask,
             body,
-        } => output_call(ctx, i, format, response, start, &body),
+        } => output_call(ctx, i, format, response, ask, &body),
         State::Ack { keep_alive } => {
             if *ctx.acks_outstanding > 0 {
                 *ctx.acks_outstanding -= 1;
@@ -186,7 +186,7 @@ pub(in crate::server) fn back_to_idle(ctx: &mut Ctx<'_>, i: u32) {
     }
 }
 
-fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseFormat, start: StartAt, body: &[u8]) {
+fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseFormat, ask: OutputAsk, body: &[u8]) {
     let call: Call = match message::decode(format, body) {
         Ok(c) => c,
         Err(error) => return respond(ctx, i, Answer::Undecodable { first: false, error }, true),
@@ -197,7 +197,7 @@ fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseForm
     if ctx.terminating {
         return respond(ctx, i, Answer::ShuttingDown, true);
     }
-    if let Err(f) = ctx.output.locate(start) {
+    if let Err(f) = ctx.output.locate(ask.at) {
         let text = format!(
             "{} {} is past the newest output ({})",
             media::FROM_HEADER,
@@ -209,12 +209,13 @@ fn output_call(ctx: &mut Ctx<'_>, i: u32, format: Format, response: ResponseForm
     get(ctx, i).state = State::HandOver {
         framing: Framing::Chunked(response.record_format()),
         response,
-        start,
+        ask,
     };
 }
 
-/// The head of an output response that starts at `start`.
-fn output_head(response: ResponseFormat, start: Start, instance: &str) -> Vec<u8> {
+/// The head of an output response that starts at `start` (with a redraw of the screen
+/// first when `screen`).
+fn output_head(response: ResponseFormat, start: Start, screen: bool, instance: &str) -> Vec<u8> {
     let position = start.position.to_string();
     let skipped = start.skipped.to_string();
     let newest = start.newest.to_string();
@@ -228,6 +229,9 @@ fn output_head(response: ResponseFormat, start: Start, instance: &str) -> Vec<u8
     }
     headers.push((media::NEWEST_HEADER, &newest));
     headers.push((media::INSTANCE_HEADER, instance));
+    if screen {
+        headers.push((media::SCREEN_HEADER, "1"));
+    }
     headers.push(("Transfer-Encoding", "chunked"));
     let mut head = Vec::with_capacity(240);
     http::write_response_head(200, &headers, &mut head);
@@ -243,15 +247,10 @@ pub(super) fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     // stream, so bytes that receive took are not wanted either. No send is in flight:
     // the hand-over waits until the connection is flushed.
     assert!(c.flushed(), "hand-over of an unflushed connection");
-    for op in [c.recv, c.timer].into_iter().flatten() {
+    for op in [c.recv, c.timer, c.hangup].into_iter().flatten() {
         ctx.ring.cancel(op, true);
     }
-    let State::HandOver {
-        framing,
-        response,
-        start,
-    } = c.state
-    else {
+    let State::HandOver { framing, response, ask } = c.state else {
         unreachable!("only called in HandOver")
     };
     // The client redirection waited for (the agent's attach to a DEBUG session) must get
@@ -263,8 +262,15 @@ pub(super) fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     };
     tracing::debug!("connection {i} attached to the output ({policy:?})");
     let instance = ctx.instance;
-    let head = |start| output_head(response, start, instance);
-    ctx.output.add_client(ctx.ring, c.fd, framing, policy, start, head);
+    // A redraw comes only at the newest output, from a screen model.
+    let screen = ask.screen && ask.at == StartAt::Live && ctx.output.has_screen();
+    let head = |start| output_head(response, start, screen, instance);
+    let ask = crate::server::output::Ask {
+        at: ask.at,
+        screen,
+        window: ask.window.map(|size| (size, super::peer_pid(ctx.ring, c.fd))),
+    };
+    ctx.output.add_client(ctx.ring, c.fd, framing, policy, ask, head);
     // The first output client starts redirection when we waited for it.
     ctx.output.start(ctx.ring);
 }

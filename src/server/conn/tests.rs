@@ -16,7 +16,7 @@ fn requests_wait_for_earlier_responses_and_input_for_stdin() {
     let hand_over = || State::HandOver {
         framing: Framing::Raw,
         response: ResponseFormat::Plain(Format::Json),
-        start: StartAt::Live,
+        ask: OutputAsk::LIVE,
     };
     assert_eq!(next(&hand_over(), false, false, 8), Next::Wait);
     assert_eq!(next(&hand_over(), true, false, 8), Next::HandOver);

@@ -13,7 +13,7 @@
 use nix::sys::socket::{Shutdown, shutdown};
 
 use super::pipe::{Made, PipeClient};
-use super::{CLIENT_PIPE_BYTES, Output, POLLHUP};
+use super::{Ask, CLIENT_PIPE_BYTES, Output, POLLHUP};
 use crate::config::LagPolicy;
 use crate::msg::Msg;
 use crate::relay::{self, ClientId, CutReason, Framing, Start, StartAt};
@@ -64,6 +64,16 @@ pub(super) struct CopyClient {
     pub pipe: Option<PipeClient>,
 }
 
+/// The redraw as one record of stdout in `framing`.
+fn redraw_record(framing: Framing, redraw: &[u8]) -> Vec<u8> {
+    match framing {
+        Framing::Raw => redraw.to_vec(),
+        Framing::Chunked(format) => {
+            crate::wire::frame::data_chunk(format, crate::wire::message::Stream::Stdout, redraw)
+        }
+    }
+}
+
 impl Output {
     /// Attaches a client connection that asks to start at `at` (checked with
     /// [`Output::locate`]): it gets the head `head` makes of where it starts, then the
@@ -76,7 +86,7 @@ impl Output {
         fd: Fd,
         framing: Framing,
         policy: LagPolicy,
-        at: StartAt,
+        ask: Ask,
         head: impl Fn(Start) -> Vec<u8>,
     ) {
         let i = match self.clients.iter().position(Option::is_none) {
@@ -86,7 +96,26 @@ impl Output {
                 self.clients.len() - 1
             }
         };
-        let Some(path) = self.path_for(ring, fd, framing, policy, at, head, i) else {
+        // Its size first, so that the redraw fits its terminal; the redraw stands for the
+        // output up to the relay's next byte, where a copying client at the live edge
+        // starts (a resume wants the bytes themselves).
+        let terminal = self.terminal.as_mut();
+        if let (Some(t), Some((size, pid))) = (terminal, ask.window) {
+            t.attached(i, pid, size);
+        }
+        let redraw = match (self.screen(), ask.screen && ask.at == StartAt::Live) {
+            (Some(screen), true) => Some(redraw_record(framing, &screen.redraw())),
+            _ => None,
+        };
+        let head = |start| {
+            let mut bytes = head(start);
+            bytes.extend_from_slice(redraw.as_deref().unwrap_or_default());
+            bytes
+        };
+        let Some(path) = self.path_for(ring, fd, framing, policy, ask.at, redraw.is_some(), head, i) else {
+            if let Some(t) = &mut self.terminal {
+                t.detached(i);
+            }
             let _ = shutdown(ring.raw(fd), Shutdown::Both);
             ring.close(fd);
             return;
@@ -129,7 +158,8 @@ impl Output {
     }
 
     /// The delivery path of a new client at index `i`, with its head; `None` if its head
-    /// was torn (part of it went out, and no path can go on with it).
+    /// was torn (part of it went out, and no path can go on with it). A client with a
+    /// redraw starts with copies (at the relay's next byte, for which the redraw stands).
     #[allow(clippy::too_many_arguments)] // One client's attach, as the connection hands it over.
     fn path_for(
         &mut self,
@@ -138,6 +168,7 @@ impl Output {
         framing: Framing,
         policy: LagPolicy,
         at: StartAt,
+        redraw: bool,
         head: impl Fn(Start) -> Vec<u8>,
         i: usize,
     ) -> Option<Path> {
@@ -149,7 +180,7 @@ impl Output {
             .map(|stage| stage.client_pipe_min())
             .max()
             .unwrap_or(0);
-        if at == StartAt::Live && pipe_ok {
+        if at == StartAt::Live && pipe_ok && !redraw {
             // A pipe client starts with the next round.
             let newest = self.live_position();
             let start = Start {
@@ -303,6 +334,9 @@ impl Output {
         }
         let c = self.clients[i].take().expect("checked above");
         ring.close(c.fd);
+        if let Some(t) = &mut self.terminal {
+            t.detached(i);
+        }
         if let Path::Copy(copy) = c.path {
             self.relay.remove_client(copy.id);
             // Its records may have been all that held the buffers.

@@ -75,7 +75,10 @@ impl Output {
                     // (Staged bytes were counted when they were staged.)
                     self.stats.read[s] += n as u64;
                 }
-                let cut = self.relay.on_read(s, ring.arena(range));
+                let cut = self.relay.on_read(s, ring.arena(range.clone()));
+                if let Some(screen) = self.terminal.as_mut().and_then(|t| t.screen.as_mut()) {
+                    screen.feed(ring.arena(range));
+                }
                 let st = &mut self.streams[s];
                 if st.stage.as_mut().is_some_and(|stage| stage.engine_read(n)) {
                     // The round is consumed: the stage may stage the next one.

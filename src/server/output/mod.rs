@@ -19,12 +19,13 @@ mod copy;
 mod pipe;
 mod pump;
 mod stage;
+mod terminal;
 
 use std::ops::Range;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::config::{ConfigError, LagPolicy, RelayConfig};
+use crate::config::{ConfigError, LagPolicy, RelayConfig, WindowPolicy};
 use crate::relay::{Framing, Future, Relay, Start, StartAt};
 use crate::ring::{Completion, Fd, OpId, Ring};
 use crate::wire::frame;
@@ -34,6 +35,7 @@ use super::token::{OutputOp, Token};
 use client::{Client, Path};
 use pipe::Put;
 use stage::Stage;
+use terminal::Terminal;
 
 /// A container output stream as the server hands it over: the fd we read, and whether it
 /// is a PTY master (where EIO means the end of the stream).
@@ -100,6 +102,20 @@ pub struct Options {
     /// At most this many clients at once on the zero-copy path (each holds a pipe: two
     /// descriptors); the others are served by copies.
     pub max_zero_copy_clients: usize,
+    /// With a PTY, keep a model of its screen (every byte then goes through the copy
+    /// engine) and redraw it for clients that ask.
+    pub screen: bool,
+    pub window_policy: WindowPolicy,
+}
+
+/// What an output client asks besides its framing and lag policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub at: StartAt,
+    /// A redraw of the terminal's screen first (only at the newest output, with a model).
+    pub screen: bool,
+    /// Its terminal's size (rows, columns), and its peer's process.
+    pub window: Option<((u16, u16), Option<i32>)>,
 }
 
 impl Default for Options {
@@ -109,6 +125,8 @@ impl Default for Options {
             block_timeout: Duration::from_secs(30),
             zero_copy: true,
             max_zero_copy_clients: usize::MAX,
+            screen: false,
+            window_policy: WindowPolicy::Latest,
         }
     }
 }
@@ -153,6 +171,8 @@ pub struct Output {
     failure: Option<Failure>,
     options: Options,
     stats: Stats,
+    /// A TTY container's window sizes, and its screen when kept.
+    terminal: Option<Terminal>,
 }
 
 /// Rounds a stream stages in one go before the ring's other work gets a turn.
@@ -201,6 +221,17 @@ impl Output {
                 }
             }
         }
+        // The terminal sets the PTY's size through a descriptor of its own.
+        let terminal = match sources.iter().find(|s| s.pty) {
+            Some(source) => match ring.borrow(source.fd).try_clone_to_owned() {
+                Ok(pty) => Some(Terminal::new(pty, options.window_policy, options.screen)),
+                Err(e) => {
+                    tracing::warn!("no screen model nor window sizes: cannot duplicate the PTY's descriptor: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut stages = stages.into_iter();
         let streams = sources
             .into_iter()
@@ -239,6 +270,7 @@ impl Output {
             failure: None,
             options,
             stats: Stats::default(),
+            terminal,
         })
     }
 
@@ -254,6 +286,21 @@ impl Output {
 
     pub fn is_started(&self) -> bool {
         self.started
+    }
+
+    /// Whether a model of the terminal's screen is kept (a PTY, `--screen` on).
+    pub fn has_screen(&self) -> bool {
+        self.screen().is_some()
+    }
+
+    fn screen(&self) -> Option<&crate::screen::Screen> {
+        self.terminal.as_ref()?.screen.as_ref()
+    }
+
+    /// An input request of process `pid` asks for a window of `size`; `None` when there
+    /// is no terminal model (the caller sets the size itself).
+    pub fn input_resize(&mut self, pid: Option<i32>, size: (u16, u16)) -> Option<std::io::Result<()>> {
+        Some(self.terminal.as_mut()?.input_resize(pid, size))
     }
 
     pub fn failure(&self) -> Option<&Failure> {

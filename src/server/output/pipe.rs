@@ -260,11 +260,14 @@ impl Output {
             self.fail_stream(s, &e);
             return false;
         }
-        // The payload goes to the copy engine when a copying client or earlier bytes for
-        // the logger need it; otherwise it moves into the logger as it is.
+        // The payload goes to the copy engine when a copying client, the screen model or
+        // earlier bytes for the logger need it; otherwise it moves into the logger as it is.
         let st = &self.streams[s];
-        let engine =
-            self.relay.wants_output() || self.relay.logger_range(s).is_some() || st.log.is_some() || !st.spliceable;
+        let engine = self.relay.wants_output()
+            || self.has_screen()
+            || self.relay.logger_range(s).is_some()
+            || st.log.is_some()
+            || !st.spliceable;
         if engine {
             self.ensure_arena(ring);
         }

@@ -55,6 +55,7 @@ fn the_redraw_and_the_live_output_make_the_screen_the_whole_output_makes() {
     within(60, || {
         let mut sb = Sb::start(Opts {
             tty: true,
+            extra: vec!["--screen".to_string()],
             ..Opts::default()
         });
         sb.wait_for_socket();
@@ -100,7 +101,7 @@ fn the_window_reaches_the_pty_before_the_response_and_the_policy_picks_among_cli
         for (policy, expected) in [("latest", (30, 150)), ("smallest", (30, 120)), ("largest", (40, 150))] {
             let mut sb = Sb::start(Opts {
                 tty: true,
-                extra: vec![format!("--window_size={policy}")],
+                extra: vec![format!("--window_size={policy}"), "--screen".to_string()],
                 ..Opts::default()
             });
             sb.wait_for_socket();
@@ -126,9 +127,9 @@ fn the_window_reaches_the_pty_before_the_response_and_the_policy_picks_among_cli
 #[test]
 fn without_the_model_there_is_no_redraw() {
     within(60, || {
+        // (The drop-in's default.)
         let mut sb = Sb::start(Opts {
             tty: true,
-            extra: vec!["--screen=false".to_string()],
             ..Opts::default()
         });
         sb.wait_for_socket();

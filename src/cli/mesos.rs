@@ -208,10 +208,11 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         name: "screen",
-        kind: Kind::Bool { default: true },
+        kind: Kind::Bool { default: false },
         help: "With --tty, keep a model of the terminal's screen, so that an output\n\
                client that asks (Switchboard-Screen: 1) first gets one record that\n\
-               redraws it. It costs CPU on every output byte (tuning.md).",
+               redraws it. Off by default: Mesos's clients never ask, and it costs\n\
+               CPU on every output byte (tuning.md).",
     },
     Spec {
         name: "window_size",
@@ -363,7 +364,7 @@ pub fn parse(args: &[String]) -> Parsed {
                 allowed_uids: f.string("allowed_uids").map(parse_uids).transpose()?,
                 // `None` is the default (on).
                 zero_copy: (!f.bool("zero_copy")).then_some(false),
-                screen: (!f.bool("screen")).then_some(false),
+                screen: f.bool("screen").then_some(true),
                 window_policy: f
                     .string("window_size")
                     .map(|w| WindowPolicy::parse(w).map_err(|e| usage(Some(&format!("Flag 'window_size' {e}"))) + "\n"))
@@ -412,7 +413,7 @@ impl Flags {
             limits,
             relay: RelayConfig::sized(t.buffer_bytes, t.history_bytes, t.replay_bytes)?,
             lag_policy: t.lag_policy.unwrap_or_default(),
-            screen: t.screen.unwrap_or(true),
+            screen: t.screen.unwrap_or(false),
             window_policy: t.window_policy.unwrap_or_default(),
             ring: RingConfig {
                 engine: t.engine.unwrap_or_default(),

@@ -197,6 +197,28 @@ fn older_protocols_base64_and_v1() {
 }
 
 #[test]
+fn a_terminal_gets_its_size_and_a_redraw_first() {
+    let rt = Runtime::new("web-screen");
+    let script = "printf '\\033[?1049h\\033[5;5Hdrawn'; read x; stty size; read y";
+    run_detached(&rt.path, "full", true, &["sh", "-c", script]);
+    let gw = Gateway::start(&rt.path);
+    wait_running(&gw, "full");
+    // (Until it drew, a redraw would be blank.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let path = "/api/v1/containers/full/attach?stdin=1&stdout=1&tty=1&from=live&screen=1&rows=30&cols=100";
+    let (mut ws, _) = gw.websocket(path, Some(V5), &[]).unwrap();
+    let mut got = Received::default();
+    receive(&mut ws, &mut got, |g| g.texts.len() == 2);
+    assert_eq!(got.texts[0], got.texts[1], "the position again after the redraw");
+    let redraw = String::from_utf8_lossy(&got.stdout).into_owned();
+    assert!(redraw.contains("drawn") && redraw.contains("\x1b[?1049h"), "{redraw:?}");
+    send(&mut ws, 0, b"go\r");
+    receive(&mut ws, &mut got, |g| {
+        String::from_utf8_lossy(&g.stdout).contains("30 100")
+    });
+}
+
+#[test]
 fn subprotocols_in_the_clients_order_and_the_older_ones() {
     let rt = Runtime::new("web-protocols");
     let script = "while read x; do [ \"$x\" = quit ] && exit 3; echo \"got-$x\"; done";

@@ -785,27 +785,32 @@ fn a_writer_that_hangs_up_frees_the_slot_and_stdin_bytes_stay_in_order() {
         std::thread::sleep(Duration::from_millis(300));
         drop(first);
         std::thread::sleep(Duration::from_millis(300));
-        // The slot is free again; this input's bytes queue behind the first one's.
-        let socket = sb.socket.clone();
-        let second = std::thread::spawn(move || {
-            let mut req = input_head(false);
-            req.extend(record(FIRST_RECORD));
-            req.extend(record(&stdin_record(b"bbbb")));
-            req.extend_from_slice(LAST_CHUNK);
-            exchange(&socket, &req).unwrap().status
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let mut got = vec![0u8; big.len() + 4];
-        std::io::Read::read_exact(&mut &std::fs::File::from(sb.stdin.take().unwrap()), &mut got).unwrap();
-        assert_eq!(second.join().unwrap(), 200);
-        assert_eq!(&got[..big.len()], &big[..]);
-        assert_eq!(&got[big.len()..], b"bbbb");
-        for _ in 0..2 {
-            assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
-        }
-        sb.close_output();
-        assert!(sb.wait(30).success());
+        a_second_writer_follows(&mut sb, &big);
     });
+}
+
+/// The slot is free again: a second input's bytes reach stdin right behind the first
+/// one's record being written (`big`), and nothing else of the first's; then the end.
+fn a_second_writer_follows(sb: &mut Sb, big: &[u8]) {
+    let socket = sb.socket.clone();
+    let second = std::thread::spawn(move || {
+        let mut req = input_head(false);
+        req.extend(record(FIRST_RECORD));
+        req.extend(record(&stdin_record(b"bbbb")));
+        req.extend_from_slice(LAST_CHUNK);
+        exchange(&socket, &req).unwrap().status
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = vec![0u8; big.len() + 4];
+    std::io::Read::read_exact(&mut &std::fs::File::from(sb.stdin.take().unwrap()), &mut got).unwrap();
+    assert_eq!(second.join().unwrap(), 200);
+    assert_eq!(&got[..big.len()], big);
+    assert_eq!(&got[big.len()..], b"bbbb", "the rest of the first body went with it");
+    for _ in 0..2 {
+        assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
+    }
+    sb.close_output();
+    assert!(sb.wait(30).success());
 }
 
 #[test]
@@ -834,25 +839,7 @@ fn a_writer_that_hangs_up_with_a_full_input_buffer_frees_the_slot() {
         writer.join().unwrap();
         drop(handle);
         std::thread::sleep(Duration::from_millis(100));
-        let socket = sb.socket.clone();
-        let second = std::thread::spawn(move || {
-            let mut req = input_head(false);
-            req.extend(record(FIRST_RECORD));
-            req.extend(record(&stdin_record(b"bbbb")));
-            req.extend_from_slice(LAST_CHUNK);
-            exchange(&socket, &req).unwrap().status
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let mut got = vec![0u8; big.len() + 4];
-        std::io::Read::read_exact(&mut &std::fs::File::from(sb.stdin.take().unwrap()), &mut got).unwrap();
-        assert_eq!(second.join().unwrap(), 200);
-        assert_eq!(&got[..big.len()], &big[..]);
-        assert_eq!(&got[big.len()..], b"bbbb", "the rest of the first body went with it");
-        for _ in 0..2 {
-            assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
-        }
-        sb.close_output();
-        assert!(sb.wait(30).success());
+        a_second_writer_follows(&mut sb, &big);
     });
 }
 

@@ -4,6 +4,19 @@
 //! blank screen until the program happens to print, or raw bytes that start
 //! mid-sequence). Sans I/O: the server feeds it and asks it for redraws.
 
+/// The largest screen modelled, rows and columns (a larger terminal is modelled at most
+/// this large: its redraw then shows the top left of it), and the smallest: one column
+/// could not hold a wide character.
+pub const MAX_SIZE: (u16, u16) = (300, 800);
+const MIN_SIZE: (u16, u16) = (1, 2);
+
+fn bounded(rows: u16, columns: u16) -> (u16, u16) {
+    (
+        rows.clamp(MIN_SIZE.0, MAX_SIZE.0),
+        columns.clamp(MIN_SIZE.1, MAX_SIZE.1),
+    )
+}
+
 /// A terminal's screen, as its output so far made it.
 pub struct Screen {
     parser: vt100::Parser,
@@ -24,10 +37,11 @@ const LEAVE_ALTERNATE: &[u8] = b"\x1b[?1049l";
 const ENTER_ALTERNATE: &[u8] = b"\x1b[?1049h";
 
 impl Screen {
-    /// A blank screen of `rows` x `columns` (at least 1 x 1), without scrollback.
+    /// A blank screen of `rows` x `columns` (within [`MAX_SIZE`]), without scrollback.
     pub fn new(rows: u16, columns: u16) -> Screen {
+        let (rows, columns) = bounded(rows, columns);
         Screen {
-            parser: vt100::Parser::new(rows.max(1), columns.max(1), 0),
+            parser: vt100::Parser::new(rows, columns, 0),
         }
     }
 
@@ -38,7 +52,8 @@ impl Screen {
 
     /// The terminal's new size (rows, columns), as the PTY was just set.
     pub fn resize(&mut self, rows: u16, columns: u16) {
-        self.parser.screen_mut().set_size(rows.max(1), columns.max(1));
+        let (rows, columns) = bounded(rows, columns);
+        self.parser.screen_mut().set_size(rows, columns);
     }
 
     /// Rows and columns.
@@ -155,6 +170,8 @@ mod tests {
         model.resize(40, 120);
         assert_eq!(model.size(), (40, 120));
         model.resize(0, 0);
-        assert_eq!(model.size(), (1, 1));
+        assert_eq!(model.size(), (1, 2));
+        model.resize(u16::MAX, u16::MAX);
+        assert_eq!(model.size(), MAX_SIZE);
     }
 }

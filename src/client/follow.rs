@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{ClientError, OutputStream};
+use super::{ClientError, OutputStream, Terminal};
 use crate::wire::media::StartAt;
 use crate::wire::message::mesos::agent::process_io;
 
@@ -79,6 +79,8 @@ pub struct Follower {
     retry: Option<(Instant, Duration)>,
     /// Set when the stream must end at the next error (the owner stops it).
     stopping: Arc<AtomicBool>,
+    /// The terminal it attached from, said again on every connection.
+    terminal: Terminal,
 }
 
 impl Follower {
@@ -92,11 +94,19 @@ impl Follower {
         Follower::with(socket, from, OutputStream::open_at(socket, at)?)
     }
 
-    /// Attaches at the newest output as a terminal of `window` (rows, columns): a TTY
-    /// container's server sets its terminal to that size and starts with a
-    /// [`Piece::Screen`] redraw (see [`OutputStream::open_terminal`]).
-    pub fn open_terminal(socket: &Path, window: Option<(u16, u16)>) -> Result<Follower, ClientError> {
-        Follower::with(socket, Begin::Live, OutputStream::open_terminal(socket, window)?)
+    /// Attaches at the newest output from `terminal`: a TTY container's server sets its
+    /// terminal to that size and starts with a [`Piece::Screen`] redraw (see
+    /// [`OutputStream::open_terminal`]). A connection made again after a drop says the
+    /// terminal again (its window counts again), and asks for no redraw.
+    pub fn open_terminal(socket: &Path, terminal: Terminal) -> Result<Follower, ClientError> {
+        let mut f = Follower::with(socket, Begin::Live, OutputStream::open_terminal(socket, &terminal)?)?;
+        f.terminal = terminal;
+        Ok(f)
+    }
+
+    /// Whether the stream starts with a redraw of the screen (a [`Piece::Screen`]).
+    pub fn redraw_first(&self) -> bool {
+        self.stream.redraw_first()
     }
 
     fn with(socket: &Path, from: Begin, stream: OutputStream) -> Result<Follower, ClientError> {
@@ -123,6 +133,7 @@ impl Follower {
             ended: false,
             retry: None,
             stopping: Default::default(),
+            terminal: Terminal::default(),
         })
     }
 
@@ -244,7 +255,8 @@ impl Follower {
         let mut restarted = false;
         let stream = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = OutputStream::open_within(&self.socket, at, Some(left.max(Duration::from_millis(100))));
+            let limit = Some(left.max(Duration::from_millis(100)));
+            let attempt = OutputStream::open_asking(&self.socket, at, false, &self.terminal, limit);
             let other = match &attempt {
                 Ok(s) => !restarted && s.located().is_none_or(|l| l.instance != instance),
                 // Positions past the newest output: another server.

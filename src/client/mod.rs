@@ -180,13 +180,37 @@ pub struct OutputStream {
     redraw: bool,
 }
 
-/// What an output attach asks of a TTY container's screen (docs/protocol.md §10.9).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Screen {
-    /// A redraw of the screen first.
-    pub redraw: bool,
-    /// This terminal's size: rows and columns.
+/// The terminal a client attaches from (docs/protocol.md §10.9): its size, and a name
+/// its output and input requests give, so that its input's resizes are its window's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Terminal {
+    /// Rows and columns.
     pub window: Option<(u16, u16)>,
+    pub name: Option<String>,
+}
+
+impl Terminal {
+    /// A terminal of `window` with a random name.
+    pub fn named(window: Option<(u16, u16)>) -> Terminal {
+        let mut bytes = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        let name = match random {
+            Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            Err(_) => format!("{}-{:?}", std::process::id(), std::time::SystemTime::now()),
+        };
+        Terminal {
+            window,
+            name: Some(name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")),
+        }
+    }
+
+    /// The header line that names it, if it has a name.
+    fn header(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{}: {name}\r\n", media::TERMINAL_HEADER),
+            None => String::new(),
+        }
+    }
 }
 
 impl OutputStream {
@@ -206,7 +230,7 @@ impl OutputStream {
     /// [`OutputStream::open_at`], giving up (an I/O error) when the server has not
     /// answered within `limit`.
     pub fn open_within(socket: &Path, at: StartAt, limit: Option<Duration>) -> Result<OutputStream, ClientError> {
-        OutputStream::open_asking(socket, at, Screen::default(), limit)
+        OutputStream::open_asking(socket, at, false, &Terminal::default(), limit)
     }
 
     /// Attaches at the newest output of a TTY container as a terminal of `window` (rows,
@@ -214,15 +238,17 @@ impl OutputStream {
     /// decides), and the stream starts with a redraw of the screen
     /// ([`OutputStream::next_record_or_redraw`] tells it apart). A server without a screen
     /// model (pipes, `--screen=false`, Mesos) just starts at the newest output.
-    pub fn open_terminal(socket: &Path, window: Option<(u16, u16)>) -> Result<OutputStream, ClientError> {
-        let ask = Screen { redraw: true, window };
-        OutputStream::open_asking(socket, StartAt::Live, ask, None)
+    pub fn open_terminal(socket: &Path, terminal: &Terminal) -> Result<OutputStream, ClientError> {
+        OutputStream::open_asking(socket, StartAt::Live, true, terminal, None)
     }
 
-    fn open_asking(
+    /// Attaches at `at` with a redraw first (`screen`, at the newest output only), as
+    /// `terminal`, giving up when the server has not answered within `limit`.
+    pub fn open_asking(
         socket: &Path,
         at: StartAt,
-        screen: Screen,
+        screen: bool,
+        terminal: &Terminal,
         limit: Option<Duration>,
     ) -> Result<OutputStream, ClientError> {
         let mut sock = connect(socket)?;
@@ -242,12 +268,13 @@ impl OutputStream {
             StartAt::Tail(n) => format!("{}: {n}\r\n", media::TAIL_HEADER),
         };
         let mut start = start;
-        if screen.redraw {
+        if screen {
             start.push_str(&format!("{}: 1\r\n", media::SCREEN_HEADER));
         }
-        if let Some((rows, columns)) = screen.window {
+        if let Some((rows, columns)) = terminal.window {
             start.push_str(&format!("{}: {rows}x{columns}\r\n", media::WINDOW_HEADER));
         }
+        start.push_str(&terminal.header());
         let mut req = format!(
             "POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/x-protobuf\r\nAccept: application/recordio\r\n\
              Message-Accept: application/x-protobuf\r\n{start}Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -282,6 +309,11 @@ impl OutputStream {
         })
     }
 
+    /// Whether the stream starts with a redraw of the screen, not yet returned.
+    pub fn redraw_first(&self) -> bool {
+        self.redraw
+    }
+
     /// Where the server said this stream starts; `None` from a server without positions.
     pub fn located(&self) -> Option<&Located> {
         self.located.as_ref()
@@ -310,7 +342,9 @@ impl OutputStream {
         loop {
             if let Some(rec) = self.pending.pop_front() {
                 let pio: ProcessIo = message::decode(Format::Protobuf, &rec).map_err(|e| ClientError::Protocol(e.0))?;
-                let redraw = std::mem::take(&mut self.redraw) && pio.data.is_some();
+                // (A heartbeat before it leaves the redraw to come.)
+                let redraw = self.redraw && pio.data.is_some();
+                self.redraw &= !redraw;
                 if let (Some(p), Some(data), false) = (&mut self.position, &pio.data, redraw) {
                     *p = p.saturating_add(data.data.as_ref().map_or(0, |d| d.len() as u64));
                 }
@@ -417,15 +451,22 @@ pub struct InputStream {
 impl InputStream {
     /// Opens an input stream (its first record names the container).
     pub fn open(socket: &Path) -> Result<InputStream, ClientError> {
+        InputStream::open_as(socket, &Terminal::default())
+    }
+
+    /// Opens an input stream from `terminal`: its resizes are the window it attached with.
+    pub fn open_as(socket: &Path, terminal: &Terminal) -> Result<InputStream, ClientError> {
         let sock = connect(socket)?;
         let mut stream = InputStream { sock };
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/recordio\r\n\
+             Message-Content-Type: application/x-protobuf\r\nAccept: application/json\r\n{}\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            terminal.header()
+        );
         let sent = stream
             .sock
-            .write_all(
-                b"POST / HTTP/1.1\r\nHost:\r\nContent-Type: application/recordio\r\n\
-                  Message-Content-Type: application/x-protobuf\r\nAccept: application/json\r\n\
-                  Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-            )
+            .write_all(head.as_bytes())
             .and_then(|()| stream.send_call(&input_call(None)));
         match sent {
             Ok(()) => Ok(stream),
@@ -533,8 +574,8 @@ pub enum Probe {
 /// A complete input request that only names the container and, with `size`, sets the
 /// window size: it tells whether stdin can be attached and whether the container has a
 /// terminal (a resize on a pipe is refused with `Inappropriate ioctl`). Acknowledged.
-pub fn probe(socket: &Path, size: Option<(u16, u16)>) -> Result<Probe, ClientError> {
-    let mut input = InputStream::open(socket)?;
+pub fn probe(socket: &Path, size: Option<(u16, u16)>, terminal: &Terminal) -> Result<Probe, ClientError> {
+    let mut input = InputStream::open_as(socket, terminal)?;
     if let Some((rows, columns)) = size
         && let Err(e) = input.send(resize(rows, columns))
         && !closed_early(&e)

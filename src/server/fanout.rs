@@ -72,8 +72,9 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
             at: StartAt::Live,
             screen: false,
             window: None,
+            terminal: None,
         };
-        output.add_client(&mut ring, fd, framing, spec.policy, ask, |_| front.clone());
+        output.add_client(&mut ring, fd, framing, spec.policy, ask, |_, _| front.clone());
     }
     output.start(&mut ring);
     let mut finishing = false;

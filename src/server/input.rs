@@ -39,6 +39,8 @@ pub(super) struct Session {
     /// A decoded record that needs stdin, waiting while another request's write finishes.
     pub parked: Option<InputAction>,
     pub keep_alive: bool,
+    /// The terminal it names (`Switchboard-Terminal`): its resizes are that window's.
+    pub terminal: Option<String>,
 }
 
 /// What an input request's next record asks for.
@@ -70,6 +72,7 @@ impl Session {
             writing: false,
             parked: None,
             keep_alive,
+            terminal: None,
         }
     }
 
@@ -264,8 +267,11 @@ fn apply(ctx: &mut Ctx<'_>, i: u32, action: InputAction) -> bool {
         InputAction::Resize { rows, columns } => {
             // With a screen model, the terminal's windows decide (and the model follows).
             let size = (rows as u16, columns as u16);
-            let pid = conn::peer(ctx, i);
-            let result = match (ctx.output.input_resize(pid, size), ctx.conns.stdin.fd) {
+            let terminal = match &conn::get(ctx, i).state {
+                conn::State::Input(session) => session.terminal.clone(),
+                _ => None,
+            };
+            let result = match (ctx.output.input_resize(terminal.as_deref(), size), ctx.conns.stdin.fd) {
                 (Some(result), _) => result,
                 (None, Some(fd)) => crate::tty::set_window_size(ctx.ring.borrow(fd), size.0, size.1),
                 (None, None) => Err(std::io::Error::from_raw_os_error(libc::EBADF)),

@@ -119,15 +119,20 @@ pub const INSTANCE_HEADER: &str = "Switchboard-Instance";
 /// response says whether the redraw came.
 pub const SCREEN_HEADER: &str = "Switchboard-Screen";
 pub const WINDOW_HEADER: &str = "Switchboard-Window";
+/// A name a client gives its terminal on its output and its input requests, so that its
+/// input's resizes change its own window (1 to 64 letters, digits, `.`, `_`, `-`).
+pub const TERMINAL_HEADER: &str = "Switchboard-Terminal";
 
 /// What an output call's headers ask (all of it ours; Mesos clients ask nothing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputAsk {
     pub at: StartAt,
     /// A redraw of the terminal's screen first.
     pub screen: bool,
     /// The client's terminal size: rows and columns.
     pub window: Option<(u16, u16)>,
+    /// The name of the client's terminal.
+    pub terminal: Option<String>,
 }
 
 impl OutputAsk {
@@ -136,7 +141,21 @@ impl OutputAsk {
         at: StartAt::Live,
         screen: false,
         window: None,
+        terminal: None,
     };
+}
+
+/// The terminal a request names (`Switchboard-Terminal`), if it names one.
+pub fn terminal_named(head: &RequestHead) -> Result<Option<String>, HttpError> {
+    let Some(v) = head.header(TERMINAL_HEADER).map(str::trim) else { return Ok(None) };
+    let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    match (1..=64).contains(&v.len()) && v.chars().all(ok) {
+        true => Ok(Some(v.to_string())),
+        false => Err(HttpError::new(
+            400,
+            format!("{TERMINAL_HEADER} must be 1 to 64 letters, digits, '.', '_' or '-', not '{v}'"),
+        )),
+    }
 }
 
 /// What an output call's headers ask: where to start, a redraw, a size.
@@ -161,7 +180,13 @@ pub fn output_ask(head: &RequestHead) -> Result<OutputAsk, HttpError> {
             )
         })?),
     };
-    Ok(OutputAsk { at, screen, window })
+    let terminal = terminal_named(head)?;
+    Ok(OutputAsk {
+        at,
+        screen,
+        window,
+        terminal,
+    })
 }
 
 /// `24x80`: rows and columns, each 1 to 65535.
@@ -324,12 +349,16 @@ mod tests {
         let ask = output_ask(&head("Switchboard-Screen: 1\r\nSwitchboard-Window: 40x120\r\n")).unwrap();
         assert_eq!((ask.at, ask.screen, ask.window), (StartAt::Live, true, Some((40, 120))));
         assert!(!output_ask(&head("Switchboard-Screen: 0\r\n")).unwrap().screen);
+        let named = output_ask(&head("Switchboard-Terminal: a1.b_c-d\r\n")).unwrap();
+        assert_eq!(named.terminal.as_deref(), Some("a1.b_c-d"));
         for bad in [
             "Switchboard-Screen: yes\r\n",
             "Switchboard-Window: 40\r\n",
             "Switchboard-Window: 0x80\r\n",
             "Switchboard-Window: 24x70000\r\n",
             "Switchboard-Window: -1x80\r\n",
+            "Switchboard-Terminal: a b\r\n",
+            "Switchboard-Terminal: \r\n",
         ] {
             assert_eq!(output_ask(&head(bad)).unwrap_err().status, 400, "{bad}");
         }

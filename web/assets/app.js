@@ -4,7 +4,7 @@
 // Output positions: the gateway says where the output starts ({"position": P}, a text
 // frame, because we ask with `from=`); every output byte after it is one position more.
 // A terminal's first attachment asks for a redraw of its screen (`screen=1`), which
-// comes before that frame is sent again (the redraw has no position).
+// comes before that frame (the redraw has no position).
 // A dropped connection attaches again from the next byte's position, so nothing is lost
 // that the switchboard still keeps, and nothing comes twice.
 'use strict';

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde_json::json;
 use switchboard::agent::{EndWatch, Info};
-use switchboard::client::{self, Begin, ClientError, Follower, InputStream, Piece};
+use switchboard::client::{self, Begin, ClientError, Follower, InputStream, Piece, Terminal};
 use switchboard::wire::message::mesos::agent::ProcessIo;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,8 +34,8 @@ pub struct Request {
     /// docs/web.md), so that a client that counts the bytes it got can resume there.
     pub from: Option<Begin>,
     /// `screen=1` (ours): at the newest output, a TTY container's switchboard first sends
-    /// a redraw of its screen (as stdout, followed by the position frame again: the
-    /// redraw has no position); `rows` and `cols` size its terminal first.
+    /// a redraw of its screen (as stdout, before the position frame: the redraw has no
+    /// position); `rows` and `cols` size its terminal first.
     pub screen: bool,
     pub window: Option<(u16, u16)>,
 }
@@ -137,8 +137,13 @@ struct InputSide {
 /// Runs an attachment on `ws` until the container's output ends or the client leaves.
 pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container, request: Request) {
     let begin = request.from.unwrap_or(Begin::Live);
-    let screen = (request.screen && begin == Begin::Live).then_some(request.window);
-    let (follower, restarted) = match open_output(&container, begin, screen).await {
+    // Its output and input name one terminal, so that its resizes are its window's.
+    let terminal = match request.window {
+        Some(window) => Terminal::named(Some(window)),
+        None => Terminal::default(),
+    };
+    let screen = request.screen && begin == Begin::Live;
+    let (follower, restarted) = match open_output(&container, begin, screen, &terminal).await {
         Ok(opened) => opened,
         // Nothing to attach to: tell how it ended, if it did.
         Err(ClientError::NoServer { .. } | ClientError::Gone) => {
@@ -147,7 +152,7 @@ pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container
         Err(e) => return finish(&mut ws, protocol, &failed(format!("attaching to the output: {e}"))).await,
     };
     let input = match request.stdin {
-        true => match open_input(&container.socket).await {
+        true => match open_input(&container.socket, &terminal).await {
             Ok(input) => input,
             Err(e) => return finish(&mut ws, protocol, &failed(format!("attaching to the input: {e}"))).await,
         },
@@ -167,7 +172,8 @@ pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container
     };
     let mut open = send(&mut ws, protocol.frame(first, b"")).await;
     let start = follower.position();
-    if let (Some(_), Some(position)) = (request.from, start) {
+    // (A redraw first: the position follows it, since the redraw has none.)
+    if let (Some(_), Some(position), false) = (request.from, start, follower.redraw_first()) {
         let mut located = json!({ "position": position });
         if restarted {
             located["restarted"] = json!(true);
@@ -293,12 +299,14 @@ pub async fn session(mut ws: WebSocket, protocol: Protocol, container: Container
 async fn open_output(
     container: &Container,
     begin: Begin,
-    screen: Option<Option<(u16, u16)>>,
+    screen: bool,
+    terminal: &Terminal,
 ) -> Result<(Follower, bool), ClientError> {
     let socket = container.socket.clone();
+    let terminal = terminal.clone();
     let opened = tokio::task::spawn_blocking(move || match screen {
-        Some(window) => Follower::open_terminal(&socket, window).map(|f| (f, false)),
-        None => match Follower::open(&socket, begin) {
+        true => Follower::open_terminal(&socket, terminal).map(|f| (f, false)),
+        false => match Follower::open(&socket, begin) {
             Err(ClientError::Refused { status: 400, body }) if body.contains("past the newest output") => {
                 Follower::open(&socket, Begin::Kept).map(|f| (f, true))
             }
@@ -346,10 +354,11 @@ fn incoming(protocol: Protocol, request: &Request, tty: bool, frame: &[u8], pend
 /// Opens the input request and starts its writer and the watcher of its answer; `None`
 /// when the switchboard already left (a short-lived container: the output, opened
 /// first, still has everything).
-async fn open_input(socket: &Path) -> Result<Option<InputSide>, ClientError> {
+async fn open_input(socket: &Path, terminal: &Terminal) -> Result<Option<InputSide>, ClientError> {
     let socket = socket.to_path_buf();
+    let terminal = terminal.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        let input = InputStream::open(&socket)?;
+        let input = InputStream::open_as(&socket, &terminal)?;
         Ok::<_, ClientError>((input.try_clone()?, input.try_clone()?, input, socket))
     });
     let (mut answer, connection, input, socket) = match opened.await.map_err(std::io::Error::other)? {

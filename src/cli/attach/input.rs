@@ -14,7 +14,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::{DETACH_PAUSE, HEARTBEAT, Options, note};
-use crate::client::{self, ClientError, InputStream, Probe, Stop};
+use crate::client::{self, ClientError, InputStream, Probe, Stop, Terminal};
 use crate::tty::{self, RawMode};
 use crate::wire::message::mesos::agent::ProcessIo;
 
@@ -40,7 +40,11 @@ pub(super) struct Target {
 }
 
 /// Probes the input slot (setting the window size); `None` when another client has it.
-pub(super) fn probe_input(socket: &Path, options: &Options) -> Result<Option<Target>, ClientError> {
+pub(super) fn probe_input(
+    socket: &Path,
+    options: &Options,
+    terminal: &Terminal,
+) -> Result<Option<Target>, ClientError> {
     let stdin = io::stdin();
     let local_tty = tty::is_terminal(stdin.as_fd());
     let size = if local_tty {
@@ -48,7 +52,7 @@ pub(super) fn probe_input(socket: &Path, options: &Options) -> Result<Option<Tar
     } else {
         None
     };
-    let tty = match client::probe(socket, size) {
+    let tty = match client::probe(socket, size, terminal) {
         Ok(Probe::Tty) => true,
         Ok(Probe::Pipe) => false,
         Ok(Probe::Free) => options.tty_hint.unwrap_or(false),
@@ -65,6 +69,8 @@ pub(super) fn probe_input(socket: &Path, options: &Options) -> Result<Option<Tar
 /// (as the output's is).
 struct InputLink {
     socket: PathBuf,
+    /// The terminal our requests name.
+    terminal: Terminal,
     /// The connection records go to; `None` once it could not be made again.
     stream: Mutex<Option<InputStream>>,
     /// Bumped at every new connection.
@@ -105,7 +111,7 @@ impl InputLink {
     fn reconnect(&self, error: &ClientError) -> Option<InputStream> {
         let deadline = std::time::Instant::now() + client::RECONNECT_FOR;
         let made = loop {
-            match InputStream::open(&self.socket) {
+            match InputStream::open_as(&self.socket, &self.terminal) {
                 Ok(mut s) => {
                     let size = self.size.lock().unwrap().clone();
                     match size.map_or(Ok(()), |pio| s.send(pio)) {
@@ -157,10 +163,12 @@ fn is_resize(pio: &ProcessIo) -> bool {
     pio.control.as_ref().is_some_and(|c| c.tty_info.is_some())
 }
 
+#[allow(clippy::too_many_arguments)] // One attachment's input side, as attach hands it over.
 pub(super) fn start_input(
     socket: &Path,
     options: &Options,
     target: Target,
+    terminal: &Terminal,
     raw: &Arc<Mutex<Option<RawMode>>>,
     detached: &Arc<AtomicBool>,
     output: Stop,
@@ -171,7 +179,7 @@ pub(super) fn start_input(
         tty: target_tty,
     } = target;
     let stdin = io::stdin();
-    let mut input = InputStream::open(socket)?;
+    let mut input = InputStream::open_as(socket, terminal)?;
     let resize = size
         .filter(|_| local_tty && target_tty)
         .map(|(rows, columns)| client::resize(rows, columns));
@@ -187,6 +195,7 @@ pub(super) fn start_input(
     let answer = input.try_clone()?;
     let link = Arc::new(InputLink {
         socket: socket.to_path_buf(),
+        terminal: terminal.clone(),
         stream: Mutex::new(Some(input)),
         generation: AtomicU64::new(0),
         size: Mutex::new(resize),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::client::{Begin, ClientError, Follower, Piece};
+use crate::client::{Begin, ClientError, Follower, Piece, Terminal};
 use crate::tty::{self, RawMode};
 
 /// How long a lone first detach key waits for the rest of the sequence.
@@ -124,11 +124,12 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
     mask.add(Signal::SIGWINCH);
     mask.thread_block().map_err(|e| ClientError::Io(e.into()))?;
 
-    let (mut output, target) = open(socket, options)?;
+    let terminal = this_terminal();
+    let (mut output, target) = open(socket, options, &terminal)?;
     let detached = Arc::new(AtomicBool::new(false));
     let raw: Arc<Mutex<Option<RawMode>>> = Arc::new(Mutex::new(None));
     let input = match target {
-        Some(target) => match start_input(socket, options, target, &raw, &detached, output.stopper()) {
+        Some(target) => match start_input(socket, options, target, &terminal, &raw, &detached, output.stopper()) {
             Ok(input) => Some(input),
             // The output is open: what the container wrote still comes on it.
             Err(e) if server_left(&e) => None,
@@ -164,6 +165,20 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
     result
 }
 
+/// This terminal, when stdin and stdout both are one: its size, and a name our output
+/// and input requests give, so that our resizes are our window's.
+fn this_terminal() -> Terminal {
+    let (stdin, stdout) = (io::stdin(), io::stdout());
+    let window = match tty::is_terminal(stdin.as_fd()) && tty::is_terminal(stdout.as_fd()) {
+        true => tty::window_size(stdin.as_fd()).ok().filter(|&(r, c)| r > 0 && c > 0),
+        false => None,
+    };
+    match window {
+        Some(_) => Terminal::named(window),
+        None => Terminal::default(),
+    }
+}
+
 /// Where the output starts when nothing says: what was kept on pipes, the newest output
 /// on a terminal (old screen bytes would garble this one).
 fn default_begin(tty: bool) -> Begin {
@@ -177,24 +192,17 @@ fn default_begin(tty: bool) -> Begin {
 /// resize makes full-screen programs redraw, which must reach us. Where the output
 /// starts may depend on what the probe is the first to tell (whether the container has
 /// a terminal): on pipes, it is then opened again at what was kept.
-fn open(socket: &Path, options: &Options) -> Result<(Follower, Option<Target>), ClientError> {
+fn open(socket: &Path, options: &Options, terminal: &Terminal) -> Result<(Follower, Option<Target>), ClientError> {
     let known = options.begin.or(options.tty_hint.map(default_begin));
     // At the newest output from a terminal, the switchboard is asked to size the
     // container's terminal as ours and to redraw its screen first (a server without a
     // screen model, or pipes, just starts at the newest output).
-    let stdin = io::stdin();
-    let window = match tty::is_terminal(stdin.as_fd()) {
-        true => tty::window_size(stdin.as_fd()).ok().filter(|&(r, c)| r > 0 && c > 0),
-        false => None,
-    };
-    let output = match (known.unwrap_or(Begin::Live), window) {
-        (Begin::Live, Some(window)) if options.tty_hint != Some(false) => {
-            Follower::open_terminal(socket, Some(window))?
-        }
+    let output = match (known.unwrap_or(Begin::Live), terminal.window) {
+        (Begin::Live, Some(_)) if options.tty_hint != Some(false) => Follower::open_terminal(socket, terminal.clone())?,
         (begin, _) => Follower::open(socket, begin)?,
     };
     let target = match options.stdin {
-        true => match probe_input(socket, options) {
+        true => match probe_input(socket, options, terminal) {
             Ok(target) => target,
             // The output is open: what the container wrote still comes on it.
             Err(e) if server_left(&e) => None,

@@ -33,18 +33,6 @@ use request::{hand_over, parse};
 
 const RECV_SIZE: usize = 16 * 1024;
 
-/// The process at the other end of connection `i`, if the kernel says.
-pub(super) fn peer(ctx: &Ctx<'_>, i: u32) -> Option<i32> {
-    let c = ctx.conns.slots.get(i as usize)?.as_ref()?;
-    peer_pid(ctx.ring, c.fd)
-}
-
-/// The process at the other end of connection `fd`, if the kernel says.
-pub(super) fn peer_pid(ring: &Ring, fd: Fd) -> Option<i32> {
-    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    getsockopt(&ring.borrow(fd), PeerCredentials).ok().map(|c| c.pid())
-}
-
 /// A peer gone both ways (or an error), as a poll says it.
 const HANGUP: u32 = (libc::POLLHUP | libc::POLLERR) as u32;
 

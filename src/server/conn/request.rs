@@ -6,7 +6,7 @@ use crate::config::LagPolicy;
 use crate::relay::Framing;
 use crate::relay::Start;
 use crate::wire::http::{self, Event, HttpError, RequestHead};
-use crate::wire::media::{self, BodyFormat, OutputAsk, ResponseFormat, Route, StartAt};
+use crate::wire::media::{self, BodyFormat, OutputAsk, ResponseFormat, Route};
 use crate::wire::message::mesos::agent::{Call, call};
 use crate::wire::message::{self, Format};
 
@@ -113,12 +113,14 @@ fn on_head(ctx: &mut Ctx<'_>, i: u32, head: RequestHead) {
         Route::Call {
             body: BodyFormat::Streaming(format),
             ..
-        } => State::Input(Session::new(
-            format,
-            limits.max_call_body,
-            limits.max_record,
-            head.keep_alive,
-        )),
+        } => match media::terminal_named(&head) {
+            Ok(terminal) => {
+                let mut session = Session::new(format, limits.max_call_body, limits.max_record, head.keep_alive);
+                session.terminal = terminal;
+                State::Input(session)
+            }
+            Err(e) => return respond(ctx, i, Answer::Refused(e), true),
+        },
     };
 }
 
@@ -262,13 +264,13 @@ pub(super) fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     };
     tracing::debug!("connection {i} attached to the output ({policy:?})");
     let instance = ctx.instance;
-    // A redraw comes only at the newest output, from a screen model.
-    let screen = ask.screen && ask.at == StartAt::Live && ctx.output.has_screen();
-    let head = |start| output_head(response, start, screen, instance);
+    // (The head says whether a redraw follows it.)
+    let head = |start, screen| output_head(response, start, screen, instance);
     let ask = crate::server::output::Ask {
         at: ask.at,
-        screen,
-        window: ask.window.map(|size| (size, super::peer_pid(ctx.ring, c.fd))),
+        screen: ask.screen,
+        window: ask.window,
+        terminal: ask.terminal,
     };
     ctx.output.add_client(ctx.ring, c.fd, framing, policy, ask, head);
     // The first output client starts redirection when we waited for it.

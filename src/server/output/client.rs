@@ -75,9 +75,9 @@ fn redraw_record(framing: Framing, redraw: &[u8]) -> Vec<u8> {
 }
 
 impl Output {
-    /// Attaches a client connection that asks to start at `at` (checked with
-    /// [`Output::locate`]): it gets the head `head` makes of where it starts, then the
-    /// output from there. Protobuf and raw clients at the live edge take the pipe path
+    /// Attaches a client connection that asks to start at `ask.at` (checked with
+    /// [`Output::locate`]): it gets the head `head` makes of where it starts (and whether a
+    /// redraw of the screen follows it), then the output from there. Protobuf and raw clients at the live edge take the pipe path
     /// when zero copy is on (and their pipe can be sized: past the per-user pipe budget
     /// they are served by copies).
     pub fn add_client(
@@ -87,7 +87,7 @@ impl Output {
         framing: Framing,
         policy: LagPolicy,
         ask: Ask,
-        head: impl Fn(Start) -> Vec<u8>,
+        head: impl Fn(Start, bool) -> Vec<u8>,
     ) {
         let i = match self.clients.iter().position(Option::is_none) {
             Some(i) => i,
@@ -99,16 +99,15 @@ impl Output {
         // Its size first, so that the redraw fits its terminal; the redraw stands for the
         // output up to the relay's next byte, where a copying client at the live edge
         // starts (a resume wants the bytes themselves).
-        let terminal = self.terminal.as_mut();
-        if let (Some(t), Some((size, pid))) = (terminal, ask.window) {
-            t.attached(i, pid, size);
+        if let (Some(t), Some(size)) = (&mut self.terminal, ask.window) {
+            t.attached(i, ask.terminal.clone(), size);
         }
-        let redraw = match (self.screen(), ask.screen && ask.at == StartAt::Live) {
-            (Some(screen), true) => Some(redraw_record(framing, &screen.redraw())),
+        let redraw = match (&mut self.terminal, ask.screen && ask.at == StartAt::Live) {
+            (Some(t), true) => t.redraw().map(|r| redraw_record(framing, &r)),
             _ => None,
         };
         let head = |start| {
-            let mut bytes = head(start);
+            let mut bytes = head(start, redraw.is_some());
             bytes.extend_from_slice(redraw.as_deref().unwrap_or_default());
             bytes
         };

@@ -76,8 +76,8 @@ impl Output {
                     self.stats.read[s] += n as u64;
                 }
                 let cut = self.relay.on_read(s, ring.arena(range.clone()));
-                if let Some(screen) = self.terminal.as_mut().and_then(|t| t.screen.as_mut()) {
-                    screen.feed(ring.arena(range));
+                if let Some(t) = &mut self.terminal {
+                    t.feed(ring.arena(range));
                 }
                 let st = &mut self.streams[s];
                 if st.stage.as_mut().is_some_and(|stage| stage.engine_read(n)) {

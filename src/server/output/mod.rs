@@ -109,13 +109,15 @@ pub struct Options {
 }
 
 /// What an output client asks besides its framing and lag policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
     pub at: StartAt,
     /// A redraw of the terminal's screen first (only at the newest output, with a model).
     pub screen: bool,
-    /// Its terminal's size (rows, columns), and its peer's process.
-    pub window: Option<((u16, u16), Option<i32>)>,
+    /// Its terminal's size (rows, columns).
+    pub window: Option<(u16, u16)>,
+    /// The name of its terminal, which its input requests give too.
+    pub terminal: Option<String>,
 }
 
 impl Default for Options {
@@ -290,17 +292,13 @@ impl Output {
 
     /// Whether a model of the terminal's screen is kept (a PTY, `--screen` on).
     pub fn has_screen(&self) -> bool {
-        self.screen().is_some()
+        self.terminal.as_ref().is_some_and(Terminal::has_screen)
     }
 
-    fn screen(&self) -> Option<&crate::screen::Screen> {
-        self.terminal.as_ref()?.screen.as_ref()
-    }
-
-    /// An input request of process `pid` asks for a window of `size`; `None` when there
-    /// is no terminal model (the caller sets the size itself).
-    pub fn input_resize(&mut self, pid: Option<i32>, size: (u16, u16)) -> Option<std::io::Result<()>> {
-        Some(self.terminal.as_mut()?.input_resize(pid, size))
+    /// An input request (of the terminal it names, if any) asks for a window of `size`;
+    /// `None` without a PTY (the caller then answers as for a pipe).
+    pub fn input_resize(&mut self, terminal: Option<&str>, size: (u16, u16)) -> Option<std::io::Result<()>> {
+        Some(self.terminal.as_mut()?.input_resize(terminal, size))
     }
 
     pub fn failure(&self) -> Option<&Failure> {

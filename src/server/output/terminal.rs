@@ -3,8 +3,12 @@
 //! read, and the sizes the attached clients asked for (`Switchboard-Window`), of which
 //! `--window_size` picks the one the PTY takes. Its own descriptor of the PTY master (a
 //! duplicate) sets the size.
+//!
+//! The model runs on what the container writes: should the emulator panic on some
+//! sequence, the model is dropped (clients then get no redraw), never the server.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::config::WindowPolicy;
 use crate::screen::Screen;
@@ -16,15 +20,16 @@ const DEFAULT_SIZE: (u16, u16) = (24, 80);
 struct Window {
     /// The output client's index.
     client: usize,
-    /// Its peer's process: an input resize from the same process is the same terminal's.
-    pid: Option<i32>,
+    /// The terminal it named (`Switchboard-Terminal`): an input request that names it
+    /// too resizes this window.
+    terminal: Option<String>,
     size: (u16, u16),
     /// When it was said (larger: later).
     said: u64,
 }
 
 pub(super) struct Terminal {
-    pub screen: Option<Screen>,
+    screen: Option<Screen>,
     /// Its size (the model's, when there is one).
     size: (u16, u16),
     pty: OwnedFd,
@@ -61,14 +66,40 @@ impl Terminal {
         }
     }
 
+    /// Whether the screen is modelled.
+    pub fn has_screen(&self) -> bool {
+        self.screen.is_some()
+    }
+
+    /// Runs `f` on the model, if there is one; a panic in it drops the model.
+    fn model<T>(&mut self, what: &str, f: impl FnOnce(&mut Screen) -> T) -> Option<T> {
+        let screen = self.screen.as_mut()?;
+        match catch_unwind(AssertUnwindSafe(|| f(screen))) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::error!("the screen model failed ({what}): it is dropped, and clients get no redraw");
+                self.screen = None;
+                None
+            }
+        }
+    }
+
+    /// The next output bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.model("reading output", |s| s.feed(bytes));
+    }
+
+    /// A redraw of the screen, if it is modelled.
+    pub fn redraw(&mut self) -> Option<Vec<u8>> {
+        self.model("redrawing", |s| s.redraw())
+    }
+
     /// Sets the PTY (its programs get SIGWINCH) and the model to `size`.
     fn set(&mut self, size: (u16, u16)) -> std::io::Result<()> {
         crate::tty::set_window_size(self.pty.as_fd(), size.0, size.1)?;
         if self.size != size {
             self.size = size;
-            if let Some(screen) = &mut self.screen {
-                screen.resize(size.0, size.1);
-            }
+            self.model("resizing", |s| s.resize(size.0, size.1));
         }
         Ok(())
     }
@@ -82,12 +113,13 @@ impl Terminal {
         }
     }
 
-    /// Output client `client` (of process `pid`) attached with a window of `size`.
-    pub fn attached(&mut self, client: usize, pid: Option<i32>, size: (u16, u16)) {
+    /// Output client `client` (of the terminal named `terminal`, if it named one)
+    /// attached with a window of `size`.
+    pub fn attached(&mut self, client: usize, terminal: Option<String>, size: (u16, u16)) {
         self.said += 1;
         self.windows.push(Window {
             client,
-            pid,
+            terminal,
             size,
             said: self.said,
         });
@@ -103,14 +135,18 @@ impl Terminal {
         }
     }
 
-    /// An input request (of process `pid`) asked for `size`: the window of that process's
-    /// attached clients changes with it; a process with none (the Mesos agent) sets the
-    /// size as it asks.
-    pub fn input_resize(&mut self, pid: Option<i32>, size: (u16, u16)) -> std::io::Result<()> {
+    /// An input request asked for `size`: when it names a terminal an attached client
+    /// named, that terminal's window changes and the policy decides; otherwise (the
+    /// Mesos agent) the size is set as asked.
+    pub fn input_resize(&mut self, terminal: Option<&str>, size: (u16, u16)) -> std::io::Result<()> {
         self.said += 1;
         let said = self.said;
         let mut known = false;
-        for w in self.windows.iter_mut().filter(|w| pid.is_some() && w.pid == pid) {
+        for w in self
+            .windows
+            .iter_mut()
+            .filter(|w| terminal.is_some() && w.terminal.as_deref() == terminal)
+        {
             w.size = size;
             w.said = said;
             known = true;
@@ -143,32 +179,49 @@ mod tests {
     fn the_policy_picks_the_size_among_the_windows() {
         let (mut t, pty) = terminal(WindowPolicy::Smallest);
         assert_eq!(t.screen.as_ref().unwrap().size(), DEFAULT_SIZE, "a PTY of 0 x 0");
-        t.attached(0, Some(10), (40, 120));
-        t.attached(1, Some(11), (30, 150));
+        let a = || Some("a".to_string());
+        let b = || Some("b".to_string());
+        t.attached(0, a(), (40, 120));
+        t.attached(1, b(), (30, 150));
         assert_eq!(size(&pty), (30, 120));
         assert_eq!(t.screen.as_ref().unwrap().size(), (30, 120));
         t.detached(1);
         assert_eq!(size(&pty), (40, 120));
 
         let (mut t, pty) = terminal(WindowPolicy::Largest);
-        t.attached(0, Some(10), (40, 120));
-        t.attached(1, Some(11), (30, 150));
+        t.attached(0, a(), (40, 120));
+        t.attached(1, b(), (30, 150));
         assert_eq!(size(&pty), (40, 150));
-        // The same process's input resize is its window's.
-        t.input_resize(Some(10), (50, 100)).unwrap();
+        // An input resize of the same terminal is its window's.
+        t.input_resize(Some("a"), (50, 100)).unwrap();
         assert_eq!(size(&pty), (50, 150));
 
         let (mut t, pty) = terminal(WindowPolicy::Latest);
-        t.attached(0, Some(10), (40, 120));
-        t.attached(1, Some(11), (30, 150));
+        t.attached(0, a(), (40, 120));
+        t.attached(1, b(), (30, 150));
         assert_eq!(size(&pty), (30, 150));
-        t.input_resize(Some(10), (20, 60)).unwrap();
+        t.input_resize(Some("a"), (20, 60)).unwrap();
         assert_eq!(size(&pty), (20, 60));
-        // A process without a window sets the size as it asks.
-        t.input_resize(Some(99), (33, 99)).unwrap();
+        // One that names no window sets the size as it asks.
+        t.input_resize(None, (33, 99)).unwrap();
         assert_eq!(size(&pty), (33, 99));
         assert_eq!(t.screen.as_ref().unwrap().size(), (33, 99));
         t.detached(0);
         assert_eq!(size(&pty), (30, 150), "the latest window left");
+    }
+
+    #[test]
+    fn a_model_that_panics_is_dropped_not_the_server() {
+        let (mut t, _pty) = terminal(WindowPolicy::Latest);
+        t.feed(b"hello");
+        assert!(t.redraw().is_some());
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = t.model("a test", |_| panic!("the emulator failed"));
+        std::panic::set_hook(hook);
+        assert_eq!(r, None::<()>);
+        assert!(!t.has_screen());
+        t.feed(b"more");
+        assert_eq!(t.redraw(), None);
     }
 }

@@ -104,11 +104,26 @@ mod input;
 
 use input::{Target, handle_signals, probe_input, start_input};
 
-/// Leaves what a full-screen program may have set in this terminal: attributes, the
-/// alternate screen, a hidden cursor, application cursor keys and keypad, bracketed
-/// paste, mouse reporting.
+/// Leaves what a full-screen program may have set in this terminal: attributes, a
+/// hidden cursor, application cursor keys and keypad, bracketed paste, mouse reporting;
+/// and [`LEAVE_ALTERNATE`] when it was on the alternate screen (only then: on the normal
+/// screen, leaving it again would move the cursor to wherever it was last saved).
 const LEAVE_PROGRAM_MODES: &[u8] =
-    b"\x1b[0m\x1b[?1049l\x1b[?25h\x1b[?1l\x1b>\x1b[?2004l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l";
+    b"\x1b[0m\x1b[?25h\x1b[?1l\x1b>\x1b[?2004l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l";
+const LEAVE_ALTERNATE: &[u8] = b"\x1b[?1049l";
+const ENTER_ALTERNATE: &[u8] = b"\x1b[?1049h";
+
+/// Whether output left the terminal on the alternate screen, after `data` when it was
+/// `before` (the last of the switches in it decides).
+fn on_alternate(before: bool, data: &[u8]) -> bool {
+    let last = |needle: &[u8]| data.windows(needle.len()).rposition(|w| w == needle);
+    match (last(ENTER_ALTERNATE), last(LEAVE_ALTERNATE)) {
+        (Some(enter), Some(leave)) => enter > leave,
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        (None, None) => before,
+    }
+}
 
 /// Signals that end an attachment (the terminal is restored first).
 const FATAL: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
@@ -142,13 +157,18 @@ pub fn attach(socket: &Path, options: &Options) -> Result<Ended, ClientError> {
         let resize = input.as_ref().map(|i| i.records.clone());
         std::thread::spawn(move || handle_signals(mask, raw, resize));
     }
-    let result = follow(&mut output, &raw, &detached);
+    let mut alternate = false;
+    let result = follow(&mut output, &raw, &detached, &mut alternate);
     // Restore the terminal before anything else is printed; after a detach, also what
     // the container's program left set in it (as tmux does on detach).
     if let Some(r) = raw.lock().unwrap().take() {
         if let Ok(Ended::Detached) = result {
             let mut out = io::stdout().lock();
-            let _ = out.write_all(LEAVE_PROGRAM_MODES).and_then(|()| out.flush());
+            let leave = if alternate { LEAVE_ALTERNATE } else { b"" };
+            let _ = out
+                .write_all(leave)
+                .and_then(|()| out.write_all(LEAVE_PROGRAM_MODES))
+                .and_then(|()| out.flush());
         }
         r.restore();
     }
@@ -232,7 +252,12 @@ fn server_left(error: &ClientError) -> bool {
 }
 
 /// Copies the output here until it ends, the detach keys are typed, or it fails.
-fn follow(output: &mut Follower, raw: &Mutex<Option<RawMode>>, detached: &AtomicBool) -> Result<Ended, ClientError> {
+fn follow(
+    output: &mut Follower,
+    raw: &Mutex<Option<RawMode>>,
+    detached: &AtomicBool,
+    alternate: &mut bool,
+) -> Result<Ended, ClientError> {
     let stdout = io::stdout();
     let stderr = io::stderr();
     loop {
@@ -249,6 +274,7 @@ fn follow(output: &mut Follower, raw: &Mutex<Option<RawMode>>, detached: &Atomic
                 continue;
             }
             Piece::Output { stderr: false, data } | Piece::Screen { data } => {
+                *alternate = on_alternate(*alternate, &data);
                 let mut o = stdout.lock();
                 o.write_all(&data).and_then(|_| o.flush())?;
                 continue;
@@ -314,6 +340,14 @@ pub fn run(args: &AttachArgs) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_switch_tells_the_screen() {
+        assert!(on_alternate(false, b"x\x1b[?1049hdraw"));
+        assert!(!on_alternate(true, b"\x1b[?1049h..\x1b[?1049l$ "));
+        assert!(on_alternate(true, b"more"));
+        assert!(!on_alternate(false, b"more"));
+    }
 
     #[test]
     fn detach_key_specs() {

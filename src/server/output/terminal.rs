@@ -89,8 +89,17 @@ impl Terminal {
         self.model("reading output", |s| s.feed(bytes));
     }
 
-    /// A redraw of the screen, if it is modelled.
+    /// A redraw of the screen, if it is modelled, at the PTY's size (which the
+    /// container may have set itself, with `stty rows`, since we last did).
     pub fn redraw(&mut self) -> Option<Vec<u8>> {
+        if let Ok(size) = crate::tty::window_size(self.pty.as_fd())
+            && size.0 > 0
+            && size.1 > 0
+            && size != self.size
+        {
+            self.size = size;
+            self.model("resizing", |s| s.resize(size.0, size.1));
+        }
         self.model("redrawing", |s| s.redraw())
     }
 
@@ -208,6 +217,14 @@ mod tests {
         assert_eq!(t.screen.as_ref().unwrap().size(), (33, 99));
         t.detached(0);
         assert_eq!(size(&pty), (30, 150), "the latest window left");
+    }
+
+    #[test]
+    fn a_size_the_container_set_itself_is_the_redraws() {
+        let (mut t, pty) = terminal(WindowPolicy::Latest);
+        crate::tty::set_window_size(pty.slave.as_fd(), 30, 100).unwrap();
+        assert!(t.redraw().is_some());
+        assert_eq!(t.screen.as_ref().unwrap().size(), (30, 100));
     }
 
     #[test]

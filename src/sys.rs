@@ -20,6 +20,13 @@ pub fn strerror_res(res: i32) -> String {
     strerror(&io::Error::from_raw_os_error(-res))
 }
 
+/// `bytes` random bytes from the kernel, in hex: names and tokens nobody can guess.
+pub fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Makes a descriptor non-blocking.
 pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);

@@ -170,9 +170,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// A fresh container id: 12 hex digits from the kernel's random source.
 pub fn new_id() -> io::Result<String> {
-    let mut bytes = [0u8; 6];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::sys::random_hex(6)
 }
 
 /// What to launch.

@@ -172,16 +172,25 @@ pub fn resolve(runtime: &Path, target: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// [`resolve`] for verb `verb`, under `runtime_dir` or the default: the runtime
+/// directory and the container's; a failure is said on stderr and is the exit code.
+fn target_dir(verb: &str, runtime_dir: Option<&Path>, target: &str) -> Result<(PathBuf, PathBuf), ExitCode> {
+    let runtime = runtime_dir.map_or_else(agent::default_runtime_dir, Path::to_path_buf);
+    match resolve(&runtime, target) {
+        Ok(dir) => Ok((runtime, dir)),
+        Err(e) => {
+            eprintln!("switchboard {verb}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// `switchboard stop`: stops the container (SIGTERM, then SIGKILL), then its switchboard
 /// as the supervisor's cleanup does, keeping its records and logs (`rm` removes them).
 pub fn stop(args: &StopArgs) -> ExitCode {
-    let runtime = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
-    let dir = match resolve(&runtime, &args.target) {
-        Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("switchboard stop: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (runtime, dir) = match target_dir("stop", args.runtime_dir.as_deref(), &args.target) {
+        Ok(dirs) => dirs,
+        Err(code) => return code,
     };
     let timeouts = Timeouts {
         grace: args.grace,
@@ -255,13 +264,9 @@ fn remove(runtime: &Path, target: &str, force: bool) -> Result<(), String> {
 /// `switchboard wait`: waits until the container ended, prints its status (as a shell
 /// reports it: the code, or 128 plus the signal) and exits with it.
 pub fn wait(args: &WaitArgs) -> ExitCode {
-    let runtime = args.runtime_dir.clone().unwrap_or_else(agent::default_runtime_dir);
-    let dir = match resolve(&runtime, &args.target) {
-        Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("switchboard wait: {e}");
-            return ExitCode::FAILURE;
-        }
+    let dir = match target_dir("wait", args.runtime_dir.as_deref(), &args.target) {
+        Ok((_, dir)) => dir,
+        Err(code) => return code,
     };
     match ExitRecord::wait_for(&dir) {
         Ok(record) => {

@@ -192,15 +192,11 @@ pub struct Terminal {
 impl Terminal {
     /// A terminal of `window` with a random name.
     pub fn named(window: Option<(u16, u16)>) -> Terminal {
-        let mut bytes = [0u8; 8];
-        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-        let name = match random {
-            Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
-            Err(_) => format!("{}-{:?}", std::process::id(), std::time::SystemTime::now()),
-        };
+        // (Without the kernel's randomness, our process is unique enough on this host.)
+        let name = crate::sys::random_hex(8).unwrap_or_else(|_| format!("pid-{}", std::process::id()));
         Terminal {
             window,
-            name: Some(name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")),
+            name: Some(name),
         }
     }
 
@@ -224,13 +220,7 @@ impl OutputStream {
     /// some bytes before the newest output (a server without a history, Mesos's,
     /// starts at the newest output whatever is asked).
     pub fn open_at(socket: &Path, at: StartAt) -> Result<OutputStream, ClientError> {
-        OutputStream::open_within(socket, at, None)
-    }
-
-    /// [`OutputStream::open_at`], giving up (an I/O error) when the server has not
-    /// answered within `limit`.
-    pub fn open_within(socket: &Path, at: StartAt, limit: Option<Duration>) -> Result<OutputStream, ClientError> {
-        OutputStream::open_asking(socket, at, false, &Terminal::default(), limit)
+        OutputStream::open_asking(socket, at, false, &Terminal::default(), None)
     }
 
     /// Attaches at the newest output of a TTY container as a terminal of `window` (rows,

@@ -4,8 +4,6 @@
 //! names the `Host` it was sent to), so another site's page cannot attach with the
 //! user's cookie (cross-site WebSocket hijacking).
 
-use std::io::Read;
-
 use axum::http::{HeaderMap, header};
 
 /// The name of the cookie that carries the token for the page of the gateway on `port`.
@@ -17,9 +15,7 @@ pub fn cookie_name(port: u16) -> String {
 
 /// A random token: 128 bits from the kernel, in hex.
 pub fn random_token() -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    switchboard::sys::random_hex(16)
 }
 
 /// Whether `token` can travel in a cookie, a header and a URL as it is.

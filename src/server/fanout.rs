@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 
 use crate::config::{LagPolicy, RelayConfig, RingConfig};
-use crate::relay::{Framing, StartAt};
+use crate::relay::Framing;
 use crate::ring::Ring;
 
 pub use super::output::Stats;
@@ -68,12 +68,7 @@ pub fn run(spec: FanoutSpec, ring: RingConfig) -> io::Result<FanoutReport> {
     // The clients are there before the first byte is read: they get every one.
     for (fd, framing, front) in spec.clients {
         let fd = ring.adopt(fd);
-        let ask = super::output::Ask {
-            at: StartAt::Live,
-            screen: false,
-            window: None,
-            terminal: None,
-        };
+        let ask = crate::wire::media::OutputAsk::LIVE;
         output.add_client(&mut ring, fd, framing, spec.policy, ask, |_, _| front.clone());
     }
     output.start(&mut ring);

@@ -266,12 +266,6 @@ pub(super) fn hand_over(ctx: &mut Ctx<'_>, i: u32) {
     let instance = ctx.instance;
     // (The head says whether a redraw follows it.)
     let head = |start, screen| output_head(response, start, screen, instance);
-    let ask = crate::server::output::Ask {
-        at: ask.at,
-        screen: ask.screen,
-        window: ask.window,
-        terminal: ask.terminal,
-    };
     ctx.output.add_client(ctx.ring, c.fd, framing, policy, ask, head);
     // The first output client starts redirection when we waited for it.
     ctx.output.start(ctx.ring);

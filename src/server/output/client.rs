@@ -13,12 +13,13 @@
 use nix::sys::socket::{Shutdown, shutdown};
 
 use super::pipe::{Made, PipeClient};
-use super::{Ask, CLIENT_PIPE_BYTES, Output, POLLHUP};
+use super::{CLIENT_PIPE_BYTES, Output, POLLHUP};
 use crate::config::LagPolicy;
 use crate::msg::Msg;
 use crate::relay::{self, ClientId, CutReason, Framing, Start, StartAt};
 use crate::ring::{Completion, Fd, OpId, Ring};
 use crate::server::token::OutputOp;
+use crate::wire::media::OutputAsk;
 use crate::wire::message::Format;
 
 /// An attached output client.
@@ -86,7 +87,7 @@ impl Output {
         fd: Fd,
         framing: Framing,
         policy: LagPolicy,
-        ask: Ask,
+        ask: OutputAsk,
         head: impl Fn(Start, bool) -> Vec<u8>,
     ) {
         let i = match self.clients.iter().position(Option::is_none) {

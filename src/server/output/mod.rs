@@ -108,18 +108,6 @@ pub struct Options {
     pub window_policy: WindowPolicy,
 }
 
-/// What an output client asks besides its framing and lag policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ask {
-    pub at: StartAt,
-    /// A redraw of the terminal's screen first (only at the newest output, with a model).
-    pub screen: bool,
-    /// Its terminal's size (rows, columns).
-    pub window: Option<(u16, u16)>,
-    /// The name of its terminal, which its input requests give too.
-    pub terminal: Option<String>,
-}
-
 impl Default for Options {
     fn default() -> Self {
         Options {

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 pub mod cri;
 pub mod dirs;
 mod exit;
+mod listing;
 pub mod supervisor;
 
 pub use exit::{EndWatch, ExitRecord};

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{ContainerIo, ExitRecord, Info, Launch};
+pub use super::listing::{Entry, State, list};
+use super::{ContainerIo, Info, Launch};
 
 /// What failed, and for which container.
 #[derive(Debug)]
@@ -236,56 +237,6 @@ pub struct Supervisor {
     server_exe: PathBuf,
     timeouts: Timeouts,
     tracked: HashMap<String, Tracked>,
-}
-
-/// One container under a runtime directory, as `ps` shows it.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub dir: PathBuf,
-    pub info: Info,
-    pub alive: bool,
-}
-
-/// What `ps` says of a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    Running,
-    Ended(ExitRecord),
-    /// Not running, and how it ended was not recorded.
-    Gone,
-}
-
-impl Entry {
-    /// Whether it runs, or how it ended.
-    pub fn state(&self) -> State {
-        let container_alive = self.info.container().is_some_and(|c| c.group_alive());
-        match ExitRecord::load(&self.dir).ok().flatten() {
-            Some(record) if !container_alive => State::Ended(record),
-            _ if self.alive || container_alive => State::Running,
-            _ => State::Gone,
-        }
-    }
-}
-
-/// Every container recorded under `runtime_dir`, by id; an error when the runtime
-/// directory is not private to us (see [`super::dirs`]). Records that are not ours are
-/// skipped.
-pub fn list(runtime_dir: &Path) -> io::Result<Vec<Entry>> {
-    if !super::dirs::check_private(runtime_dir)? {
-        return Ok(Vec::new());
-    }
-    let dirs = std::fs::read_dir(runtime_dir)?;
-    let mut entries: Vec<Entry> = dirs
-        .flatten()
-        .filter_map(|d| {
-            let dir = d.path();
-            let info = Info::load(&dir).ok()?;
-            let alive = info.server().is_some_and(|p| p.is_alive());
-            Some(Entry { dir, info, alive })
-        })
-        .collect();
-    entries.sort_by(|a, b| a.info.id.cmp(&b.info.id));
-    Ok(entries)
 }
 
 impl Supervisor {

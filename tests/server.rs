@@ -789,40 +789,6 @@ fn a_writer_that_hangs_up_frees_the_slot_and_stdin_bytes_stay_in_order() {
     });
 }
 
-#[test]
-fn a_writer_that_sends_its_whole_body_and_leaves_has_all_of_it_written() {
-    // (More and the kernel would not hold the rest: the writer would wait for us.)
-    const RECORDS: usize = 88;
-    within(60, || {
-        let mut sb = Sb::start(Opts::default());
-        // A record stdin cannot take yet, then a little more than --input_buffer (1 MiB):
-        // the end of the body waits in the kernel when the client leaves, and only a
-        // poll tells that it left.
-        let big = vec![b'a'; 200_000];
-        let mut req = input_head(false);
-        req.extend(record(FIRST_RECORD));
-        req.extend(record(&stdin_record(&big)));
-        for _ in 0..RECORDS {
-            req.extend(record(&stdin_record(&[b'z'; 10_000])));
-        }
-        req.extend_from_slice(LAST_CHUNK);
-        let mut first = sb.connect();
-        first.write_all(&req).unwrap();
-        drop(first);
-        std::thread::sleep(Duration::from_millis(300));
-        let mut got = vec![0u8; big.len() + RECORDS * 10_000];
-        std::io::Read::read_exact(&mut &std::fs::File::from(sb.stdin.take().unwrap()), &mut got).unwrap();
-        assert_eq!(&got[..big.len()], &big[..]);
-        assert!(
-            got[big.len()..].iter().all(|&b| b == b'z'),
-            "every record of the whole body"
-        );
-        assert_eq!(exchange(&sb.socket, &ack_request(false)).unwrap().status, 200);
-        sb.close_output();
-        assert!(sb.wait(30).success());
-    });
-}
-
 /// The slot is free again: a second input's bytes reach stdin right behind the first
 /// one's record being written (`big`), and nothing else of the first's; then the end.
 fn a_second_writer_follows(sb: &mut Sb, big: &[u8]) {

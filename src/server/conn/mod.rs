@@ -153,9 +153,6 @@ pub(super) struct Conn {
     timer: Option<OpId>,
     /// A poll for its client's hang-up, while its input body waits for stdin.
     pub(super) hangup: Option<OpId>,
-    /// Its client hung up: what it sent is read whatever the input buffer holds (the
-    /// kernel's socket buffer bounds it), to tell a whole body from a cut one.
-    hung_up: bool,
     pub state: State,
     /// The peer shut its side (we read EOF).
     pub eof: bool,
@@ -290,7 +287,6 @@ pub(crate) fn accepted(ctx: &mut Ctx<'_>, fd: Fd, allowed: bool) {
         sendq: VecDeque::new(),
         timer: None,
         hangup: None,
-        hung_up: false,
         state: State::Idle,
         eof: false,
         forbidden: !allowed,
@@ -457,7 +453,6 @@ fn next(state: &State, flushed: bool, stdin_busy: bool, input_buffer: usize) -> 
 fn step(ctx: &mut Ctx<'_>, i: u32) -> bool {
     let (input_buffer, stdin_busy) = (ctx.config.limits.input_buffer, ctx.conns.stdin.busy());
     let c = get(ctx, i);
-    let input_buffer = if c.hung_up { usize::MAX } else { input_buffer };
     match next(&c.state, c.flushed(), stdin_busy, input_buffer) {
         Next::Wait => false,
         Next::HandOver => {
@@ -488,18 +483,15 @@ fn on_recv(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
     drive(ctx, i);
 }
 
-/// The client hung up (both directions: a half-close still reads our answer). What it
-/// sent is read to its end: a whole body goes on to stdin as any does; a cut one fails
-/// at once, freeing the input slot (its record being written goes on).
+/// The client hung up (both directions: a half-close still reads our answer). Its
+/// record being written goes on; the rest of its body is dropped with it.
 fn on_hangup(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
-    let c = get(ctx, i);
-    c.hangup = None;
+    get(ctx, i).hangup = None;
     if comp.res == -libc::ECANCELED {
         return;
     }
-    tracing::info!("connection {i}: its client hung up; reading what it sent to its end");
-    c.hung_up = true;
-    drive(ctx, i);
+    tracing::info!("connection {i}: its client hung up");
+    close(ctx, i);
 }
 
 fn on_send(ctx: &mut Ctx<'_>, i: u32, comp: Completion) {
@@ -580,7 +572,7 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
     }
     let wants = match &c.state {
         State::Closing | State::HandOver { .. } => false,
-        State::Input(s) => !s.body_ended && (c.hung_up || s.body.len() + c.buf.len() < limits.input_buffer),
+        State::Input(s) => !s.body_ended && s.body.len() + c.buf.len() < limits.input_buffer,
         _ => c.buf.len() < limits.http.max_head_bytes + RECV_SIZE,
     };
     // An input body read as far as its buffer goes waits for stdin, which may never take
@@ -589,7 +581,6 @@ fn arm(ctx: &mut Ctx<'_>, i: u32) {
     if let State::Input(s) = &c.state
         && !wants
         && !s.body_ended
-        && !c.hung_up
         && c.hangup.is_none()
     {
         let poll = Op::Poll {
